@@ -1,0 +1,73 @@
+# camseg: `make` sets everything up and runs every stage; `make help` lists the targets.
+VENV ?= .venv
+CONFIG ?= configs/default.yaml
+RUN ?= runs/$(basename $(notdir $(CONFIG)))
+ARGS ?=
+PYTHON_BASE ?= python3.11
+FASHION_MNIST_DIR ?=
+FASHION_MNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
+
+PY := $(VENV)/bin/python
+STAGE = HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pipeline
+STAGE_ARGS = --config $(CONFIG) run_dir=$(RUN) $(ARGS)
+export FASHION_MNIST_DIR
+
+.DEFAULT_GOAL := all
+.PHONY: all help install fashion-mnist data train-cls cams eval-cams pseudo eval-pseudo train-seg \
+        eval-seg upper-bound report quick test clean
+
+all: install fashion-mnist data train-cls cams eval-cams pseudo eval-pseudo train-seg eval-seg upper-bound report ## set up and run every stage on CONFIG, then print where the report is
+	@echo "report: $(RUN)/report/report.md and $(RUN)/report/index.html"
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@echo "variables: CONFIG=$(CONFIG) RUN=$(RUN) VENV=$(VENV) ARGS='key=value ...' FASHION_MNIST_DIR=<folder>"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed ## create the virtualenv (VENV) and install the project into it
+
+fashion-mnist: ## make sure the Fashion-MNIST IDX files are there (Debian package, or FASHION_MNIST_DIR)
+	@if [ -n "$(FASHION_MNIST_DIR)" ]; then \
+	  ls $(FASHION_MNIST_DIR)/train-images-idx3-ubyte* >/dev/null 2>&1 || \
+	    { echo "error: FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) holds no train-images-idx3-ubyte[.gz]"; exit 1; }; \
+	elif ls $(FASHION_MNIST_DEB_DIR)/train-images-idx3-ubyte* >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else \
+	  echo "error: Fashion-MNIST not found: run 'apt-get install dataset-fashion-mnist' as root, or set FASHION_MNIST_DIR to a folder with its four IDX files"; exit 1; \
+	fi
+
+data: install ## build the dataset (built-in benchmark) or check the VOC folder
+	$(STAGE) data $(STAGE_ARGS)
+train-cls: install ## train the multi-label classifier on image-level labels
+	$(STAGE) train-cls $(STAGE_ARGS)
+cams: install ## extract seeds (CAMs) for every present class
+	$(STAGE) cams $(STAGE_ARGS)
+eval-cams: install ## score seeds over a sweep of background thresholds
+	$(STAGE) eval-cams $(STAGE_ARGS)
+pseudo: install ## turn seeds into confident pseudo-masks (threshold + dense CRF)
+	$(STAGE) pseudo $(STAGE_ARGS)
+eval-pseudo: install ## score pseudo-masks: mIoU, precision and coverage
+	$(STAGE) eval-pseudo $(STAGE_ARGS)
+train-seg: install ## train the segmenter on the pseudo-masks
+	$(STAGE) train-seg $(STAGE_ARGS)
+eval-seg: install ## score the segmenter on val and write its predictions
+	$(STAGE) eval-seg $(STAGE_ARGS)
+upper-bound: install ## the same segmenter, budget and seed trained on ground truth, scored on val
+	$(STAGE) train-seg $(STAGE_ARGS) seg.labels=gt
+	$(STAGE) eval-seg $(STAGE_ARGS) seg.labels=gt
+report: install ## write report.md, index.html, summary.json and figures
+	$(STAGE) report $(STAGE_ARGS)
+
+quick: ## the whole pipeline on configs/quick.yaml (a few minutes)
+	$(MAKE) all CONFIG=configs/quick.yaml
+
+test: install ## run the test suite (offline, CPU only, no dataset needed)
+	HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest
+
+clean: ## remove runs and built data (keeps the virtualenv)
+	rm -rf runs data

@@ -1,0 +1,1 @@
+"""camseg: weakly supervised semantic segmentation from image-level labels."""

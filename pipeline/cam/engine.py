@@ -1,0 +1,114 @@
+"""Class activation maps for every requested class and layer from one forward and one backward.
+
+Notation (DESIGN.md section 4): A^k is channel k of a layer's activations, y^c the class-c logit
+and g^k = dy^c / dA^k. Maps are returned raw: after the ReLU, before any normalisation, at the
+layer's own resolution.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+METHODS = ("cam", "gradcam", "gradcam++")
+
+
+def _capture(model: nn.Module, layers: list[str], run: Callable[[], torch.Tensor]):
+    """Run `run()` with forward hooks that keep each named layer's output."""
+    modules = dict(model.named_modules())
+    missing = [name for name in layers if name not in modules]
+    if missing:
+        raise ValueError(f"unknown layer(s) {missing}; e.g. {', '.join(list(modules)[1:8])}")
+    kept: dict[str, torch.Tensor] = {}
+    handles = [modules[name].register_forward_hook(
+        lambda _module, _inputs, output, name=name: kept.__setitem__(name, output)) for name in layers]
+    try:
+        output = run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return output, [kept[name] for name in layers]
+
+
+def gradcam_weights(grads: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017, eq. 1): a_k = mean_ij g^k_ij."""
+    return grads.mean(dim=(-2, -1))
+
+
+def gradcam_pp_weights(grads: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19):
+    alpha_ij = g^2 / (2 g^2 + sum_ab A_ab g^3), 0 where g = 0;  w_k = sum_ij alpha_ij ReLU(g_ij)."""
+    g2 = grads.pow(2)
+    g3 = g2 * grads
+    denominator = 2 * g2 + activations.sum(dim=(-2, -1), keepdim=True) * g3
+    safe = torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+    alpha = torch.where((grads != 0) & (denominator != 0), g2 / safe, torch.zeros_like(grads))
+    return (alpha * F.relu(grads)).sum(dim=(-2, -1))
+
+
+GRADIENT_WEIGHTS = {"gradcam": gradcam_weights, "gradcam++": gradcam_pp_weights}
+
+
+def class_targets(classes: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Target function picking logit classes[n, k] of image n: output [N, K]."""
+    return lambda logits: logits.gather(1, classes.to(logits.device))
+
+
+def compute_cams(model: nn.Module, images: torch.Tensor, layers: list[str], method: str = "gradcam",
+                 classes: torch.Tensor | None = None,
+                 target: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 head: str = "fc") -> dict[str, torch.Tensor]:
+    """Raw maps {layer: [N, K, h, w]} for K targets per image.
+
+    `classes` [N, K] picks logits; alternatively `target` maps the model output to any [N, K]
+    scores (a regression output, an embedding's similarity to a reference). Gradient methods run
+    one backward for all K targets and all layers (`is_grads_batched`); parameters' `.grad` are
+    left untouched. "cam" needs `classes` and uses the weights of the linear layer `head`, which
+    must follow global average pooling of the (last) layer asked for.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown CAM method '{method}' (choose from {', '.join(METHODS)})")
+    if (classes is None) == (target is None):
+        raise ValueError("give exactly one of `classes` or `target`")
+    if method == "cam":
+        if classes is None:
+            raise ValueError("method 'cam' needs `classes` (it reads the head's class weights)")
+        with torch.no_grad():
+            _, activations = _capture(model, layers, lambda: model(images))
+        weights = dict(model.named_modules())[head].weight[classes]  # [N, K, C]
+        return {name: F.relu(torch.einsum("nkc,nchw->nkhw", weights, act))
+                for name, act in zip(layers, activations)}
+    score = target or class_targets(classes)
+    with torch.enable_grad():
+        # A leaf that needs grad keeps a graph even when every parameter is frozen.
+        inputs = images.detach().requires_grad_(True)
+        output, activations = _capture(model, layers, lambda: model(inputs))
+        scores = score(output)
+        n, k = scores.shape
+        one_hot = torch.eye(k, dtype=scores.dtype, device=scores.device)[:, None, :].expand(k, n, k)
+        grads = torch.autograd.grad(scores, activations, grad_outputs=one_hot, is_grads_batched=True)
+    weigh = GRADIENT_WEIGHTS[method]
+    maps = {}
+    for name, act, grad in zip(layers, activations, grads):
+        act = act.detach()
+        weights = weigh(grad, act.unsqueeze(0))  # [K, N, C]
+        maps[name] = F.relu(torch.einsum("knc,nchw->nkhw", weights, act))
+    return maps
+
+
+def normalise_max(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Divide each [.., h, w] map by its spatial max (IRN): a zero map stays zero."""
+    peak = maps.amax(dim=(-2, -1), keepdim=True)
+    return maps / (peak + eps)
+
+
+def fuse_layers(maps: dict[str, torch.Tensor], size: tuple[int, int], mode: str = "max") -> torch.Tensor:
+    """Max-normalise each layer's maps, upsample to `size` and fuse them by `max` or `mean`."""
+    if mode not in ("max", "mean"):
+        raise ValueError(f"unknown fusion '{mode}' (choose max or mean)")
+    resized = [F.interpolate(normalise_max(m), size=size, mode="bilinear", align_corners=False)
+               for m in maps.values()]
+    stacked = torch.stack(resized)
+    return stacked.amax(0) if mode == "max" else stacked.mean(0)

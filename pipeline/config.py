@@ -1,0 +1,195 @@
+"""Typed configuration: dataclass schema, YAML file, dotted command-line overrides.
+
+OmegaConf's struct mode turns an unknown key or a value of the wrong type into an error; we
+catch it and re-raise it as one line that names the key and, for unknown keys, the valid ones.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line for the user."""
+
+
+@dataclass
+class DataConfig:
+    # "fashion-scenes" builds the built-in benchmark into `root`; "voc" reads an existing folder.
+    name: str = "fashion-scenes"
+    root: str = "data/fashion-scenes"
+    seed: int = 0
+    # Built benchmark only ------------------------------------------------------------------
+    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
+    image_size: int = 64
+    n_train_pool: int = 20000  # scenes for the classifier (image-level labels only)
+    n_train: int = 2000  # first scenes of the pool whose pseudo-masks are made and scored
+    n_val: int = 1000
+    classes: list[str] = field(default_factory=lambda: [
+        "tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"])
+    items_min: int = 1
+    items_max: int = 3
+    item_size_min: int = 24
+    item_size_max: int = 40
+    # Reader ----------------------------------------------------------------------------------
+    class_names: list[str] = field(default_factory=list)  # VOC: names of ids 1..C (0 = background)
+    image_dir: str = "JPEGImages"
+    mask_dir: str = "SegmentationClass"
+
+
+@dataclass
+class ClsConfig:
+    split: str = "train_aug"
+    val_split: str = "val"
+    arch: str = "resnet18"
+    weights: str = "none"  # "none" or a path to a local state dict
+    last_stride: int = 2  # 1 keeps layer4 at layer3's resolution (IRN uses strides 2,2,2,1)
+    crop_size: int = 64  # training crops (smaller images are padded)
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    max_minutes: float = 0.0  # > 0 stops training when this wall budget is spent
+    workers: int = 0
+
+
+@dataclass
+class CamConfig:
+    splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    method: str = "gradcam"
+    layers: list[str] = field(default_factory=lambda: ["layer4"])
+    fuse: str = "max"
+    batch_size: int = 64
+
+
+@dataclass
+class EvalConfig:
+    split: str = "train"
+    bg_threshold: float = 0.15  # the configured seed background threshold (IRN's cam_eval_thres)
+    sweep_max: float = 0.60
+    sweep_step: float = 0.01
+
+
+@dataclass
+class PseudoConfig:
+    splits: list[str] = field(default_factory=lambda: ["train"])
+    # Foreground wins where its normalised CAM exceeds the threshold; where the high and low
+    # thresholds disagree after the CRF, the pixel is 255 (ignore).
+    fg_threshold_high: float = 0.30
+    fg_threshold_low: float = 0.05
+    crf: bool = True
+    crf_gt_prob: float = 0.7
+    crf_iterations: int = 10
+    workers: int = 0  # 0 = one per CPU core
+
+
+@dataclass
+class SegConfig:
+    labels: str = "pseudo"  # "pseudo" or "gt" (the fully supervised upper bound)
+    split: str = "train"
+    val_split: str = "val"
+    arch: str = "unet"
+    encoder: str = "resnet18"
+    encoder_weights: str = "none"  # "none", "classifier" (our classifier's backbone) or a path
+    crop_size: int = 64
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_minutes: float = 0.0
+    workers: int = 0
+
+
+@dataclass
+class ReportConfig:
+    examples: int = 8
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/default"
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    data: DataConfig = field(default_factory=DataConfig)
+    cls: ClsConfig = field(default_factory=ClsConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    seg: SegConfig = field(default_factory=SegConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+def _valid_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in node.items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        if OmegaConf.is_dict(value):
+            keys.extend(_valid_keys(value, dotted + "."))
+    return keys
+
+
+def _one_line(error: OmegaConfBaseException, source: str) -> ConfigError:
+    key = getattr(error, "full_key", None) or "?"
+    message = str(error).splitlines()[0]
+    if "not in struct" in message or "Key '" in message and "not" in message:
+        valid = _valid_keys(OmegaConf.structured(Config))
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        siblings = [k.rsplit(".", 1)[-1] for k in valid
+                    if (k.rsplit(".", 1)[0] if "." in k else "") == parent]
+        return ConfigError(f"{source}: unknown config key '{key}'{hint} "
+                           f"(valid keys{' under ' + parent if parent else ''}: {', '.join(siblings)})")
+    return ConfigError(f"{source}: bad value for config key '{key}': {message}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Schema defaults, then the YAML file, then `key=value` overrides; returns a typed Config."""
+    merged = OmegaConf.structured(Config)
+    OmegaConf.set_struct(merged, True)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        except OmegaConfBaseException as error:
+            raise _one_line(error, str(path)) from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"command line: override '{item}' is not of the form key=value")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as error:
+            raise _one_line(error, "command line") from None
+    return OmegaConf.to_object(merged)
+
+
+def to_dict(section: Any) -> dict:
+    """A config (or one of its sections) as plain JSON-friendly data."""
+    return OmegaConf.to_container(OmegaConf.structured(section), resolve=True)
+
+
+def from_dict(data: dict) -> Config:
+    """Rebuild a Config from `to_dict` output (as stored in checkpoints and run folders)."""
+    merged = OmegaConf.merge(OmegaConf.structured(Config), data)
+    return OmegaConf.to_object(merged)
+
+
+def config_hash(data: Any) -> str:
+    """A short, stable hash of JSON-friendly data (a config section, a list of input hashes)."""
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save_yaml(cfg: Config, path: Path) -> None:
+    from pipeline.runs import write_text
+    write_text(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)))

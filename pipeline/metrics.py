@@ -1,0 +1,60 @@
+"""IoU from one confusion matrix over a whole split (DESIGN.md section 6).
+
+Background (0) is a class like any other; ground-truth pixels of 255 are ignored. IoU is
+TP / (TP + FP + FN); mIoU is the mean over classes that occur in the ground truth or the
+prediction (a class absent from both has no IoU, not an IoU of 0 or 1).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE = 255
+
+
+def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """[num_classes, num_classes] counts, rows = ground truth, columns = prediction."""
+    if gt.shape != pred.shape:
+        raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} differ in shape")
+    keep = gt != IGNORE
+    gt, pred = gt[keep].astype(np.int64), pred[keep].astype(np.int64)
+    if pred.size and (pred.max() >= num_classes or gt.max() >= num_classes):
+        raise ValueError(f"label ids exceed the {num_classes} classes")
+    return _count(gt, pred, num_classes)
+
+
+def _count(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.bincount(gt * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def iou_per_class(matrix: np.ndarray) -> np.ndarray:
+    """IoU per class; NaN where the class is in neither ground truth nor prediction."""
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def mean_iou(matrix: np.ndarray) -> float:
+    return float(np.nanmean(iou_per_class(matrix)))
+
+
+def sweep_confusions(gt: np.ndarray, cams: np.ndarray, classes: np.ndarray, thresholds: np.ndarray,
+                     num_classes: int) -> np.ndarray:
+    """Confusion matrices [T, C, C] of one image for each background threshold.
+
+    A pixel is background where the highest normalised CAM is at most the threshold, else the
+    class of that CAM (IRN's rule: a constant background channel, then argmax).
+    """
+    keep = gt != IGNORE
+    gt = gt[keep].astype(np.int64)
+    if cams.shape[0] == 0:
+        peak = np.zeros(gt.shape)
+        winner = np.zeros(gt.shape, np.int64)
+    else:
+        flat = cams[:, keep]
+        peak = flat.max(0)
+        winner = classes[flat.argmax(0)].astype(np.int64) + 1
+    out = np.empty((len(thresholds), num_classes, num_classes), np.int64)
+    for t, threshold in enumerate(thresholds):
+        out[t] = _count(gt, np.where(peak > threshold, winner, 0), num_classes)
+    return out

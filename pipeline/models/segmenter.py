@@ -1,0 +1,41 @@
+"""The segmenter: segmentation-models-pytorch architectures by name, no downloaded weights."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ARCHS = {"unet": smp.Unet, "deeplabv3plus": smp.DeepLabV3Plus, "fpn": smp.FPN, "deeplabv3": smp.DeepLabV3}
+
+
+def build_segmenter(arch: str, encoder: str, num_classes: int) -> nn.Module:
+    """An smp model with `num_classes` outputs (background included) and random weights."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown segmenter arch '{arch}' (choose from {', '.join(ARCHS)})")
+    return ARCHS[arch](encoder_name=encoder, encoder_weights=None, in_channels=3, classes=num_classes)
+
+
+def load_encoder(model: nn.Module, path: str | Path) -> None:
+    """Start the encoder from a local state dict (torchvision layout; ours keep it under `model`)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    encoder = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = model.encoder.load_state_dict(encoder, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit the {type(model.encoder).__name__} encoder "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Label ids [N, H, W]; inputs are padded to a multiple of 32, as smp encoders need."""
+    height, width = images.shape[-2:]
+    pad_h, pad_w = -height % 32, -width % 32
+    logits = model(F.pad(images, (0, pad_w, 0, pad_h)))
+    return logits[..., :height, :width].argmax(1)

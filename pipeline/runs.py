@@ -1,0 +1,124 @@
+"""Run folders: atomic writes, manifests and skip-if-done.
+
+Every stage writes `manifest.json` beside its outputs when it finishes. Its `hash` covers the
+stage's config section and the hashes of the upstream manifests, so a change anywhere upstream
+re-runs everything downstream of it and nothing else. While a stage runs, `started.json` holds
+the hash it is working towards: a killed run with the same hash resumes and keeps the per-image
+files it had finished; a run with another hash starts from an empty folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+MANIFEST = "manifest.json"
+STARTED = "started.json"
+PACKAGES = ("torch", "torchvision", "numpy", "segmentation-models-pytorch", "albumentations",
+            "scikit-image", "pydensecrf2", "omegaconf")
+
+
+class StageError(RuntimeError):
+    """A stage cannot run; the message is one line for the user."""
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_with(path: Path, save: Callable[[Path], None]) -> None:
+    """Atomically write a file through a library saver that takes a path (np.savez, Image.save)."""
+    _atomic(Path(path), save)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10)
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process and its finished children, in MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, children) / 1024, 1)
+
+
+def load_manifest(folder: Path) -> dict | None:
+    path = Path(folder) / MANIFEST
+    return read_json(path) if path.is_file() else None
+
+
+def is_done(folder: Path, stage_hash: str) -> bool:
+    manifest = load_manifest(folder)
+    return manifest is not None and manifest.get("hash") == stage_hash
+
+
+def prepare(folder: Path, stage_hash: str) -> None:
+    """Empty `folder` unless it holds a started or finished run of the same hash."""
+    folder = Path(folder)
+    started = folder / STARTED
+    same = started.is_file() and read_json(started).get("hash") == stage_hash
+    if folder.exists() and not same:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(started, {"hash": stage_hash})
+
+
+def finish(folder: Path, manifest: dict) -> None:
+    write_json(Path(folder) / MANIFEST, manifest)
+    (Path(folder) / STARTED).unlink(missing_ok=True)
+
+
+class Timer:
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start

@@ -1,0 +1,93 @@
+"""Stage `data`: build a built-in dataset (or check an existing VOC folder) and describe it.
+
+Built datasets go to `data.root`, written into a temporary folder that is renamed when complete,
+with `dataset.json` recording the hash of the settings that made them; a matching folder is reused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from pipeline.config import Config, config_hash, to_dict
+from pipeline.data import fashion
+from pipeline.data.shapes import build_shapes
+from pipeline.data.voc import DataError, open_split
+
+DATASET_RECORD = "dataset.json"
+READER_KEYS = ("fashion_mnist_dir", "class_names", "image_dir", "mask_dir")
+
+
+def OUTPUT(cfg: Config) -> str:
+    return "data"
+
+
+def UPSTREAM(cfg: Config) -> list[str]:
+    return []
+
+
+def SECTION(cfg: Config) -> dict:
+    return to_dict(cfg.data)
+
+
+def _fashion(cfg: Config, folder: Path) -> dict:
+    data = cfg.data
+    unknown = sorted(set(data.classes) - set(fashion.FASHION_CLASSES))
+    if unknown:
+        raise DataError(f"data.classes: unknown Fashion-MNIST classes {unknown} "
+                        f"(choose from {', '.join(fashion.FASHION_CLASSES)})")
+    spec = fashion.SceneSpec(data.seed, data.image_size, tuple(data.classes), data.items_min,
+                             data.items_max, data.item_size_min, data.item_size_max)
+    source = os.environ.get("FASHION_MNIST_DIR") or data.fashion_mnist_dir
+    try:
+        return fashion.build(folder, spec, source, data.n_train_pool, data.n_train, data.n_val)
+    except fashion.FashionMnistMissing as error:
+        raise DataError(str(error)) from None
+
+
+def _shapes(cfg: Config, folder: Path) -> dict:
+    return build_shapes(folder, cfg.data.seed, cfg.data.image_size, cfg.data.n_train, cfg.data.n_val)
+
+
+BUILDERS = {"fashion-scenes": _fashion, "shapes": _shapes}
+
+
+def build_if_needed(cfg: Config) -> dict:
+    """Build the dataset unless `data.root` already holds a build of exactly these settings."""
+    root = Path(cfg.data.root)
+    wanted = config_hash({k: v for k, v in to_dict(cfg.data).items() if k not in READER_KEYS})
+    record = root / DATASET_RECORD
+    if record.is_file():
+        info = json.loads(record.read_text())
+        if info.get("build_hash") == wanted:
+            return info
+    elif root.exists():
+        raise DataError(f"{root}: exists but was not built by camseg; refusing to overwrite it")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    try:
+        info = {**BUILDERS[cfg.data.name](cfg, tmp), "build_hash": wanted}
+        (tmp / DATASET_RECORD).write_text(json.dumps(info, indent=2) + "\n")
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+    if cfg.data.name in BUILDERS:
+        info = build_if_needed(cfg)
+    elif cfg.data.name == "voc":
+        info = {"name": "voc", "seed": cfg.data.seed}
+    else:
+        raise DataError(f"data.name: unknown dataset '{cfg.data.name}' "
+                        f"(choose from {', '.join([*BUILDERS, 'voc'])})")
+    splits = {cfg.cls.split, cfg.cls.val_split, *cfg.cam.splits, *cfg.pseudo.splits, cfg.eval.split,
+              cfg.seg.split, cfg.seg.val_split}
+    sizes = {split: len(open_split(cfg.data, split)) for split in sorted(splits)}
+    return {"name": info["name"], "seed": info["seed"], "root": cfg.data.root, "sizes": sizes,
+            "classes": open_split(cfg.data, cfg.cls.split).class_names}

@@ -1,0 +1,72 @@
+"""Stage `eval-cams`: seed mIoU over a sweep of background thresholds, with two trivial baselines.
+
+Baselines: "background" predicts background everywhere; "fill" paints the image's first present
+class over the whole image (what a seed that localises nothing at all would give).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.cam import normalise_max
+from pipeline.config import Config, to_dict
+from pipeline.data.voc import open_split
+from pipeline.metrics import confusion, iou_per_class, mean_iou, sweep_confusions
+from pipeline.runs import write_json
+from pipeline.stages.cams import cam_path, load_cams
+
+RESULTS = "results.json"
+
+
+def OUTPUT(cfg: Config) -> str:
+    return "eval/cams"
+
+
+def UPSTREAM(cfg: Config) -> list[str]:
+    return ["cams"]
+
+
+def SECTION(cfg: Config) -> dict:
+    return to_dict(cfg.eval)
+
+
+def thresholds(cfg: Config) -> np.ndarray:
+    count = int(round(cfg.eval.sweep_max / cfg.eval.sweep_step)) + 1
+    return np.round(np.arange(count) * cfg.eval.sweep_step, 4)
+
+
+def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+    import torch
+
+    voc = open_split(cfg.data, cfg.eval.split)
+    n = voc.num_classes + 1
+    grid = thresholds(cfg)
+    sweep = np.zeros((len(grid), n, n), np.int64)
+    background = np.zeros((n, n), np.int64)
+    fill = np.zeros((n, n), np.int64)
+    for image_id in tqdm(voc.ids, desc="eval-cams", leave=False):
+        gt = voc.mask(image_id)
+        cams, classes = load_cams(cam_path(run_dir / "cams", image_id))
+        cams = normalise_max(torch.from_numpy(cams)).numpy()
+        sweep += sweep_confusions(gt, cams, classes, grid, n)
+        background += confusion(gt, np.zeros_like(gt), n)
+        fill += confusion(gt, np.full_like(gt, classes.min() + 1), n)
+    mious = np.array([mean_iou(m) for m in sweep])
+    best = int(np.argmax(mious))
+    configured = int(np.argmin(np.abs(grid - cfg.eval.bg_threshold)))
+    names = ["background", *voc.class_names]
+    results = {
+        "split": cfg.eval.split, "images": len(voc),
+        "method": cfg.cam.method, "layers": list(cfg.cam.layers), "fuse": cfg.cam.fuse,
+        "sweep": {f"{t:.2f}": round(float(m), 4) for t, m in zip(grid, mious)},
+        "best_threshold": float(grid[best]), "best_miou": round(float(mious[best]), 4),
+        "configured_threshold": float(grid[configured]),
+        "configured_miou": round(float(mious[configured]), 4),
+        "per_class_iou_best": dict(zip(names, np.round(iou_per_class(sweep[best]), 4).tolist())),
+        "baseline_background_miou": round(mean_iou(background), 4),
+        "baseline_fill_miou": round(mean_iou(fill), 4),
+    }
+    write_json(out / RESULTS, results)
+    return {k: v for k, v in results.items() if k not in ("sweep", "per_class_iou_best")}

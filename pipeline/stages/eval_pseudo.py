@@ -1,0 +1,54 @@
+"""Stage `eval-pseudo`: pseudo-mask mIoU (255 counted as background, as IRN scores them) and the
+precision and coverage of the confident (non-255) pixels."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.config import Config
+from pipeline.data.voc import IGNORE, open_split, read_mask
+from pipeline.metrics import confusion, iou_per_class, mean_iou
+from pipeline.runs import write_json
+from pipeline.stages.pseudo import mask_path
+
+RESULTS = "results.json"
+
+
+def OUTPUT(cfg: Config) -> str:
+    return "eval/pseudo"
+
+
+def UPSTREAM(cfg: Config) -> list[str]:
+    return ["pseudo"]
+
+
+def SECTION(cfg: Config) -> dict:
+    return {"split": cfg.eval.split}
+
+
+def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+    voc = open_split(cfg.data, cfg.eval.split)
+    n = voc.num_classes + 1
+    matrix = np.zeros((n, n), np.int64)
+    correct = confident = labelled = 0
+    for image_id in tqdm(voc.ids, desc="eval-pseudo", leave=False):
+        gt = voc.mask(image_id)
+        pseudo = read_mask(mask_path(run_dir / "pseudo", image_id))
+        sure = pseudo != IGNORE
+        matrix += confusion(gt, np.where(sure, pseudo, 0), n)
+        valid = gt != IGNORE
+        labelled += int(valid.sum())
+        confident += int((sure & valid).sum())
+        correct += int((sure & valid & (pseudo == gt)).sum())
+    names = ["background", *voc.class_names]
+    results = {
+        "split": cfg.eval.split, "images": len(voc),
+        "miou": round(mean_iou(matrix), 4),
+        "precision": round(correct / max(1, confident), 4),
+        "coverage": round(confident / max(1, labelled), 4),
+        "per_class_iou": dict(zip(names, np.round(iou_per_class(matrix), 4).tolist())),
+    }
+    write_json(out / RESULTS, results)
+    return {k: v for k, v in results.items() if k != "per_class_iou"}

@@ -1,0 +1,52 @@
+"""Stage `eval-seg`: the segmenter's mIoU on the val split against ground truth, and its
+predictions as palette PNGs (`predictions/<id>.png`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.config import Config
+from pipeline.data.transforms import eval_transform, to_tensor
+from pipeline.data.voc import open_split, save_mask
+from pipeline.metrics import confusion, iou_per_class, mean_iou
+from pipeline.models.segmenter import predict
+from pipeline.runs import write_json
+from pipeline.stages import train_seg
+
+RESULTS = "results.json"
+
+
+def OUTPUT(cfg: Config) -> str:
+    return "eval/seg" if cfg.seg.labels == "pseudo" else "eval/seg-gt"
+
+
+def UPSTREAM(cfg: Config) -> list[str]:
+    return ["train-seg"]
+
+
+def SECTION(cfg: Config) -> dict:
+    return {"val_split": cfg.seg.val_split, "labels": cfg.seg.labels}
+
+
+def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+    model, _ = train_seg.load_segmenter(run_dir / train_seg.OUTPUT(cfg))
+    voc = open_split(cfg.data, cfg.seg.val_split)
+    n = voc.num_classes + 1
+    matrix = np.zeros((n, n), np.int64)
+    transform = eval_transform()
+    for image_id in tqdm(voc.ids, desc="eval-seg", leave=False):
+        image = voc.image(image_id)
+        gt = voc.checked_mask(image_id, image.shape)
+        batch = to_tensor(transform(image=image)["image"])[None]
+        pred = predict(model, batch)[0].numpy().astype(np.uint8)
+        save_mask(out / "predictions" / f"{image_id}.png", pred)
+        matrix += confusion(gt, pred, n)
+    names = ["background", *voc.class_names]
+    results = {"split": cfg.seg.val_split, "labels": cfg.seg.labels, "images": len(voc),
+               "miou": round(mean_iou(matrix), 4),
+               "per_class_iou": dict(zip(names, np.round(iou_per_class(matrix), 4).tolist()))}
+    write_json(out / RESULTS, results)
+    return {k: v for k, v in results.items() if k != "per_class_iou"}

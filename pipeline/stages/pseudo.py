@@ -1,0 +1,68 @@
+"""Stage `pseudo`: confident pseudo-masks `pseudo/<id>.png` (0 background, 255 ignore).
+
+The CRF is single-threaded C++, so images are spread over a process pool; each worker writes its
+masks itself, so memory does not grow with the dataset, and images already written are skipped.
+"""
+from __future__ import annotations
+
+import os
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.config import Config, PseudoConfig, to_dict
+from pipeline.data.voc import open_split, read_image, save_mask
+from pipeline.refine.pseudo import confident_mask
+from pipeline.stages.cams import cam_path, load_cams
+
+
+def OUTPUT(cfg: Config) -> str:
+    return "pseudo"
+
+
+def UPSTREAM(cfg: Config) -> list[str]:
+    return ["cams"]
+
+
+def SECTION(cfg: Config) -> dict:
+    return {k: v for k, v in to_dict(cfg.pseudo).items() if k != "workers"}
+
+
+def mask_path(folder: Path, image_id: str) -> Path:
+    return Path(folder) / f"{image_id}.png"
+
+
+def pseudo_mask(settings: PseudoConfig, image: np.ndarray, cams: np.ndarray,
+                classes: np.ndarray) -> np.ndarray:
+    """The confident pseudo-mask of one image from its (unnormalised) fused CAMs."""
+    peak = cams.max(axis=(1, 2), keepdims=True)
+    cams = cams / (peak + 1e-5)
+    return confident_mask(image, cams, classes, settings.fg_threshold_high, settings.fg_threshold_low,
+                          crf=settings.crf, gt_prob=settings.crf_gt_prob,
+                          iterations=settings.crf_iterations)
+
+
+def _write_one(job: tuple[PseudoConfig, Path, Path, Path]) -> None:
+    settings, image_file, cams_file, out_file = job
+    cams, classes = load_cams(cams_file)
+    save_mask(out_file, pseudo_mask(settings, read_image(image_file), cams, classes))
+
+
+def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+    jobs = []
+    for split in cfg.pseudo.splits:
+        voc = open_split(cfg.data, split)
+        jobs += [(cfg.pseudo, voc.image_path(i), cam_path(run_dir / "cams", i), mask_path(out, i))
+                 for i in voc.ids if not mask_path(out, i).is_file()]
+    workers = cfg.pseudo.workers or os.cpu_count() or 1
+    began = time.perf_counter()
+    with get_context("fork").Pool(workers) as pool:
+        for _ in tqdm(pool.imap_unordered(_write_one, jobs, chunksize=16), total=len(jobs),
+                      desc="pseudo", leave=False):
+            pass
+    seconds = time.perf_counter() - began
+    return {"images": len(list(out.glob("*.png"))), "written_now": len(jobs), "workers": workers,
+            "images_per_second": round(len(jobs) / seconds, 1) if jobs else None}

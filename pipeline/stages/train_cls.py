@@ -1,0 +1,68 @@
+"""Stage `train-cls`: the multi-label classifier on image-level labels (BCE with logits)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from pipeline.config import Config, to_dict
+from pipeline.data.transforms import ClassificationSet, eval_transform, to_tensor, train_transform
+from pipeline.data.voc import open_split
+from pipeline.models.classifier import build_classifier
+from pipeline.train import TrainSpec, fit, mean_average_precision, save_checkpoint, load_checkpoint
+
+
+def OUTPUT(cfg: Config) -> str:
+    return "classifier"
+
+
+def UPSTREAM(cfg: Config) -> list[str]:
+    return ["data"]
+
+
+def SECTION(cfg: Config) -> dict:
+    return {"cls": to_dict(cfg.cls), "seed": cfg.seed}
+
+
+def load_classifier(run_dir: Path) -> tuple[torch.nn.Module, dict]:
+    """The trained classifier of a run, in eval mode, and its checkpoint's metadata."""
+    state = load_checkpoint(Path(run_dir) / "classifier" / "model.pt")
+    model = build_classifier(state["arch"], len(state["class_names"]), state["last_stride"])
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
+@torch.inference_mode()
+def predict_scores(model: torch.nn.Module, voc, batch_size: int = 128) -> np.ndarray:
+    """Sigmoid scores [N, C] over a split, in its list order."""
+    transform = eval_transform()
+    scores = []
+    for start in range(0, len(voc), batch_size):
+        ids = voc.ids[start:start + batch_size]
+        batch = torch.stack([to_tensor(transform(image=voc.image(i))["image"]) for i in ids])
+        scores.append(torch.sigmoid(model(batch)).numpy())
+    return np.concatenate(scores)
+
+
+def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+    train = open_split(cfg.data, cfg.cls.split)
+    labels = train.label_matrix()
+    model = build_classifier(cfg.cls.arch, train.num_classes, cfg.cls.last_stride, cfg.cls.weights)
+    dataset = ClassificationSet(train, labels, train_transform(cfg.cls.crop_size))
+    spec = TrainSpec(cfg.cls.epochs, cfg.cls.batch_size, cfg.cls.lr, cfg.cls.weight_decay,
+                     cfg.cls.max_minutes, cfg.cls.workers, cfg.seed)
+    config = to_dict(cfg)
+    history = fit(model, dataset, F.binary_cross_entropy_with_logits, spec, out / "last.pt", config,
+                  "train-cls")
+    model.eval()
+    val = open_split(cfg.data, cfg.cls.val_split)
+    val_map, per_class = mean_average_precision(predict_scores(model, val), val.label_matrix())
+    save_checkpoint(out / "model.pt", {
+        "model": model.state_dict(), "arch": cfg.cls.arch, "last_stride": cfg.cls.last_stride,
+        "class_names": train.class_names, "config": config})
+    (out / "last.pt").unlink()
+    return {**history, "val_map": round(val_map, 4),
+            "val_ap": dict(zip(train.class_names, [round(x, 4) for x in per_class])),
+            "label_prior": [round(float(x), 4) for x in labels.mean(0)]}

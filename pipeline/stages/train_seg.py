@@ -1,0 +1,74 @@
+"""Stage `train-seg`: the segmenter on pseudo-masks (`seg.labels=pseudo`) or, for the fully
+supervised upper bound, on ground-truth masks (`seg.labels=gt`) with the same budget and seed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from pipeline.config import Config, to_dict
+from pipeline.data.transforms import SegmentationSet, train_transform
+from pipeline.data.voc import IGNORE, open_split, read_mask
+from pipeline.models.segmenter import build_segmenter, load_encoder
+from pipeline.stages.pseudo import mask_path
+from pipeline.train import TrainSpec, fit, load_checkpoint, save_checkpoint
+
+LABELS = ("pseudo", "gt")
+
+
+def _check(cfg: Config) -> None:
+    if cfg.seg.labels not in LABELS:
+        raise ValueError(f"seg.labels must be one of {LABELS}, not '{cfg.seg.labels}'")
+
+
+def OUTPUT(cfg: Config) -> str:
+    _check(cfg)
+    return "segmenter" if cfg.seg.labels == "pseudo" else "segmenter-gt"
+
+
+def UPSTREAM(cfg: Config) -> list[str]:
+    _check(cfg)
+    upstream = ["pseudo"] if cfg.seg.labels == "pseudo" else ["data"]
+    if cfg.seg.encoder_weights == "classifier":
+        upstream.append("train-cls")
+    return upstream
+
+
+def SECTION(cfg: Config) -> dict:
+    return {"seg": {k: v for k, v in to_dict(cfg.seg).items() if k != "val_split"}, "seed": cfg.seed}
+
+
+def load_segmenter(folder: Path) -> tuple[torch.nn.Module, dict]:
+    state = load_checkpoint(Path(folder) / "model.pt")
+    model = build_segmenter(state["arch"], state["encoder"], len(state["class_names"]) + 1)
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, target, ignore_index=IGNORE)
+
+
+def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+    voc = open_split(cfg.data, cfg.seg.split)
+    if cfg.seg.labels == "gt":
+        read_target = voc.mask
+    else:
+        read_target = lambda image_id: read_mask(mask_path(run_dir / "pseudo", image_id))
+    model = build_segmenter(cfg.seg.arch, cfg.seg.encoder, voc.num_classes + 1)
+    if cfg.seg.encoder_weights == "classifier":
+        load_encoder(model, run_dir / "classifier" / "model.pt")
+    elif cfg.seg.encoder_weights != "none":
+        load_encoder(model, cfg.seg.encoder_weights)
+    dataset = SegmentationSet(voc, read_target, train_transform(cfg.seg.crop_size))
+    spec = TrainSpec(cfg.seg.epochs, cfg.seg.batch_size, cfg.seg.lr, cfg.seg.weight_decay,
+                     cfg.seg.max_minutes, cfg.seg.workers, cfg.seed)
+    config = to_dict(cfg)
+    history = fit(model, dataset, segmentation_loss, spec, out / "last.pt", config,
+                  f"train-seg ({cfg.seg.labels})")
+    save_checkpoint(out / "model.pt", {"model": model.state_dict(), "arch": cfg.seg.arch,
+                                       "encoder": cfg.seg.encoder, "labels": cfg.seg.labels,
+                                       "class_names": voc.class_names, "config": config})
+    (out / "last.pt").unlink()
+    return history

@@ -1,0 +1,130 @@
+"""The training loop both networks share: seeded, checkpointed every epoch, resumable."""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from pipeline.runs import write_bytes
+
+log = logging.getLogger("pipeline")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load one of our checkpoints; `weights_only` refuses anything that would run code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError or EOFError here
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: not a loadable checkpoint ({first})") from None
+
+
+@dataclass
+class TrainSpec:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    max_minutes: float
+    workers: int
+    seed: int
+
+
+def poly_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
+    """Linear warm-up, then the poly schedule (power 0.9) used by DeepLab and IRN."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, 1 - (step - warmup) / max(1, total_steps - warmup)) ** 0.9
+    return factor
+
+
+def fit(model: nn.Module, dataset: Dataset, loss_fn: Callable, spec: TrainSpec, checkpoint: Path,
+        config: dict, desc: str) -> dict:
+    """Train `model` in place; resumes from `checkpoint` when it exists. Returns loss history."""
+    generator = seed_everything(spec.seed)
+    loader = DataLoader(dataset, batch_size=spec.batch_size, shuffle=True, drop_last=True,
+                        num_workers=spec.workers, generator=generator,
+                        persistent_workers=spec.workers > 0)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{desc}: {len(dataset)} images are fewer than one batch of {spec.batch_size}")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    total = spec.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, poly_lambda(total, warmup=min(steps_per_epoch, max(1, total // 20))))
+    start_epoch, history = 0, []
+    if checkpoint.is_file():
+        state = load_checkpoint(checkpoint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"], state["history"]
+        torch.set_rng_state(state["rng"])
+        generator.set_state(state["loader_rng"])
+        log.info("%s: resuming after epoch %d", desc, start_epoch)
+    began, trained = time.perf_counter(), 0
+    for epoch in range(start_epoch, spec.epochs):
+        model.train()
+        total_loss, seen = 0.0, 0
+        for images, targets in tqdm(loader, desc=f"{desc} {epoch + 1}/{spec.epochs}", leave=False):
+            loss = loss_fn(model(images), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(images)
+            seen += len(images)
+        trained += seen
+        history.append(total_loss / seen)
+        log.info("%s epoch %d/%d: loss %.4f", desc, epoch + 1, spec.epochs, history[-1])
+        save_checkpoint(checkpoint, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "config": config,
+            "history": history, "rng": torch.get_rng_state(), "loader_rng": generator.get_state()})
+        if spec.max_minutes and (time.perf_counter() - began) / 60 > spec.max_minutes:
+            log.warning("%s: time budget of %.1f min spent after epoch %d", desc, spec.max_minutes,
+                        epoch + 1)
+            break
+    return {"train_loss": [round(x, 5) for x in history], "epochs_run": len(history),
+            "images_per_second": round(trained / max(1e-9, time.perf_counter() - began), 1)}
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """AP of one class: mean precision at the rank of each positive (NaN if no positives)."""
+    positives = targets.sum()
+    if positives == 0:
+        return math.nan
+    order = np.argsort(-scores, kind="stable")
+    hits = targets[order]
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float((precision * hits).sum() / positives)
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> tuple[float, list[float]]:
+    per_class = [average_precision(scores[:, c], targets[:, c]) for c in range(scores.shape[1])]
+    return float(np.nanmean(per_class)), per_class
