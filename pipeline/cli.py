@@ -7,6 +7,7 @@ import os
 import sys
 
 from pipeline.config import ConfigError, load_config
+from pipeline.data.voc import DataError
 from pipeline.runs import StageError
 from pipeline.stages import STAGES, execute
 
@@ -17,7 +18,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", default="configs/default.yaml", help="YAML config file")
     parser.add_argument("--force", action="store_true", help="run even if the manifest matches")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. cam.layers=[layer3,layer4]")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             import torch
             torch.set_num_threads(cfg.threads)
         execute(args.stage, cfg, force=args.force)
-    except (ConfigError, StageError) as error:
+    except (ConfigError, StageError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

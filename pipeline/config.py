@@ -38,6 +38,8 @@ class DataConfig:
     items_max: int = 3
     item_size_min: int = 24
     item_size_max: int = 40
+    n_items: int = 40000  # single-item scenes on a small canvas, for the classifier's pretraining
+    item_canvas: int = 32
     # Reader ----------------------------------------------------------------------------------
     class_names: list[str] = field(default_factory=list)  # VOC: names of ids 1..C (0 = background)
     image_dir: str = "JPEGImages"
@@ -52,6 +54,12 @@ class ClsConfig:
     weights: str = "none"  # "none" or a path to a local state dict
     last_stride: int = 2  # 1 keeps layer4 at layer3's resolution (IRN uses strides 2,2,2,1)
     crop_size: int = 64  # training crops (smaller images are padded)
+    # Pretraining on single-item images (image-level labels only, as ImageNet is for VOC);
+    # an empty split skips it.
+    pretrain_split: str = ""
+    pretrain_epochs: int = 1
+    pretrain_crop_size: int = 32
+    pretrain_batch_size: int = 128
     epochs: int = 10
     batch_size: int = 64
     lr: float = 2e-3
@@ -87,6 +95,10 @@ class PseudoConfig:
     crf: bool = True
     crf_gt_prob: float = 0.7
     crf_iterations: int = 10
+    # Bilateral kernel of the label CRF (IRN: 50 px, 5 levels); pixel units are for a 500 px
+    # photo and scaled to the image's size.
+    crf_bilateral_sxy: float = 50.0
+    crf_bilateral_srgb: float = 5.0
     workers: int = 0  # 0 = one per CPU core
 
 
@@ -98,6 +110,8 @@ class SegConfig:
     arch: str = "unet"
     encoder: str = "resnet18"
     encoder_weights: str = "none"  # "none", "classifier" (our classifier's backbone) or a path
+    decoder_channels: list[int] = field(default_factory=list)  # U-Net only; empty = smp's default
+    encoder_lr_scale: float = 1.0  # the encoder's learning rate relative to seg.lr; 0 freezes it
     crop_size: int = 64
     epochs: int = 10
     batch_size: int = 32
@@ -136,8 +150,8 @@ def _valid_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def _one_line(error: OmegaConfBaseException, source: str) -> ConfigError:
-    key = getattr(error, "full_key", None) or "?"
+def _one_line(error: OmegaConfBaseException, source: str, key: str = "?") -> ConfigError:
+    key = getattr(error, "full_key", None) or key
     message = str(error).splitlines()[0]
     if "not in struct" in message or "Key '" in message and "not" in message:
         valid = _valid_keys(OmegaConf.structured(Config))
@@ -169,7 +183,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as error:
-            raise _one_line(error, "command line") from None
+            raise _one_line(error, "command line", item.split("=", 1)[0]) from None
     return OmegaConf.to_object(merged)
 
 

@@ -100,7 +100,7 @@ def is_done(folder: Path, stage_hash: str) -> bool:
 
 
 def prepare(folder: Path, stage_hash: str) -> None:
-    """Empty `folder` unless it holds a started or finished run of the same hash."""
+    """Empty `folder` unless it holds an unfinished (killed) run of the same hash, which resumes."""
     folder = Path(folder)
     started = folder / STARTED
     same = started.is_file() and read_json(started).get("hash") == stage_hash
@@ -122,3 +122,9 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def progress(iterable, desc: str, total: int | None = None):
+    """A tqdm bar that redraws at most every few seconds, so logs of long runs stay short."""
+    from tqdm import tqdm
+    return tqdm(iterable, desc=desc, total=total, leave=False, mininterval=5 if not sys.stderr.isatty() else 0.1)

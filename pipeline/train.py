@@ -14,9 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from pipeline.runs import write_bytes
+from pipeline.runs import progress, write_bytes
 
 log = logging.getLogger("pipeline")
 
@@ -52,6 +51,7 @@ class TrainSpec:
     max_minutes: float
     workers: int
     seed: int
+    warmup_fraction: float = 0.05
 
 
 def poly_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
@@ -63,9 +63,22 @@ def poly_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
     return factor
 
 
+def train_mode(model: nn.Module) -> None:
+    """`model.train()`, except that BatchNorm layers whose weights are frozen keep their statistics."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None \
+                and not module.weight.requires_grad:
+            module.eval()
+
+
 def fit(model: nn.Module, dataset: Dataset, loss_fn: Callable, spec: TrainSpec, checkpoint: Path,
-        config: dict, desc: str) -> dict:
-    """Train `model` in place; resumes from `checkpoint` when it exists. Returns loss history."""
+        config: dict, desc: str, param_groups: list[dict] | None = None) -> dict:
+    """Train `model` in place; resumes from `checkpoint` when it exists. Returns loss history.
+
+    `param_groups` (torch optimizer groups, e.g. with their own `lr`) default to every parameter
+    that requires grad.
+    """
     generator = seed_everything(spec.seed)
     loader = DataLoader(dataset, batch_size=spec.batch_size, shuffle=True, drop_last=True,
                         num_workers=spec.workers, generator=generator,
@@ -73,10 +86,11 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: Callable, spec: TrainSpec, 
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError(f"{desc}: {len(dataset)} images are fewer than one batch of {spec.batch_size}")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    optimizer = torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay)
     total = spec.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, poly_lambda(total, warmup=min(steps_per_epoch, max(1, total // 20))))
+        optimizer, poly_lambda(total, warmup=max(1, int(total * spec.warmup_fraction))))
     start_epoch, history = 0, []
     if checkpoint.is_file():
         state = load_checkpoint(checkpoint)
@@ -89,9 +103,9 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: Callable, spec: TrainSpec, 
         log.info("%s: resuming after epoch %d", desc, start_epoch)
     began, trained = time.perf_counter(), 0
     for epoch in range(start_epoch, spec.epochs):
-        model.train()
+        train_mode(model)
         total_loss, seen = 0.0, 0
-        for images, targets in tqdm(loader, desc=f"{desc} {epoch + 1}/{spec.epochs}", leave=False):
+        for images, targets in progress(loader, desc=f"{desc} {epoch + 1}/{spec.epochs}"):
             loss = loss_fn(model(images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -77,7 +77,7 @@ def compute_cams(model: nn.Module, images: torch.Tensor, layers: list[str], meth
             raise ValueError("method 'cam' needs `classes` (it reads the head's class weights)")
         with torch.no_grad():
             _, activations = _capture(model, layers, lambda: model(images))
-        weights = dict(model.named_modules())[head].weight[classes]  # [N, K, C]
+        weights = dict(model.named_modules())[head].weight.detach()[classes]  # [N, K, C]
         return {name: F.relu(torch.einsum("nkc,nchw->nkhw", weights, act))
                 for name, act in zip(layers, activations)}
     score = target or class_targets(classes)

@@ -14,11 +14,18 @@ from torch.nn import functional as F
 ARCHS = {"unet": smp.Unet, "deeplabv3plus": smp.DeepLabV3Plus, "fpn": smp.FPN, "deeplabv3": smp.DeepLabV3}
 
 
-def build_segmenter(arch: str, encoder: str, num_classes: int) -> nn.Module:
+def build_segmenter(arch: str, encoder: str, num_classes: int,
+                    decoder_channels: list[int] | None = None) -> nn.Module:
     """An smp model with `num_classes` outputs (background included) and random weights."""
     if arch not in ARCHS:
         raise ValueError(f"unknown segmenter arch '{arch}' (choose from {', '.join(ARCHS)})")
-    return ARCHS[arch](encoder_name=encoder, encoder_weights=None, in_channels=3, classes=num_classes)
+    extra = {}
+    if decoder_channels:
+        if arch != "unet":
+            raise ValueError("seg.decoder_channels applies to seg.arch=unet only")
+        extra["decoder_channels"] = tuple(decoder_channels)
+    return ARCHS[arch](encoder_name=encoder, encoder_weights=None, in_channels=3, classes=num_classes,
+                       **extra)
 
 
 def load_encoder(model: nn.Module, path: str | Path) -> None:
@@ -26,7 +33,8 @@ def load_encoder(model: nn.Module, path: str | Path) -> None:
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("model", state)
     encoder = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.encoder.load_state_dict(encoder, strict=False)
+    # nn.Module's own loader: smp's encoders override load_state_dict and return nothing.
+    missing, unexpected = nn.Module.load_state_dict(model.encoder, encoder, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not fit the {type(model.encoder).__name__} encoder "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -30,17 +30,20 @@ def _densecrf():
 
 
 def crf_params(preset: str, image_size: int, **overrides) -> dict:
-    """A preset's parameters with pixel units scaled to `image_size` (the longer side)."""
+    """A preset's parameters, with any overrides, and pixel units scaled to `image_size`.
+
+    Pixel-unit values (`gaussian_sxy`, `bilateral_sxy`), preset or override, are given for a
+    500 px photo; `scale=` replaces the image_size / 500 factor.
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown CRF preset '{preset}' (choose from {', '.join(PRESETS)})")
     unknown = set(overrides) - set(PRESETS[preset]) - {"scale"}
     if unknown:
         raise ValueError(f"unknown CRF parameter(s) {sorted(unknown)} for preset '{preset}'")
-    params = dict(PRESETS[preset])
     scale = overrides.pop("scale", image_size / REFERENCE_SIZE)
+    params = {**PRESETS[preset], **overrides}
     params["gaussian_sxy"] = max(1.0, params["gaussian_sxy"] * scale)
     params["bilateral_sxy"] = max(1.0, params["bilateral_sxy"] * scale)
-    params.update(overrides)
     return params
 
 

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import io
 import time
-from itertools import groupby
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipeline.cam import compute_cams, fuse_layers
 from pipeline.config import Config, to_dict
-from pipeline.data.transforms import eval_transform, to_tensor
+from pipeline.data.transforms import image_batches, normalised_batch
 from pipeline.data.voc import open_split
-from pipeline.runs import write_bytes
+from pipeline.runs import progress, write_bytes
 from pipeline.stages.train_cls import load_classifier
 
 
@@ -61,8 +59,7 @@ def padded_classes(label_sets: list[np.ndarray]) -> torch.Tensor:
 
 def seed_batch(model, images: list[np.ndarray], label_sets: list[np.ndarray], cfg: Config) -> list[np.ndarray]:
     """Fused [K_i, H, W] maps for a batch of same-sized images."""
-    transform = eval_transform()
-    batch = torch.stack([to_tensor(transform(image=image)["image"]) for image in images])
+    batch = normalised_batch(images)
     maps = compute_cams(model, batch, list(cfg.cam.layers), cfg.cam.method, padded_classes(label_sets))
     fused = fuse_layers(maps, tuple(batch.shape[-2:]), cfg.cam.fuse).numpy()
     return [fused[i, :len(labels)] for i, labels in enumerate(label_sets)]
@@ -74,15 +71,12 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     for split in cfg.cam.splits:
         voc = open_split(cfg.data, split)
         todo = [i for i in voc.ids if not cam_path(out, i).is_file()]
-        for start in tqdm(range(0, len(todo), cfg.cam.batch_size), desc=f"cams {split}", leave=False):
-            ids = todo[start:start + cfg.cam.batch_size]
-            items = [(i, voc.image(i), voc.labels(i)) for i in ids]
-            for _, group in groupby(items, key=lambda item: item[1].shape):
-                group = list(group)
-                fused = seed_batch(model, [g[1] for g in group], [g[2] for g in group], cfg)
-                for (image_id, _, labels), maps in zip(group, fused):
-                    save_cams(cam_path(out, image_id), maps, labels, list(cfg.cam.layers), cfg.cam.method)
-                    written += 1
+        batches = image_batches(voc, todo, cfg.cam.batch_size)
+        for ids, images in progress(batches, desc=f"cams {split}"):
+            label_sets = [voc.labels(i) for i in ids]
+            for image_id, labels, maps in zip(ids, label_sets, seed_batch(model, images, label_sets, cfg)):
+                save_cams(cam_path(out, image_id), maps, labels, list(cfg.cam.layers), cfg.cam.method)
+                written += 1
     seconds = time.perf_counter() - began
     total = len(list(out.glob("*.npz")))
     return {"images": total, "written_now": written,

@@ -42,7 +42,8 @@ def _fashion(cfg: Config, folder: Path) -> dict:
                              data.items_max, data.item_size_min, data.item_size_max)
     source = os.environ.get("FASHION_MNIST_DIR") or data.fashion_mnist_dir
     try:
-        return fashion.build(folder, spec, source, data.n_train_pool, data.n_train, data.n_val)
+        return fashion.build(folder, spec, source, data.n_train_pool, data.n_train, data.n_val,
+                             data.n_items, data.item_canvas)
     except fashion.FashionMnistMissing as error:
         raise DataError(str(error)) from None
 
@@ -86,7 +87,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     else:
         raise DataError(f"data.name: unknown dataset '{cfg.data.name}' "
                         f"(choose from {', '.join([*BUILDERS, 'voc'])})")
-    splits = {cfg.cls.split, cfg.cls.val_split, *cfg.cam.splits, *cfg.pseudo.splits, cfg.eval.split,
+    splits = {cfg.cls.split, cfg.cls.val_split, *filter(None, [cfg.cls.pretrain_split]), *cfg.cam.splits, *cfg.pseudo.splits, cfg.eval.split,
               cfg.seg.split, cfg.seg.val_split}
     sizes = {split: len(open_split(cfg.data, split)) for split in sorted(splits)}
     return {"name": info["name"], "seed": info["seed"], "root": cfg.data.root, "sizes": sizes,

@@ -8,13 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.cam import normalise_max
 from pipeline.config import Config, to_dict
 from pipeline.data.voc import open_split
 from pipeline.metrics import confusion, iou_per_class, mean_iou, sweep_confusions
-from pipeline.runs import write_json
+from pipeline.runs import progress, write_json
 from pipeline.stages.cams import cam_path, load_cams
 
 RESULTS = "results.json"
@@ -46,7 +45,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     sweep = np.zeros((len(grid), n, n), np.int64)
     background = np.zeros((n, n), np.int64)
     fill = np.zeros((n, n), np.int64)
-    for image_id in tqdm(voc.ids, desc="eval-cams", leave=False):
+    for image_id in progress(voc.ids, desc="eval-cams"):
         gt = voc.mask(image_id)
         cams, classes = load_cams(cam_path(run_dir / "cams", image_id))
         cams = normalise_max(torch.from_numpy(cams)).numpy()

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.config import Config
 from pipeline.data.voc import IGNORE, open_split, read_mask
 from pipeline.metrics import confusion, iou_per_class, mean_iou
-from pipeline.runs import write_json
+from pipeline.runs import progress, write_json
 from pipeline.stages.pseudo import mask_path
 
 RESULTS = "results.json"
@@ -33,7 +32,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     n = voc.num_classes + 1
     matrix = np.zeros((n, n), np.int64)
     correct = confident = labelled = 0
-    for image_id in tqdm(voc.ids, desc="eval-pseudo", leave=False):
+    for image_id in progress(voc.ids, desc="eval-pseudo"):
         gt = voc.mask(image_id)
         pseudo = read_mask(mask_path(run_dir / "pseudo", image_id))
         sure = pseudo != IGNORE

@@ -5,18 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
 from pipeline.config import Config
-from pipeline.data.transforms import eval_transform, to_tensor
+from pipeline.data.transforms import image_batches, normalised_batch
 from pipeline.data.voc import open_split, save_mask
 from pipeline.metrics import confusion, iou_per_class, mean_iou
 from pipeline.models.segmenter import predict
-from pipeline.runs import write_json
+from pipeline.runs import progress, write_json
 from pipeline.stages import train_seg
 
 RESULTS = "results.json"
+BATCH = 64
 
 
 def OUTPUT(cfg: Config) -> str:
@@ -36,14 +35,11 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     voc = open_split(cfg.data, cfg.seg.val_split)
     n = voc.num_classes + 1
     matrix = np.zeros((n, n), np.int64)
-    transform = eval_transform()
-    for image_id in tqdm(voc.ids, desc="eval-seg", leave=False):
-        image = voc.image(image_id)
-        gt = voc.checked_mask(image_id, image.shape)
-        batch = to_tensor(transform(image=image)["image"])[None]
-        pred = predict(model, batch)[0].numpy().astype(np.uint8)
-        save_mask(out / "predictions" / f"{image_id}.png", pred)
-        matrix += confusion(gt, pred, n)
+    for ids, images in progress(image_batches(voc, voc.ids, BATCH), desc="eval-seg"):
+        predictions = predict(model, normalised_batch(images)).numpy().astype(np.uint8)
+        for image_id, image, pred in zip(ids, images, predictions):
+            save_mask(out / "predictions" / f"{image_id}.png", pred)
+            matrix += confusion(voc.checked_mask(image_id, image.shape), pred, n)
     names = ["background", *voc.class_names]
     results = {"split": cfg.seg.val_split, "labels": cfg.seg.labels, "images": len(voc),
                "miou": round(mean_iou(matrix), 4),

@@ -11,12 +11,12 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.config import Config, PseudoConfig, to_dict
 from pipeline.data.voc import open_split, read_image, save_mask
 from pipeline.refine.pseudo import confident_mask
 from pipeline.stages.cams import cam_path, load_cams
+from pipeline.runs import progress
 
 
 def OUTPUT(cfg: Config) -> str:
@@ -42,7 +42,9 @@ def pseudo_mask(settings: PseudoConfig, image: np.ndarray, cams: np.ndarray,
     cams = cams / (peak + 1e-5)
     return confident_mask(image, cams, classes, settings.fg_threshold_high, settings.fg_threshold_low,
                           crf=settings.crf, gt_prob=settings.crf_gt_prob,
-                          iterations=settings.crf_iterations)
+                          iterations=settings.crf_iterations,
+                          bilateral_sxy=settings.crf_bilateral_sxy,
+                          bilateral_srgb=settings.crf_bilateral_srgb)
 
 
 def _write_one(job: tuple[PseudoConfig, Path, Path, Path]) -> None:
@@ -60,8 +62,8 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     workers = cfg.pseudo.workers or os.cpu_count() or 1
     began = time.perf_counter()
     with get_context("fork").Pool(workers) as pool:
-        for _ in tqdm(pool.imap_unordered(_write_one, jobs, chunksize=16), total=len(jobs),
-                      desc="pseudo", leave=False):
+        for _ in progress(pool.imap_unordered(_write_one, jobs, chunksize=16), total=len(jobs),
+                      desc="pseudo"):
             pass
     seconds = time.perf_counter() - began
     return {"images": len(list(out.glob("*.png"))), "written_now": len(jobs), "workers": workers,

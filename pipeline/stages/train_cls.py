@@ -8,10 +8,14 @@ import torch
 from torch.nn import functional as F
 
 from pipeline.config import Config, to_dict
-from pipeline.data.transforms import ClassificationSet, eval_transform, to_tensor, train_transform
-from pipeline.data.voc import open_split
+from pipeline.data.transforms import ClassificationSet, image_batches, normalised_batch, train_transform
+from pipeline.data.voc import DataError, open_split
 from pipeline.models.classifier import build_classifier
 from pipeline.train import TrainSpec, fit, mean_average_precision, save_checkpoint, load_checkpoint
+
+
+# From-scratch ResNets sit at the label prior for a while; a long warm-up (as OneCycle) got past it fastest.
+WARMUP = 0.15
 
 
 def OUTPUT(cfg: Config) -> str:
@@ -37,23 +41,39 @@ def load_classifier(run_dir: Path) -> tuple[torch.nn.Module, dict]:
 @torch.inference_mode()
 def predict_scores(model: torch.nn.Module, voc, batch_size: int = 128) -> np.ndarray:
     """Sigmoid scores [N, C] over a split, in its list order."""
-    transform = eval_transform()
     scores = []
-    for start in range(0, len(voc), batch_size):
-        ids = voc.ids[start:start + batch_size]
-        batch = torch.stack([to_tensor(transform(image=voc.image(i))["image"]) for i in ids])
-        scores.append(torch.sigmoid(model(batch)).numpy())
+    for _, images in image_batches(voc, voc.ids, batch_size):
+        scores.append(torch.sigmoid(model(normalised_batch(images))).numpy())
     return np.concatenate(scores)
+
+
+def single_label_loss(logits: torch.Tensor, multi_hot: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy for images with exactly one label (the pretraining items)."""
+    return F.cross_entropy(logits, multi_hot.argmax(1))
+
+
+def pretrain(cfg: Config, model: torch.nn.Module, out: Path, config: dict) -> dict:
+    """Train on single-item images first: cheap, small, and the items' shapes are learnt in isolation."""
+    items = open_split(cfg.data, cfg.cls.pretrain_split)
+    labels = items.label_matrix()
+    if (labels.sum(1) != 1).any():
+        raise DataError(f"{items.root}: split '{items.split}' must have exactly one label per image "
+                        f"for pretraining")
+    spec = TrainSpec(cfg.cls.pretrain_epochs, cfg.cls.pretrain_batch_size, cfg.cls.lr,
+                     cfg.cls.weight_decay, cfg.cls.max_minutes, cfg.cls.workers, cfg.seed, WARMUP)
+    dataset = ClassificationSet(items, labels, train_transform(cfg.cls.pretrain_crop_size))
+    return fit(model, dataset, single_label_loss, spec, out / "pretrain.pt", config, "pretrain-cls")
 
 
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     train = open_split(cfg.data, cfg.cls.split)
     labels = train.label_matrix()
     model = build_classifier(cfg.cls.arch, train.num_classes, cfg.cls.last_stride, cfg.cls.weights)
+    config = to_dict(cfg)
+    pretrained = pretrain(cfg, model, out, config) if cfg.cls.pretrain_split else None
     dataset = ClassificationSet(train, labels, train_transform(cfg.cls.crop_size))
     spec = TrainSpec(cfg.cls.epochs, cfg.cls.batch_size, cfg.cls.lr, cfg.cls.weight_decay,
-                     cfg.cls.max_minutes, cfg.cls.workers, cfg.seed)
-    config = to_dict(cfg)
+                     cfg.cls.max_minutes, cfg.cls.workers, cfg.seed, WARMUP)
     history = fit(model, dataset, F.binary_cross_entropy_with_logits, spec, out / "last.pt", config,
                   "train-cls")
     model.eval()
@@ -62,7 +82,8 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     save_checkpoint(out / "model.pt", {
         "model": model.state_dict(), "arch": cfg.cls.arch, "last_stride": cfg.cls.last_stride,
         "class_names": train.class_names, "config": config})
-    (out / "last.pt").unlink()
-    return {**history, "val_map": round(val_map, 4),
+    for partial in ("pretrain.pt", "last.pt"):
+        (out / partial).unlink(missing_ok=True)
+    return {**history, "pretrain": pretrained, "val_map": round(val_map, 4),
             "val_ap": dict(zip(train.class_names, [round(x, 4) for x in per_class])),
             "label_prior": [round(float(x), 4) for x in labels.mean(0)]}

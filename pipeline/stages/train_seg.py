@@ -41,7 +41,8 @@ def SECTION(cfg: Config) -> dict:
 
 def load_segmenter(folder: Path) -> tuple[torch.nn.Module, dict]:
     state = load_checkpoint(Path(folder) / "model.pt")
-    model = build_segmenter(state["arch"], state["encoder"], len(state["class_names"]) + 1)
+    model = build_segmenter(state["arch"], state["encoder"], len(state["class_names"]) + 1,
+                            state["decoder_channels"])
     model.load_state_dict(state["model"])
     return model.eval(), state
 
@@ -50,13 +51,24 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(logits, target, ignore_index=IGNORE)
 
 
+def param_groups(model: torch.nn.Module, lr: float, encoder_scale: float) -> list[dict]:
+    """Optimizer groups: the encoder at `encoder_scale` x lr (frozen, statistics too, at 0)."""
+    decoder = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
+    if encoder_scale == 0:
+        model.encoder.requires_grad_(False)
+        return [{"params": decoder}]
+    return [{"params": list(model.encoder.parameters()), "lr": lr * encoder_scale},
+            {"params": decoder}]
+
+
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     voc = open_split(cfg.data, cfg.seg.split)
     if cfg.seg.labels == "gt":
         read_target = voc.mask
     else:
         read_target = lambda image_id: read_mask(mask_path(run_dir / "pseudo", image_id))
-    model = build_segmenter(cfg.seg.arch, cfg.seg.encoder, voc.num_classes + 1)
+    model = build_segmenter(cfg.seg.arch, cfg.seg.encoder, voc.num_classes + 1,
+                            list(cfg.seg.decoder_channels))
     if cfg.seg.encoder_weights == "classifier":
         load_encoder(model, run_dir / "classifier" / "model.pt")
     elif cfg.seg.encoder_weights != "none":
@@ -66,9 +78,10 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
                      cfg.seg.max_minutes, cfg.seg.workers, cfg.seed)
     config = to_dict(cfg)
     history = fit(model, dataset, segmentation_loss, spec, out / "last.pt", config,
-                  f"train-seg ({cfg.seg.labels})")
+                  f"train-seg ({cfg.seg.labels})", param_groups(model, cfg.seg.lr, cfg.seg.encoder_lr_scale))
     save_checkpoint(out / "model.pt", {"model": model.state_dict(), "arch": cfg.seg.arch,
                                        "encoder": cfg.seg.encoder, "labels": cfg.seg.labels,
+                                       "decoder_channels": list(cfg.seg.decoder_channels),
                                        "class_names": voc.class_names, "config": config})
     (out / "last.pt").unlink()
     return history

@@ -1,0 +1,68 @@
+"""`python -m pipeline <stage>`: bad input ends in one line on stderr and exit status 2, no traceback."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.cli import main, parse
+from pipeline.runs import load_manifest
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f"run_dir: {tmp_path}/run\ndata:\n  root: {tmp_path}/scenes\n"
+                    f"  fashion_mnist_dir: {tmp_path}/no-fashion-mnist\n")
+    return path
+
+
+@pytest.mark.parametrize("argv", [
+    ["data", "--config", "c.yaml", "run_dir=r", "cls.epochs=3"],  # the Makefile's order
+    ["data", "run_dir=r", "--config", "c.yaml", "cls.epochs=3"],
+    ["data", "run_dir=r", "cls.epochs=3", "--config", "c.yaml"],
+])
+def test_overrides_may_follow_the_config_option(argv):
+    args = parse(argv)
+    assert args.stage == "data" and args.config == "c.yaml"
+    assert args.overrides == ["run_dir=r", "cls.epochs=3"]
+    assert args.force is False
+
+
+def test_runs_a_stage_with_the_makefile_command_line(config_file, tmp_path):
+    argv = ["data", "--config", str(config_file), f"run_dir={tmp_path}/run2", "data.name=shapes",
+            f"data.root={tmp_path}/shapes", "data.n_train=4", "data.n_val=2", "data.image_size=32",
+            "cls.split=train"]
+    assert main(argv) == 0
+    manifest = load_manifest(tmp_path / "run2" / "data")
+    assert manifest["metrics"]["sizes"] == {"train": 4, "val": 2}
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+    return err
+
+
+def test_unknown_key_on_the_command_line(config_file, capsys):
+    assert main(["data", "--config", str(config_file), "cam.layerz=[x]"]) == 2
+    err = _error_line(capsys)
+    assert "cam.layerz" in err and "cam.layers" in err
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert main(["data", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in _error_line(capsys)
+
+
+def test_stage_before_its_upstream(config_file, capsys):
+    assert main(["cams", "--config", str(config_file)]) == 2
+    err = _error_line(capsys)
+    assert "train-cls" in err
+
+
+def test_missing_dataset_is_one_line_not_a_traceback(config_file, capsys, monkeypatch):
+    """DESIGN 8: bad input gets a clear one-line error naming the file and the problem."""
+    monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
+    assert main(["data", "--config", str(config_file)]) == 2
+    err = _error_line(capsys)
+    assert "no-fashion-mnist" in err and "apt-get install dataset-fashion-mnist" in err

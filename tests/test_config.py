@@ -1,0 +1,126 @@
+"""pipeline.config: typed config from defaults, a YAML file and dotted overrides; one-line errors."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from pipeline.config import Config, ConfigError, config_hash, from_dict, load_config, to_dict
+
+CAM_KEYS = ["splits", "method", "layers", "fuse", "batch_size"]
+TOP_KEYS = ["run_dir", "seed", "threads", "data", "cls", "cam", "eval", "pseudo", "seg", "report"]
+
+
+def write(tmp_path, text, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_load_typed():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert cfg.cam.layers == ["layer4"] and cfg.cam.method == "gradcam"
+    assert cfg.cls.epochs == 10 and isinstance(cfg.cls.epochs, int)
+    assert cfg.eval.bg_threshold == pytest.approx(0.15)
+    assert cfg.data.name == "fashion-scenes"
+    assert len(cfg.data.classes) == 10
+
+
+def test_file_then_overrides(tmp_path):
+    path = write(tmp_path, "cls:\n  epochs: 5\n  lr: 0.01\ncam:\n  layers: [layer2]\n"
+                           "data:\n  name: shapes\n")
+    cfg = load_config(path, ["cam.layers=[layer3,layer4]", "cls.epochs=3", "eval.bg_threshold=0.2",
+                             "pseudo.crf=false"])
+    assert cfg.cam.layers == ["layer3", "layer4"]
+    assert isinstance(cfg.cam.layers, list) and all(isinstance(x, str) for x in cfg.cam.layers)
+    assert cfg.cls.epochs == 3 and type(cfg.cls.epochs) is int  # the command line wins
+    assert cfg.cls.lr == pytest.approx(0.01) and type(cfg.cls.lr) is float  # the file wins
+    assert cfg.data.name == "shapes"
+    assert cfg.eval.bg_threshold == pytest.approx(0.2)
+    assert cfg.pseudo.crf is False
+    assert cfg.seg.epochs == 10  # untouched default
+
+
+def _one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("source", ["file", "command line"])
+def test_unknown_nested_key_names_it_suggests_and_lists(tmp_path, source):
+    with pytest.raises(ConfigError) as info:
+        if source == "file":
+            load_config(write(tmp_path, "cam:\n  layerz: [x]\n"))
+        else:
+            load_config(None, ["cam.layerz=[x]"])
+    message = _one_line(info)
+    assert "'cam.layerz'" in message
+    assert "did you mean 'cam.layers'" in message
+    for key in CAM_KEYS:
+        assert key in message
+    if source == "file":
+        assert "cfg.yaml" in message
+
+
+def test_unknown_top_level_key(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["runn_dir=x"])
+    message = _one_line(info)
+    assert "'runn_dir'" in message and "did you mean 'run_dir'" in message
+    for key in TOP_KEYS:
+        assert key in message
+
+
+@pytest.mark.parametrize("override, key", [
+    ("cls.epochs=abc", "cls.epochs"),
+    ("cls.lr=fast", "cls.lr"),
+    ("cam.layers=5", "cam.layers"),
+    ("pseudo.crf=maybe", "pseudo.crf"),
+    ("cls=3", "cls"),  # a whole section replaced by a scalar
+])
+def test_wrong_type_names_the_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    message = _one_line(info)
+    assert f"'{key}'" in message
+
+
+def test_wrong_type_in_file_names_file_and_key(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "cls:\n  epochs: lots\n"))
+    message = _one_line(info)
+    assert "cfg.yaml" in message and "'cls.epochs'" in message
+
+
+def test_missing_file_and_malformed_override(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml.*not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="cls.epochs"):
+        load_config(None, ["cls.epochs"])
+
+
+def test_config_hash_is_stable_and_sensitive():
+    a = to_dict(load_config(None, ["cls.epochs=3"]))
+    b = to_dict(load_config(None, ["cls.epochs=3"]))
+    assert config_hash(a) == config_hash(b)
+    # The documented recipe: sha256 of the key-sorted JSON, 16 hex digits.
+    expected = hashlib.sha256(json.dumps(a, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert config_hash(a) == expected and len(expected) == 16
+    assert config_hash({"x": 1, "y": [1, 2]}) == config_hash({"y": [1, 2], "x": 1})
+    c = to_dict(load_config(None, ["cls.epochs=4"]))
+    assert config_hash(c) != config_hash(a)
+    d = to_dict(load_config(None, ["cls.epochs=3", "cam.layers=[layer3,layer4]"]))
+    assert config_hash(d) != config_hash(a)
+    # Section hashes only move with their own section.
+    assert config_hash(a["cam"]) == config_hash(c["cam"])
+    assert config_hash(a["cls"]) != config_hash(c["cls"])
+
+
+def test_to_dict_from_dict_round_trip():
+    cfg = load_config(None, ["cam.layers=[layer3,layer4]", "seg.lr=0.5", "data.n_val=7"])
+    data = to_dict(cfg)
+    json.dumps(data)  # plain JSON-friendly data
+    assert from_dict(data) == cfg

@@ -1,0 +1,303 @@
+"""Every stage, in process, on the procedural shapes dataset (32 px, 64 + 16 images).
+
+One module-scoped run (about 25 s on one core); the tests read its files and check the numbers
+each stage reported against numbers recomputed here from those files.
+"""
+from __future__ import annotations
+
+import math
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import config_hash, load_config, to_dict
+from pipeline.data.voc import VocDataset, read_mask
+from pipeline.metrics import confusion, iou_per_class, mean_iou
+from pipeline.report.build import _fmt
+from pipeline.runs import MANIFEST, STARTED, load_manifest, read_json
+from pipeline.stages import execute
+
+STAGES = ["data", "train-cls", "cams", "eval-cams", "pseudo", "eval-pseudo", "train-seg", "eval-seg"]
+FOLDERS = {"data": "data", "train-cls": "classifier", "cams": "cams", "eval-cams": "eval/cams",
+           "pseudo": "pseudo", "eval-pseudo": "eval/pseudo", "train-seg": "segmenter",
+           "eval-seg": "eval/seg", "report": "report"}
+GT_FOLDERS = {"train-seg": "segmenter-gt", "eval-seg": "eval/seg-gt"}
+
+
+def overrides(tmp):
+    return [f"run_dir={tmp}/run", "data.name=shapes", f"data.root={tmp}/data", "data.image_size=32",
+            "data.n_train=64", "data.n_val=16", "cls.split=train", "cls.crop_size=32", "cls.epochs=3",
+            "cls.batch_size=16", "cam.layers=[layer3,layer4]", "cam.batch_size=16", "pseudo.workers=1",
+            "seg.crop_size=32", "seg.epochs=1", "seg.batch_size=8", "report.examples=2"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    torch.manual_seed(0)
+    cfg = load_config(None, overrides(tmp))
+    gt_cfg = load_config(None, overrides(tmp) + ["seg.labels=gt"])
+    manifests = {}
+    for stage in STAGES:
+        manifests[stage] = execute(stage, cfg)
+    for stage in ("train-seg", "eval-seg"):
+        manifests[f"{stage} gt"] = execute(stage, gt_cfg)
+    manifests["report"] = execute("report", cfg)
+    run_dir = tmp / "run"
+    return {"tmp": tmp, "cfg": cfg, "gt_cfg": gt_cfg, "dir": run_dir, "manifests": manifests,
+            "summary": read_json(run_dir / "report" / "summary.json"),
+            "train": VocDataset(tmp / "data", "train"), "val": VocDataset(tmp / "data", "val")}
+
+
+def results(run, folder):
+    return read_json(run["dir"] / folder / "results.json")
+
+
+def test_summary_has_every_key_in_range(run):
+    s = run["summary"]
+    for key in ("seed_miou_best", "seed_threshold_best", "pseudo_miou", "pseudo_precision",
+                "pseudo_coverage", "seg_miou", "seg_upper_bound_miou", "seg_ratio", "cls_map",
+                "baseline_background_miou", "baseline_fill_miou", "dataset", "git_commit",
+                "config_hash", "stage_seconds"):
+        assert key in s and s[key] is not None, key
+    for key in ("seed_miou_best", "pseudo_miou", "pseudo_precision", "pseudo_coverage", "seg_miou",
+                "seg_upper_bound_miou", "cls_map", "baseline_background_miou", "baseline_fill_miou"):
+        assert isinstance(s[key], float) and 0.0 <= s[key] <= 1.0, (key, s[key])
+    assert s["dataset"] == {"name": "shapes", "seed": 0, "sizes": {"train": 64, "val": 16}}
+    assert s["classes"] == ["square", "disc", "cross"]
+    assert isinstance(s["git_commit"], str) and s["git_commit"]
+    assert s["config_hash"] == config_hash(to_dict(run["cfg"]))
+    assert re.fullmatch(r"[0-9a-f]{16}", s["config_hash"])
+    assert s["seg_upper_bound_miou"] > 0
+    assert s["seg_ratio"] == round(s["seg_miou"] / s["seg_upper_bound_miou"], 4)
+    assert s["stage_seconds"].keys() == {
+        "data", "train-cls", "cams", "eval-cams", "pseudo", "eval-pseudo", "train-seg", "eval-seg",
+        "upper-bound train-seg", "upper-bound eval-seg"}
+    assert all(v >= 0 for v in s["stage_seconds"].values())
+    assert s["total_seconds"] == round(sum(s["stage_seconds"].values()), 1)
+
+
+def test_seed_sweep_best_is_the_max(run):
+    s, seeds = run["summary"], results(run, "eval/cams")
+    sweep = {float(t): m for t, m in seeds["sweep"].items()}
+    assert len(sweep) == 61 and min(sweep) == 0.0 and max(sweep) == pytest.approx(0.6)
+    assert s["seed_threshold_best"] in sweep
+    assert s["seed_miou_best"] == max(sweep.values()) == sweep[s["seed_threshold_best"]]
+    assert s["seed_threshold_configured"] == pytest.approx(0.15)
+    assert s["seed_miou_configured"] == sweep[0.15]
+    assert s["seed_method"] == "gradcam" and s["seed_layers"] == "layer3+layer4"
+
+
+def test_baselines_recomputed(run):
+    voc, n = run["train"], 4
+    background = np.zeros((n, n), np.int64)
+    fill = np.zeros((n, n), np.int64)
+    for image_id in voc.ids:
+        gt = voc.mask(image_id)
+        background += confusion(gt, np.zeros_like(gt), n)
+        fill += confusion(gt, np.full_like(gt, voc.labels(image_id).min() + 1), n)
+    # All background: background IoU = its share of the pixels, each (present) class 0.
+    share = background[0].sum() / background.sum()
+    assert run["summary"]["baseline_background_miou"] == round(share / 4, 4)
+    assert run["summary"]["baseline_fill_miou"] == round(mean_iou(fill), 4)
+
+
+def _average_precision(scores, targets):
+    order = np.argsort(-scores, kind="stable")
+    hits = targets[order]
+    ranks = np.nonzero(hits)[0] + 1
+    return np.mean(np.arange(1, len(ranks) + 1) / ranks)
+
+
+def test_classifier_beats_chance(run):
+    from pipeline.stages.train_cls import load_classifier, predict_scores
+
+    model, state = load_classifier(run["dir"])
+    assert state["class_names"] == ["square", "disc", "cross"]
+    val = run["val"]
+    scores, targets = predict_scores(model, val), val.label_matrix()
+    cls_map = np.mean([_average_precision(scores[:, c], targets[:, c]) for c in range(3)])
+    assert run["summary"]["cls_map"] == round(cls_map, 4)
+    chance = targets.mean()  # the AP of random scores is the positive rate
+    assert run["summary"]["cls_map"] > max(0.6, chance + 0.1)
+    metrics = run["manifests"]["train-cls"]["metrics"]
+    assert metrics["epochs_run"] == 3 and len(metrics["train_loss"]) == 3
+    assert metrics["train_loss"][-1] < metrics["train_loss"][0]
+
+
+def test_cam_files(run):
+    files = sorted((run["dir"] / "cams").glob("*.npz"))
+    assert len(files) == 80  # cam.splits: train and val
+    for voc in (run["train"], run["val"]):
+        for image_id in voc.ids:
+            with np.load(run["dir"] / "cams" / f"{image_id}.npz", allow_pickle=False) as data:
+                cams, classes = data["cams"], data["classes"]
+                assert list(data["layers"]) == ["layer3", "layer4"]
+                assert str(data["method"]) == "gradcam"
+            labels = voc.labels(image_id)
+            assert cams.dtype == np.float16 and cams.shape == (len(labels), 32, 32)
+            np.testing.assert_array_equal(classes, labels)
+            assert np.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1.0
+
+
+def test_pseudo_masks(run):
+    voc = run["train"]
+    assert len(list((run["dir"] / "pseudo").glob("*.png"))) == 64
+    for image_id in voc.ids:
+        mask = read_mask(run["dir"] / "pseudo" / f"{image_id}.png")
+        assert mask.shape == (32, 32)
+        values = set(np.unique(mask).tolist())
+        assert values <= {0, 1, 2, 3, 255}
+        assert values <= {0, 255, *(voc.labels(image_id) + 1).tolist()}  # only present classes
+
+
+def test_eval_pseudo_recomputed(run):
+    voc, n = run["train"], 4
+    matrix = np.zeros((n, n), np.int64)
+    correct = confident = labelled = 0
+    for image_id in voc.ids:
+        gt = voc.mask(image_id)
+        pseudo = read_mask(run["dir"] / "pseudo" / f"{image_id}.png")
+        valid, sure = gt != 255, pseudo != 255
+        labelled += valid.sum()
+        confident += (valid & sure).sum()
+        correct += (valid & sure & (pseudo == gt)).sum()
+        matrix += confusion(gt, np.where(sure, pseudo, 0), n)
+    got = results(run, "eval/pseudo")
+    assert got["precision"] == round(correct / confident, 4)
+    assert got["coverage"] == round(confident / labelled, 4)
+    assert got["miou"] == round(mean_iou(matrix), 4)
+    assert run["summary"]["pseudo_precision"] == got["precision"]
+    assert run["summary"]["pseudo_miou"] == got["miou"]
+
+
+@pytest.mark.parametrize("folder, key", [("eval/seg", "seg_miou"), ("eval/seg-gt", "seg_upper_bound_miou")])
+def test_eval_seg_recomputed_from_predictions(run, folder, key):
+    voc, n = run["val"], 4
+    matrix = np.zeros((n, n), np.int64)
+    for image_id in voc.ids:
+        pred = read_mask(run["dir"] / folder / "predictions" / f"{image_id}.png")
+        assert pred.shape == (32, 32) and pred.max() <= 3
+        matrix += confusion(voc.mask(image_id), pred, n)
+    got = results(run, folder)
+    assert got["miou"] == round(mean_iou(matrix), 4) == run["summary"][key]
+    per_class = np.round(iou_per_class(matrix), 4)
+    for name, value in zip(["background", "square", "disc", "cross"], per_class):
+        assert got["per_class_iou"][name] == pytest.approx(value, nan_ok=True)
+
+
+def test_every_stage_has_a_manifest(run):
+    versions = run["manifests"]["data"]["packages"]
+    folders = [*FOLDERS.values(), *GT_FOLDERS.values()]
+    for folder in folders:
+        manifest = load_manifest(run["dir"] / folder)
+        assert manifest is not None, folder
+        assert re.fullmatch(r"[0-9a-f]{16}", manifest["hash"]), folder
+        assert isinstance(manifest["seconds"], float) and manifest["seconds"] >= 0
+        assert manifest["packages"]["torch"] == torch.__version__.split("+")[0]
+        assert manifest["packages"] == versions
+        assert isinstance(manifest["metrics"], dict)
+        assert not (run["dir"] / folder / STARTED).exists(), folder
+    hashes = [load_manifest(run["dir"] / f)["hash"] for f in folders]
+    assert len(set(hashes)) == len(hashes)
+
+
+def test_unchanged_stages_are_skipped(run):
+    for stage in [*STAGES, "report"]:
+        path = run["dir"] / FOLDERS[stage] / MANIFEST
+        before = path.stat().st_mtime_ns
+        manifest = execute(stage, run["cfg"])
+        assert path.stat().st_mtime_ns == before, stage
+        assert manifest == read_json(path)
+    for stage in ("train-seg", "eval-seg"):
+        path = run["dir"] / GT_FOLDERS[stage] / MANIFEST
+        before = path.stat().st_mtime_ns
+        execute(stage, run["gt_cfg"])
+        assert path.stat().st_mtime_ns == before, stage
+
+
+def test_changed_threshold_reruns_eval_cams_only(run, tmp_path):
+    """On a copy of the run (models left behind: a stage that needed them would fail loudly)."""
+    copy = tmp_path / "run"
+    shutil.copytree(run["dir"], copy, ignore=shutil.ignore_patterns("*.pt"))
+    base = [o for o in overrides(run["tmp"]) if not o.startswith("run_dir=")] + [f"run_dir={copy}"]
+    cfg = load_config(None, base + ["eval.bg_threshold=0.3"])
+    cams_manifest = copy / "cams" / MANIFEST
+    before = cams_manifest.stat().st_mtime_ns
+    old = read_json(copy / "eval/cams" / MANIFEST)
+    execute("cams", cfg)
+    new = execute("eval-cams", cfg)
+    assert cams_manifest.stat().st_mtime_ns == before
+    assert new["hash"] != old["hash"]
+    seeds = read_json(copy / "eval/cams/results.json")
+    assert seeds["configured_threshold"] == pytest.approx(0.3)
+    assert seeds["configured_miou"] == seeds["sweep"]["0.30"]
+    assert seeds["sweep"] == results(run, "eval/cams")["sweep"]  # the seeds themselves did not move
+    # Same seed, same machine: same pseudo-masks when the stage is forced to run again.
+    same = load_config(None, base)
+    execute("pseudo", same, force=True)
+    for path in sorted((run["dir"] / "pseudo").glob("*.png")):
+        assert (copy / "pseudo" / path.name).read_bytes() == path.read_bytes()
+
+
+def _numbers(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _numbers(item)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+
+
+def test_report_shows_every_number(run):
+    text = (run["dir"] / "report" / "report.md").read_text()
+    numbers = list(_numbers(run["summary"]))
+    assert len(numbers) >= 25
+    for value in numbers:
+        assert not (isinstance(value, float) and math.isnan(value))
+        assert _fmt(value) in text, value
+    assert "square" in text and "gradcam" in text
+
+
+def test_report_links_resolve(run):
+    report = run["dir"] / "report"
+    html = (report / "index.html").read_text()
+    links = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html)
+    assert len(links) >= 3
+    for link in links:
+        assert not re.match(r"[a-z]+://", link), link  # nothing fetched from elsewhere
+        assert (report / link).is_file(), link
+    markdown = (report / "report.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert len(images) == 3
+    for link in images:
+        assert (report / link).is_file() and (report / link).stat().st_size > 1000
+
+
+def test_killed_cams_stage_resumes_where_it_stopped(run, tmp_path):
+    """A run killed mid-stage (started.json, no manifest) redoes only the missing images."""
+    copy = tmp_path / "run"
+    shutil.copytree(run["dir"], copy, ignore=shutil.ignore_patterns("*.pt"))
+    shutil.copy2(run["dir"] / "classifier" / "model.pt", copy / "classifier" / "model.pt")
+    cfg = load_config(None, [o for o in overrides(run["tmp"]) if not o.startswith("run_dir=")]
+                      + [f"run_dir={copy}"])
+    folder = copy / "cams"
+    manifest = read_json(folder / MANIFEST)
+    (folder / MANIFEST).unlink()
+    (folder / STARTED).write_text('{"hash": "%s"}' % manifest["hash"])
+    lost = ["train_00003", "train_00040", "val_00007"]
+    for image_id in lost:
+        (folder / f"{image_id}.npz").unlink()
+    kept = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.npz")}
+    resumed = execute("cams", cfg)
+    assert resumed["hash"] == manifest["hash"]
+    assert resumed["metrics"]["written_now"] == 3 and resumed["metrics"]["images"] == 80
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.npz") if p.name in kept} == kept
+    for image_id in lost:
+        with np.load(folder / f"{image_id}.npz") as new, \
+                np.load(run["dir"] / "cams" / f"{image_id}.npz") as old:
+            np.testing.assert_array_equal(new["classes"], old["classes"])
+            np.testing.assert_allclose(new["cams"].astype(np.float32), old["cams"].astype(np.float32),
+                                       atol=2e-3)

@@ -1,0 +1,105 @@
+"""pipeline.runs: atomic writes, prepare/finish, skip-if-done."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline import runs
+
+
+def listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_write_json_and_bytes_leave_no_temporary_files(tmp_path):
+    runs.write_json(tmp_path / "a.json", {"b": 2, "a": [1, 2.5]})
+    runs.write_bytes(tmp_path / "sub" / "c.bin", b"\x00\x01")
+    runs.write_text(tmp_path / "d.txt", "hello")
+    assert listing(tmp_path) == ["a.json", "d.txt", "sub"]
+    assert listing(tmp_path / "sub") == ["c.bin"]
+    assert json.loads((tmp_path / "a.json").read_text()) == {"a": [1, 2.5], "b": 2}
+    assert runs.read_json(tmp_path / "a.json") == {"a": [1, 2.5], "b": 2}
+    assert (tmp_path / "sub" / "c.bin").read_bytes() == b"\x00\x01"
+    assert (tmp_path / "d.txt").read_text() == "hello"
+
+
+def test_write_replaces_by_rename(tmp_path):
+    path = tmp_path / "m.json"
+    runs.write_json(path, {"v": 1})
+    before = path.stat().st_ino
+    with open(path) as reader:  # a reader that opened the old file keeps seeing the whole old file
+        runs.write_json(path, {"v": 2})
+        assert json.loads(reader.read()) == {"v": 1}
+    assert runs.read_json(path) == {"v": 2}
+    assert path.stat().st_ino != before  # a new file renamed over the old, not rewritten in place
+    assert listing(tmp_path) == ["m.json"]
+
+
+def test_failed_write_keeps_the_old_file_and_cleans_up(tmp_path):
+    path = tmp_path / "m.bin"
+    runs.write_bytes(path, b"old")
+
+    def broken(tmp):
+        tmp.write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        runs.write_with(path, broken)
+    assert path.read_bytes() == b"old"
+    assert listing(tmp_path) == ["m.bin"]
+
+
+def test_prepare_starts_fresh_for_another_hash(tmp_path):
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    (folder / "old.npz").write_bytes(b"x")
+    runs.write_json(folder / runs.STARTED, {"hash": "aaaa"})
+    runs.prepare(folder, "bbbb")
+    assert listing(folder) == [runs.STARTED]
+    assert runs.read_json(folder / runs.STARTED) == {"hash": "bbbb"}
+
+
+def test_prepare_resumes_same_hash(tmp_path):
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    (folder / "done_1.npz").write_bytes(b"x")
+    runs.write_json(folder / runs.STARTED, {"hash": "aaaa"})
+    runs.prepare(folder, "aaaa")
+    assert listing(folder) == ["done_1.npz", runs.STARTED]
+    assert (folder / "done_1.npz").read_bytes() == b"x"
+
+
+def test_prepare_wipes_a_folder_without_started_record(tmp_path):
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    (folder / "stray.txt").write_text("?")
+    runs.prepare(folder, "cccc")
+    assert listing(folder) == [runs.STARTED]
+    runs.prepare(tmp_path / "new" / "deep", "dddd")  # creates missing folders
+    assert listing(tmp_path / "new" / "deep") == [runs.STARTED]
+
+
+def test_finish_and_is_done(tmp_path):
+    folder = tmp_path / "stage"
+    runs.prepare(folder, "h1")
+    assert not runs.is_done(folder, "h1")  # started, not finished
+    (folder / "out.txt").write_text("result")
+    runs.finish(folder, {"hash": "h1", "seconds": 1.5})
+    assert listing(folder) == [runs.MANIFEST, "out.txt"]
+    assert runs.load_manifest(folder) == {"hash": "h1", "seconds": 1.5}
+    assert runs.is_done(folder, "h1")
+    assert not runs.is_done(folder, "h2")
+    assert not runs.is_done(tmp_path / "elsewhere", "h1")
+    assert runs.load_manifest(tmp_path / "elsewhere") is None
+
+
+def test_package_versions_and_timer():
+    versions = runs.package_versions()
+    for name in ("python", "torch", "numpy", "omegaconf"):
+        assert versions[name] and versions[name] != "missing"
+    import torch
+    assert torch.__version__.startswith(versions["torch"])
+    with runs.Timer() as timer:
+        sum(range(1000))
+    assert 0 <= timer.seconds < 5
