@@ -8,7 +8,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.cam import compute_cams, fuse_layers, normalise_max
-from pipeline.cam import engine
 
 ATOL = 1e-5
 CLASSES = torch.tensor([[0, 2], [1, 2]])  # K = 2 different classes for each of N = 2 images

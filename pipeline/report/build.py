@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from pipeline import runs
@@ -91,7 +90,7 @@ def write_report(cfg: Config, run_dir: Path, out: Path, summary: dict) -> None:
         "summary": summary, "fmt": _fmt, "figures": {k: f"figures/{v.name}" for k, v in figs.items()},
         "per_class": per_class, "class_names": ["background", *summary["classes"]],
         "cls_ap": cls["val_ap"], "note": COMPOSED_NOTE if summary["dataset"]["name"] == "fashion-scenes" else "",
-        "sweep": seeds["sweep"], "nan": np.isnan,
+        "sweep": seeds["sweep"],
     }
     env = Environment(loader=PackageLoader("pipeline.report", "templates"), undefined=StrictUndefined,
                       autoescape=False, trim_blocks=True, lstrip_blocks=True)
