@@ -89,6 +89,7 @@ def example_grid(cfg: Config, run_dir: Path, path: Path) -> Path:
     names = ["background", *voc.class_names, "ignore"]
     ids_in_legend = [*range(len(voc.class_names) + 1), IGNORE]
     handles = [Patch(color=COLOURS[i] / 255.0, label=name) for i, name in zip(ids_in_legend, names)]
-    fig.legend(handles=handles, loc="lower center", ncols=min(6, len(handles)), fontsize=7,
-               bbox_to_anchor=(0.5, -0.04))
+    # The legend sits just under the last row, whatever the number of rows.
+    fig.legend(handles=handles, loc="upper center", ncols=min(6, len(handles)), fontsize=7,
+               bbox_to_anchor=(0.5, axes[-1, 0].get_position().y0 - 0.01))
     return _save(fig, path)
