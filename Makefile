@@ -14,7 +14,7 @@ export FASHION_MNIST_DIR
 
 .DEFAULT_GOAL := all
 .PHONY: all help install fashion-mnist data train-cls cams eval-cams pseudo eval-pseudo train-seg \
-        eval-seg upper-bound report quick test clean
+        eval-seg upper-bound report quick test bench-cam clean
 
 all: install fashion-mnist data train-cls cams eval-cams pseudo eval-pseudo train-seg eval-seg upper-bound report ## set up and run every stage on CONFIG, then print where the report is
 	@echo "report: $(RUN)/report/report.md and $(RUN)/report/index.html"
@@ -68,6 +68,9 @@ quick: ## the whole pipeline on configs/quick.yaml (a few minutes)
 
 test: install ## run the test suite (offline, CPU only, no dataset needed)
 	HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest
+
+bench-cam: install ## CAM throughput: ours vs pytorch-grad-cam vs forward only (a benchmark, not a test)
+	HF_HUB_OFFLINE=1 $(PY) bench/cam_speed.py
 
 clean: ## remove runs and built data (keeps the virtualenv)
 	rm -rf runs data
