@@ -127,4 +127,5 @@ class Timer:
 def progress(iterable, desc: str, total: int | None = None):
     """A tqdm bar that redraws at most every few seconds, so logs of long runs stay short."""
     from tqdm import tqdm
-    return tqdm(iterable, desc=desc, total=total, leave=False, mininterval=5 if not sys.stderr.isatty() else 0.1)
+    interval = 0.1 if sys.stderr.isatty() else 5.0
+    return tqdm(iterable, desc=desc, total=total, leave=False, mininterval=interval)

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from pipeline.data.voc import save_mask
+from pipeline.data.voc import make_layout, save_mask, write_index
 
 # Fashion-MNIST label order, with short names.
 FASHION_CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat",
@@ -200,8 +200,7 @@ def build(root: str | Path, spec: SceneSpec, fashion_dir: str | Path, n_pool: in
     if n_train > n_pool:
         raise ValueError(f"data.n_train ({n_train}) exceeds data.n_train_pool ({n_pool})")
     load_fashion_mnist(fashion_dir, "train")  # fail early, with the how-to-get-it message
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+    make_layout(root)
     counts = {"train": n_pool, "val": n_val, "items": n_items}
     specs = {"train": spec, "val": spec, "items": item_spec(spec, item_canvas)}
     ids = {split: [f"{split}_{i:06d}" for i in range(count)] for split, count in counts.items()}
@@ -213,8 +212,6 @@ def build(root: str | Path, spec: SceneSpec, fashion_dir: str | Path, n_pool: in
     lists = {"train_aug": ids["train"], "train": ids["train"][:n_train], "val": ids["val"]}
     if ids["items"]:
         lists["items"] = ids["items"]
-    for name, members in lists.items():
-        (root / "ImageSets/Segmentation" / f"{name}.txt").write_text("\n".join(members) + "\n")
-    (root / "classes.txt").write_text("\n".join(["background", *spec.classes]) + "\n")
+    sizes = write_index(root, lists, list(spec.classes))
     return {"name": "fashion-scenes", "seed": spec.seed, "image_size": spec.size,
-            "classes": list(spec.classes), "sizes": {k: len(v) for k, v in lists.items()}}
+            "classes": list(spec.classes), "sizes": sizes}

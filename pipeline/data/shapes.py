@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.data.voc import save_mask
+from pipeline.data.voc import make_layout, save_mask, write_index
 
 SHAPES = ["square", "disc", "cross"]
 COLOURS = {"square": (230, 40, 40), "disc": (40, 200, 40), "cross": (40, 80, 230)}
@@ -42,8 +42,7 @@ def shapes_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
 def build_shapes(root: str | Path, seed: int, size: int, n_train: int, n_val: int) -> dict:
     """Write the dataset in VOC layout into the (empty) folder `root`."""
     root = Path(root)
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+    make_layout(root)
     lists: dict[str, list[str]] = {}
     for split, count, code in (("train", n_train, 1), ("val", n_val, 2)):
         lists[split] = []
@@ -54,8 +53,5 @@ def build_shapes(root: str | Path, seed: int, size: int, n_train: int, n_val: in
             save_mask(root / "SegmentationClass" / f"{image_id}.png", labels)
             lists[split].append(image_id)
     lists["train_aug"] = lists["train"]
-    for name, members in lists.items():
-        (root / "ImageSets/Segmentation" / f"{name}.txt").write_text("\n".join(members) + "\n")
-    (root / "classes.txt").write_text("\n".join(["background", *SHAPES]) + "\n")
-    return {"name": "shapes", "seed": seed, "image_size": size, "classes": SHAPES,
-            "sizes": {k: len(v) for k, v in lists.items()}}
+    sizes = write_index(root, lists, SHAPES)
+    return {"name": "shapes", "seed": seed, "image_size": size, "classes": SHAPES, "sizes": sizes}

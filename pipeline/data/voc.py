@@ -156,6 +156,20 @@ class VocDataset:
         return matrix
 
 
+def make_layout(root: Path) -> None:
+    """Create the VOC folders a builder writes into."""
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (Path(root) / sub).mkdir(parents=True, exist_ok=True)
+
+
+def write_index(root: Path, lists: dict[str, list[str]], class_names: list[str]) -> dict[str, int]:
+    """Write each split's id list and `classes.txt`; returns the split sizes."""
+    for name, members in lists.items():
+        (Path(root) / "ImageSets/Segmentation" / f"{name}.txt").write_text("\n".join(members) + "\n")
+    (Path(root) / "classes.txt").write_text("\n".join(["background", *class_names]) + "\n")
+    return {name: len(members) for name, members in lists.items()}
+
+
 def read_class_names(root: Path) -> list[str]:
     path = Path(root) / "classes.txt"
     if path.is_file():

@@ -87,8 +87,8 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     else:
         raise DataError(f"data.name: unknown dataset '{cfg.data.name}' "
                         f"(choose from {', '.join([*BUILDERS, 'voc'])})")
-    splits = {cfg.cls.split, cfg.cls.val_split, *filter(None, [cfg.cls.pretrain_split]), *cfg.cam.splits, *cfg.pseudo.splits, cfg.eval.split,
-              cfg.seg.split, cfg.seg.val_split}
+    splits = {cfg.cls.split, cfg.cls.val_split, *filter(None, [cfg.cls.pretrain_split]),
+              *cfg.cam.splits, *cfg.pseudo.splits, cfg.eval.split, cfg.seg.split, cfg.seg.val_split}
     sizes = {split: len(open_split(cfg.data, split)) for split in sorted(splits)}
     return {"name": info["name"], "seed": info["seed"], "root": cfg.data.root, "sizes": sizes,
             "classes": open_split(cfg.data, cfg.cls.split).class_names}
