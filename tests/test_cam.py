@@ -328,3 +328,58 @@ def test_agrees_with_pytorch_grad_cam_on_resnet18(method):
         up = F.interpolate(torch.from_numpy(_minmax(raw))[None, None], size=(128, 128),
                            mode="bilinear", align_corners=False)[0, 0].numpy()
         np.testing.assert_allclose(_minmax(up), theirs[n], atol=2e-3)
+
+
+# ------------------------------------------------------------- test-time augmentation, CAM heads
+
+def test_flip_adds_the_mirrored_maps_of_the_mirrored_image(net, images):
+    from pipeline.cam import augmented_cams
+
+    plain = compute_cams(net, images, ["block1", "block2"], "gradcam", CLASSES)
+    mirrored = compute_cams(net, images.flip(-1), ["block1", "block2"], "gradcam", CLASSES)
+    both = augmented_cams(net, images, ["block1", "block2"], "gradcam", CLASSES, flip=True)
+    for name in ("block1", "block2"):
+        torch.testing.assert_close(both[name], plain[name] + mirrored[name].flip(-1), atol=ATOL, rtol=0)
+
+
+def test_scales_are_summed_at_the_scale_one_resolution(net, images):
+    from pipeline.cam import augmented_cams
+
+    plain = compute_cams(net, images, ["block2"], "gradcam++", CLASSES)["block2"]
+    double = compute_cams(net, F.interpolate(images, size=(24, 24), mode="bilinear", align_corners=False),
+                          ["block2"], "gradcam++", CLASSES)["block2"]
+    assert double.shape[-2:] == (12, 12)
+    summed = augmented_cams(net, images, ["block2"], "gradcam++", CLASSES, scales=[2.0, 1.0])["block2"]
+    expected = plain + F.interpolate(double, size=(6, 6), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(summed, expected, atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="must include 1.0"):
+        augmented_cams(net, images, ["block2"], "gradcam", CLASSES, scales=[0.5, 2.0])
+
+
+def test_fitted_head_reproduces_logits_and_separates_the_classes():
+    from pipeline.cam import fit_linear_head
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.rand(200, 4, generator=generator) * torch.tensor([1.0, 10.0, 0.1, 5.0]) + 3.0
+    targets = torch.stack([features[:, 0] > 3.5, features[:, 1] > 8.0], 1).float()
+    head = fit_linear_head(features, targets, weight_decay=1e-6)
+    logits = head(features)
+    assert ((logits > 0).float() == targets).float().mean() > 0.97
+    # Fitting twice from the same data gives the same head (no random initialisation).
+    torch.testing.assert_close(fit_linear_head(features, targets, weight_decay=1e-6).weight, head.weight)
+    assert not head.weight.requires_grad
+
+
+def test_cam_with_a_fitted_head_is_its_weights_times_the_activations(net, images):
+    from pipeline.cam import fit_cam_heads
+
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    heads = fit_cam_heads(net, [images[:1], images[1:]], targets, ["block1"])
+    assert heads["block1"].weight.shape == (3, 6)  # block1 has 6 channels; the net's own fc has 5
+    maps = compute_cams(net, images, ["block1"], "cam", CLASSES, head=heads)["block1"]
+    a1, _ = net.features(images)
+    for n in range(2):
+        for k in range(2):
+            w = heads["block1"].weight[CLASSES[n, k]]
+            expected = F.relu((w[:, None, None] * a1[n]).sum(0))
+            torch.testing.assert_close(maps[n, k], expected.detach(), atol=ATOL, rtol=1e-5)

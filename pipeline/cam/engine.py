@@ -6,7 +6,7 @@ layer's own resolution.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -51,6 +51,11 @@ def gradcam_pp_weights(grads: torch.Tensor, activations: torch.Tensor) -> torch.
 GRADIENT_WEIGHTS = {"gradcam": gradcam_weights, "gradcam++": gradcam_pp_weights}
 
 
+def head_weights(head: nn.Module, classes: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """[N, K, C] class weights of a linear head (fitted heads live on the CPU) on the maps' device."""
+    return head.weight.detach().to(activations.device)[classes.to(activations.device)]
+
+
 def class_targets(classes: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """Target function picking logit classes[n, k] of image n: output [N, K]."""
     return lambda logits: logits.gather(1, classes.to(logits.device))
@@ -59,14 +64,15 @@ def class_targets(classes: torch.Tensor) -> Callable[[torch.Tensor], torch.Tenso
 def compute_cams(model: nn.Module, images: torch.Tensor, layers: list[str], method: str = "gradcam",
                  classes: torch.Tensor | None = None,
                  target: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 head: str = "fc") -> dict[str, torch.Tensor]:
+                 head: str | Mapping[str, nn.Module] = "fc") -> dict[str, torch.Tensor]:
     """Raw maps {layer: [N, K, h, w]} for K targets per image.
 
     `classes` [N, K] picks logits; alternatively `target` maps the model output to any [N, K]
     scores (a regression output, an embedding's similarity to a reference). Gradient methods run
     one backward for all K targets and all layers (`is_grads_batched`); parameters' `.grad` are
-    left untouched. "cam" needs `classes` and uses the weights of the linear layer `head`, which
-    must follow global average pooling of the (last) layer asked for.
+    left untouched. "cam" needs `classes` and uses the weights of the linear layer named `head`,
+    which must follow global average pooling of the layers asked for; for other layers pass
+    `head={layer: linear}` with heads fitted on their pooled features (`fit_cam_head`).
     """
     if method not in METHODS:
         raise ValueError(f"unknown CAM method '{method}' (choose from {', '.join(METHODS)})")
@@ -77,8 +83,9 @@ def compute_cams(model: nn.Module, images: torch.Tensor, layers: list[str], meth
             raise ValueError("method 'cam' needs `classes` (it reads the head's class weights)")
         with torch.no_grad():
             _, activations = _capture(model, layers, lambda: model(images))
-        weights = dict(model.named_modules())[head].weight.detach()[classes]  # [N, K, C]
-        return {name: F.relu(torch.einsum("nkc,nchw->nkhw", weights, act))
+        heads = head if isinstance(head, Mapping) else {name: dict(model.named_modules())[head]
+                                                        for name in layers}
+        return {name: F.relu(torch.einsum("nkc,nchw->nkhw", head_weights(heads[name], classes, act), act))
                 for name, act in zip(layers, activations)}
     score = target or class_targets(classes)
     with torch.enable_grad():
