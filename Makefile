@@ -13,10 +13,10 @@ STAGE_ARGS = --config $(CONFIG) run_dir=$(RUN) $(ARGS)
 export FASHION_MNIST_DIR
 
 .DEFAULT_GOAL := all
-.PHONY: all help install fashion-mnist data train-cls cams eval-cams pseudo eval-pseudo train-seg \
-        eval-seg upper-bound report quick test bench-cam clean
+.PHONY: all help install fashion-mnist data train-cls cams eval-cams compare-cams pseudo eval-pseudo train-seg \
+        eval-seg upper-bound report quick test bench bench-speed bench-cam bench-crf label clean
 
-all: install fashion-mnist data train-cls cams eval-cams pseudo eval-pseudo train-seg eval-seg upper-bound report ## set up and run every stage on CONFIG, then print where the report is
+all: install fashion-mnist data train-cls cams eval-cams compare-cams pseudo eval-pseudo train-seg eval-seg upper-bound report ## set up and run every stage on CONFIG, then print where the report is
 	@echo "report: $(RUN)/report/report.md and $(RUN)/report/index.html"
 
 help: ## list the targets
@@ -49,6 +49,8 @@ cams: install ## extract seeds (CAMs) for every present class
 	$(STAGE) cams $(STAGE_ARGS)
 eval-cams: install ## score seeds over a sweep of background thresholds
 	$(STAGE) eval-cams $(STAGE_ARGS)
+compare-cams: install ## score CAM, Grad-CAM and Grad-CAM++ from several layer sets side by side
+	$(STAGE) compare-cams $(STAGE_ARGS)
 pseudo: install ## turn seeds into confident pseudo-masks (threshold + dense CRF)
 	$(STAGE) pseudo $(STAGE_ARGS)
 eval-pseudo: install ## score pseudo-masks: mIoU, precision and coverage
@@ -69,8 +71,22 @@ quick: ## the whole pipeline on configs/quick.yaml (a few minutes)
 test: install ## run the test suite (offline, CPU only, no dataset needed)
 	HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest
 
+bench: all ## the benchmark grid (method x layers x CRF) and the segmenters over 3 seeds -> bench/out/
+	HF_HUB_OFFLINE=1 $(PY) bench/grid.py --config $(CONFIG) --run $(RUN)
+	HF_HUB_OFFLINE=1 $(PY) bench/seeds.py --config $(CONFIG) --run $(RUN)
+
+bench-speed: bench-cam bench-crf ## CAM and CRF throughput, then each stage's wall time and peak memory in RUN
+	$(PY) bench/stages.py --run $(RUN)
+
 bench-cam: install ## CAM throughput: ours vs pytorch-grad-cam vs forward only (a benchmark, not a test)
 	HF_HUB_OFFLINE=1 $(PY) bench/cam_speed.py
+
+bench-crf: install ## CRF ms per image at 64 px and images/s with 1 vs 2 pool workers (a benchmark, not a test)
+	$(PY) bench/crf_speed.py
+
+label: install ## pseudo-label a folder with RUN's classifier: make label IMAGES=dir OUT=dir [LABELS=csv]
+	@test -n "$(IMAGES)" -a -n "$(OUT)" || { echo "usage: make label IMAGES=<folder> OUT=<folder> [LABELS=<csv>] [RUN=$(RUN)] [ARGS='key=value ...']"; exit 2; }
+	$(STAGE) label --images $(IMAGES) --run $(RUN) --out $(OUT) $(if $(LABELS),--labels $(LABELS)) $(ARGS)
 
 clean: ## remove runs and built data (keeps the virtualenv)
 	rm -rf runs data

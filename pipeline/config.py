@@ -22,7 +22,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    # "fashion-scenes" builds the built-in benchmark into `root`; "voc" reads an existing folder.
+    # "fashion-scenes" builds the built-in benchmark into `root`; "voc" reads an existing folder;
+    # "folder" reads images under `root` with image-level labels from a CSV (no masks).
     name: str = "fashion-scenes"
     root: str = "data/fashion-scenes"
     seed: int = 0
@@ -44,6 +45,9 @@ class DataConfig:
     class_names: list[str] = field(default_factory=list)  # VOC: names of ids 1..C (0 = background)
     image_dir: str = "JPEGImages"
     mask_dir: str = "SegmentationClass"
+    # Folder dataset only: rows `image,labels` (labels separated by ';'); "" = <root>/labels.csv.
+    labels_csv: str = ""
+    val_fraction: float = 0.1  # share of the CSV's images in split "val"; "train" holds the rest
 
 
 @dataclass
@@ -71,9 +75,19 @@ class ClsConfig:
 @dataclass
 class CamConfig:
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
-    method: str = "gradcam"
+    method: str = "gradcam"  # "cam", "gradcam" or "gradcam++"
     layers: list[str] = field(default_factory=lambda: ["layer4"])
-    fuse: str = "max"
+    fuse: str = "max"  # across layers, after each layer's maps are max-normalised: "max" or "mean"
+    # Test-time augmentation: raw maps at these input scales (1.0 must be one) and, with `flip`,
+    # of their mirror images, are summed (IRN uses 1.0, 0.5, 1.5, 2.0 and flip).
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
+    save_layers: bool = False  # also store each layer's raw (augmented) map in cams/<id>.npz
+    # "cam" reads the linear layer `head`, which follows global pooling of `head_layer`; for every
+    # other layer a linear head is fitted on pooled features of `head_images` images of cls.split.
+    head: str = "fc"
+    head_layer: str = "layer4"
+    head_images: int = 2000
     batch_size: int = 64
 
 
@@ -83,6 +97,13 @@ class EvalConfig:
     bg_threshold: float = 0.15  # the configured seed background threshold (IRN's cam_eval_thres)
     sweep_max: float = 0.60
     sweep_step: float = 0.01
+    # Side-by-side comparison of methods and layer sets (one trained classifier, the configured
+    # scales, flip and fusion) on the first `compare_images` images of the split; 0 skips it.
+    compare_methods: list[str] = field(default_factory=lambda: ["cam", "gradcam", "gradcam++"])
+    compare_layer_sets: list[list[str]] = field(default_factory=lambda: [
+        ["layer4"], ["layer3"], ["layer2"], ["layer3", "layer4"], ["layer2", "layer3"],
+        ["layer2", "layer3", "layer4"]])
+    compare_images: int = 1000
 
 
 @dataclass
@@ -122,6 +143,13 @@ class SegConfig:
 
 
 @dataclass
+class LabelConfig:
+    # `python -m pipeline label` without a labels CSV: an image's classes are those whose sigmoid
+    # score exceeds this (a score is 0.5 where the logit is 0, the decision boundary BCE trains).
+    score_threshold: float = 0.5
+
+
+@dataclass
 class ReportConfig:
     examples: int = 8
 
@@ -131,6 +159,9 @@ class Config:
     run_dir: str = "runs/default"
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    # Where the trainings run: "auto" (CUDA when torch sees a GPU, else the CPU), "cpu" or "cuda";
+    # under torchrun each process takes the GPU of its LOCAL_RANK.
+    device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     cls: ClsConfig = field(default_factory=ClsConfig)
     cam: CamConfig = field(default_factory=CamConfig)
@@ -138,6 +169,7 @@ class Config:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     seg: SegConfig = field(default_factory=SegConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
 
 
 def _valid_keys(node: Any, prefix: str = "") -> list[str]:

@@ -58,3 +58,20 @@ def sweep_confusions(gt: np.ndarray, cams: np.ndarray, classes: np.ndarray, thre
     for t, threshold in enumerate(thresholds):
         out[t] = _count(gt, np.where(peak > threshold, winner, 0), num_classes)
     return out
+
+
+def pseudo_counts(gt: np.ndarray, pseudo: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """How a pseudo-mask scores (DESIGN.md section 6): (confusion with 255 counted as background,
+    [correct, confident, labelled] pixel counts for the confident pixels' precision and coverage)."""
+    sure = pseudo != IGNORE
+    valid = gt != IGNORE
+    matrix = confusion(gt, np.where(sure, pseudo, 0), num_classes)
+    counts = np.array([(sure & valid & (pseudo == gt)).sum(), (sure & valid).sum(), valid.sum()], np.int64)
+    return matrix, counts
+
+
+def pseudo_scores(matrix: np.ndarray, counts: np.ndarray) -> dict:
+    """mIoU, precision and coverage from summed `pseudo_counts`."""
+    correct, confident, labelled = (int(c) for c in counts)
+    return {"miou": round(mean_iou(matrix), 4), "precision": round(correct / max(1, confident), 4),
+            "coverage": round(confident / max(1, labelled), 4)}

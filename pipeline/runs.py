@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 MANIFEST = "manifest.json"
 STARTED = "started.json"
+TEMPORARY = ".tmp"  # the suffix of files being written, hidden behind a leading dot
 PACKAGES = ("torch", "torchvision", "numpy", "segmentation-models-pytorch", "albumentations",
             "scikit-image", "pydensecrf2", "omegaconf")
 
@@ -30,9 +31,23 @@ class StageError(RuntimeError):
     """A stage cannot run; the message is one line for the user."""
 
 
+class CheckpointError(StageError):
+    """A checkpoint file that cannot or must not be loaded (it would run code, or it is cut off)."""
+
+
+def check_recorded(path: Path, recorded: dict, expected: dict) -> None:
+    """Refuse a file made under other settings than the run's `expected` ones (a checkpoint's
+    classes or architecture): one line naming the file and every setting that differs."""
+    differs = [f"{key} {recorded.get(key)!r} (this run's config: {value!r})"
+               for key, value in expected.items() if recorded.get(key) != value]
+    if differs:
+        raise StageError(f"{path}: made for {'; '.join(differs)}; retrain it or point run_dir at "
+                         f"the run it belongs to")
+
+
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY)
     os.close(handle)
     try:
         write(Path(tmp))
@@ -100,12 +115,15 @@ def is_done(folder: Path, stage_hash: str) -> bool:
 
 
 def prepare(folder: Path, stage_hash: str) -> None:
-    """Empty `folder` unless it holds an unfinished (killed) run of the same hash, which resumes."""
+    """Empty `folder` unless it holds an unfinished (killed) run of the same hash, which resumes
+    without the half-written temporaries the kill left behind."""
     folder = Path(folder)
     started = folder / STARTED
     same = started.is_file() and read_json(started).get("hash") == stage_hash
     if folder.exists() and not same:
         shutil.rmtree(folder)
+    for stale in folder.rglob(f".*{TEMPORARY}"):
+        stale.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     write_json(started, {"hash": stage_hash})
 

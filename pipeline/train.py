@@ -13,9 +13,11 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from pipeline.runs import progress, write_bytes
+from pipeline import distributed
+from pipeline.runs import CheckpointError, progress, write_bytes
 
 log = logging.getLogger("pipeline")
 
@@ -28,6 +30,9 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write `payload` atomically. Under torchrun only rank 0 writes: every rank holds the same weights."""
+    if not distributed.is_main():
+        return
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     write_bytes(path, buffer.getvalue())
@@ -39,7 +44,7 @@ def load_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError or EOFError here
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path}: not a loadable checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({first})") from None
 
 
 @dataclass
@@ -72,20 +77,44 @@ def train_mode(model: nn.Module) -> None:
             module.eval()
 
 
+def training_loader(dataset: Dataset, spec: TrainSpec, generator: torch.Generator,
+                    pin_memory: bool) -> DataLoader:
+    """Shuffled batches of `spec.batch_size`; under torchrun each rank draws its own share of
+    every epoch's shuffle (a DistributedSampler seeded with `spec.seed`)."""
+    sampler = (DistributedSampler(dataset, shuffle=True, seed=spec.seed, drop_last=True)
+               if distributed.is_distributed() else None)
+    return DataLoader(dataset, batch_size=spec.batch_size, shuffle=sampler is None, sampler=sampler,
+                      drop_last=True, num_workers=spec.workers, generator=generator,
+                      pin_memory=pin_memory)
+
+
+def parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` in DistributedDataParallel under torchrun (gradients averaged over ranks), else itself."""
+    if not distributed.is_distributed():
+        return model
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
 def fit(model: nn.Module, dataset: Dataset, loss_fn: Callable, spec: TrainSpec, checkpoint: Path,
         config: dict, desc: str, param_groups: list[dict] | None = None) -> dict:
     """Train `model` in place; resumes from `checkpoint` when it exists. Returns loss history.
 
     `param_groups` (torch optimizer groups, e.g. with their own `lr`) default to every parameter
-    that requires grad.
+    that requires grad. `config` (the whole run config, stored in every checkpoint) names the
+    device; the model is back on the CPU when this returns.
+
+    Under torchrun the model trains in DistributedDataParallel: each process takes
+    `spec.batch_size` images per step (one step sees world_size x batch_size images), the logged
+    loss is the mean over all ranks, and rank 0 alone writes `checkpoint`.
     """
+    device = distributed.device(config["device"])
     generator = seed_everything(spec.seed)
-    loader = DataLoader(dataset, batch_size=spec.batch_size, shuffle=True, drop_last=True,
-                        num_workers=spec.workers, generator=generator,
-                        persistent_workers=spec.workers > 0)
+    loader = training_loader(dataset, spec, generator, pin_memory=device.type == "cuda")
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise ValueError(f"{desc}: {len(dataset)} images are fewer than one batch of {spec.batch_size}")
+        raise ValueError(f"{desc}: {len(loader.sampler)} images per process are fewer than one batch "
+                         f"of {spec.batch_size}")
+    model.to(device)  # before the optimizer loads its state, which follows the parameters' device
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     optimizer = torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay)
     total = spec.epochs * steps_per_epoch
@@ -101,18 +130,25 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: Callable, spec: TrainSpec, 
         torch.set_rng_state(state["rng"])
         generator.set_state(state["loader_rng"])
         log.info("%s: resuming after epoch %d", desc, start_epoch)
+    network = parallel(model, device)
+    log.info("%s: training on %s, process %d of %d", desc, device, distributed.rank() + 1,
+             distributed.world_size())
     began, trained = time.perf_counter(), 0
     for epoch in range(start_epoch, spec.epochs):
-        train_mode(model)
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+        train_mode(network)
         total_loss, seen = 0.0, 0
         for images, targets in progress(loader, desc=f"{desc} {epoch + 1}/{spec.epochs}"):
-            loss = loss_fn(model(images), targets)
+            images = images.to(device, non_blocking=True)
+            loss = loss_fn(network(images), targets.to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             total_loss += loss.item() * len(images)
             seen += len(images)
+        total_loss, seen = (sum(values) for values in zip(*distributed.gather((total_loss, seen))))
         trained += seen
         history.append(total_loss / seen)
         log.info("%s epoch %d/%d: loss %.4f", desc, epoch + 1, spec.epochs, history[-1])
@@ -120,10 +156,13 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: Callable, spec: TrainSpec, 
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "config": config,
             "history": history, "rng": torch.get_rng_state(), "loader_rng": generator.get_state()})
-        if spec.max_minutes and (time.perf_counter() - began) / 60 > spec.max_minutes:
+        distributed.barrier()  # no rank goes on (and may resume or unlink) before the file is whole
+        over_budget = spec.max_minutes > 0 and (time.perf_counter() - began) / 60 > spec.max_minutes
+        if distributed.from_main(over_budget):
             log.warning("%s: time budget of %.1f min spent after epoch %d", desc, spec.max_minutes,
                         epoch + 1)
             break
+    model.to("cpu")
     return {"train_loss": [round(x, 5) for x in history], "epochs_run": len(history),
             "images_per_second": round(trained / max(1e-9, time.perf_counter() - began), 1)}
 

@@ -20,10 +20,11 @@ from pipeline.report.build import _fmt
 from pipeline.runs import MANIFEST, STARTED, load_manifest, read_json
 from pipeline.stages import execute
 
-STAGES = ["data", "train-cls", "cams", "eval-cams", "pseudo", "eval-pseudo", "train-seg", "eval-seg"]
+STAGES = ["data", "train-cls", "cams", "eval-cams", "compare-cams", "pseudo", "eval-pseudo", "train-seg",
+          "eval-seg"]
 FOLDERS = {"data": "data", "train-cls": "classifier", "cams": "cams", "eval-cams": "eval/cams",
-           "pseudo": "pseudo", "eval-pseudo": "eval/pseudo", "train-seg": "segmenter",
-           "eval-seg": "eval/seg", "report": "report"}
+           "compare-cams": "eval/compare-cams", "pseudo": "pseudo", "eval-pseudo": "eval/pseudo",
+           "train-seg": "segmenter", "eval-seg": "eval/seg", "report": "report"}
 GT_FOLDERS = {"train-seg": "segmenter-gt", "eval-seg": "eval/seg-gt"}
 
 
@@ -56,6 +57,24 @@ def results(run, folder):
     return read_json(run["dir"] / folder / "results.json")
 
 
+def test_compare_cams_covers_every_setting_and_agrees_with_the_stored_seeds(run):
+    compare = results(run, "eval/compare-cams")
+    cfg = run["cfg"]
+    assert compare["images"] == 64
+    settings = [(row["method"], "+".join(row["layers"])) for row in compare["rows"]]
+    assert settings == [(m, "+".join(s)) for m in cfg.eval.compare_methods for s in cfg.eval.compare_layer_sets]
+    # The configured setting, computed in memory here, scores what eval-cams found from the
+    # float16 files of the cams stage.
+    configured = dict(zip(settings, compare["rows"]))[(cfg.cam.method, "+".join(cfg.cam.layers))]
+    assert configured["best_miou"] == pytest.approx(results(run, "eval/cams")["best_miou"], abs=0.005)
+    s = run["summary"]
+    rows = {(row["method"], "+".join(row["layers"])): row["best_miou"] for row in compare["rows"]}
+    fused = max(v for (m, layers), v in rows.items() if m == cfg.cam.method and "+" in layers)
+    assert s["seed_fused_best_miou"] == fused == rows[(cfg.cam.method, s["seed_fused_best_layers"])]
+    assert s["seed_last_layer_miou"] == rows[(cfg.cam.method, "layer4")]
+    assert s["seed_fused_gain"] == round(fused - s["seed_last_layer_miou"], 4)
+
+
 def test_summary_has_every_key_in_range(run):
     s = run["summary"]
     for key in ("seed_miou_best", "seed_threshold_best", "pseudo_miou", "pseudo_precision",
@@ -74,8 +93,8 @@ def test_summary_has_every_key_in_range(run):
     assert s["seg_upper_bound_miou"] > 0
     assert s["seg_ratio"] == round(s["seg_miou"] / s["seg_upper_bound_miou"], 4)
     assert s["stage_seconds"].keys() == {
-        "data", "train-cls", "cams", "eval-cams", "pseudo", "eval-pseudo", "train-seg", "eval-seg",
-        "upper-bound train-seg", "upper-bound eval-seg"}
+        "data", "train-cls", "cams", "eval-cams", "compare-cams", "pseudo", "eval-pseudo", "train-seg",
+        "eval-seg", "upper-bound train-seg", "upper-bound eval-seg"}
     assert all(v >= 0 for v in s["stage_seconds"].values())
     assert s["total_seconds"] == round(sum(s["stage_seconds"].values()), 1)
 

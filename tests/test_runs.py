@@ -70,6 +70,18 @@ def test_prepare_resumes_same_hash(tmp_path):
     assert (folder / "done_1.npz").read_bytes() == b"x"
 
 
+def test_resume_drops_temporaries_a_kill_left_behind(tmp_path):
+    folder = tmp_path / "stage"
+    (folder / "predictions").mkdir(parents=True)
+    (folder / "done_1.npz").write_bytes(b"x")
+    (folder / ".done_2.npz.k3j2.tmp").write_bytes(b"half")  # the name _atomic gives a file in flight
+    (folder / "predictions" / ".a.png.x1y2.tmp").write_bytes(b"half")
+    runs.write_json(folder / runs.STARTED, {"hash": "aaaa"})
+    runs.prepare(folder, "aaaa")
+    assert listing(folder) == ["done_1.npz", "predictions", runs.STARTED]
+    assert listing(folder / "predictions") == []
+
+
 def test_prepare_wipes_a_folder_without_started_record(tmp_path):
     folder = tmp_path / "stage"
     folder.mkdir()

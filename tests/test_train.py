@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.runs import CheckpointError
 from pipeline.train import (average_precision, load_checkpoint, mean_average_precision, poly_lambda,
                             save_checkpoint)
 
@@ -27,11 +28,11 @@ class Payload:
 
 def test_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
     torch.save({"model": Payload()}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match="evil.pt.*not a loadable checkpoint"):
+    with pytest.raises(CheckpointError, match="evil.pt.*not a loadable checkpoint"):
         load_checkpoint(tmp_path / "evil.pt")
     assert "would run" not in capsys.readouterr().out
     (tmp_path / "cut.pt").write_bytes(b"\x80\x02garbage")
-    with pytest.raises(ValueError, match="cut.pt"):
+    with pytest.raises(CheckpointError, match="cut.pt"):
         load_checkpoint(tmp_path / "cut.pt")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from itertools import groupby
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.data.voc import IGNORE, VocDataset
+from pipeline.data.voc import IGNORE, BadImages, VocDataset
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -32,6 +33,15 @@ def eval_transform() -> A.Compose:
     return A.Compose([A.Normalize(MEAN, STD)])
 
 
+def augment(transform: A.Compose, **targets: np.ndarray) -> dict:
+    """Apply a random transform with a seed drawn from torch's generator. Albumentations keeps a
+    generator of its own, seeded from the OS; torch's is the one the training loop seeds and saves
+    in its checkpoints (and DataLoader workers reseed per epoch), so augmentations follow the
+    config's seed and a resumed run draws the same ones as an uninterrupted run."""
+    transform.set_random_seed(int(torch.randint(2 ** 31, ()).item()))
+    return transform(**targets)
+
+
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """A normalised float HWC array as a CHW tensor."""
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
@@ -47,8 +57,7 @@ class ClassificationSet(Dataset):
         return len(self.voc)
 
     def __getitem__(self, index: int):
-        image = self.voc.image(self.voc.ids[index])
-        image = self.transform(image=image)["image"]
+        image = augment(self.transform, image=self.voc.image(self.voc.ids[index]))["image"]
         return to_tensor(image), torch.from_numpy(self.labels[index])
 
 
@@ -63,14 +72,19 @@ class SegmentationSet(Dataset):
 
     def __getitem__(self, index: int):
         image_id = self.voc.ids[index]
-        out = self.transform(image=self.voc.image(image_id), mask=self.read_target(image_id))
+        out = augment(self.transform, image=self.voc.image(image_id), mask=self.read_target(image_id))
         return to_tensor(out["image"]), torch.from_numpy(out["mask"].astype(np.int64))
 
 
-def image_batches(voc: VocDataset, ids: list[str], batch_size: int):
-    """(ids, uint8 images) in list order, in batches of at most `batch_size` same-sized images."""
+def image_batches(voc: VocDataset, ids: list[str], batch_size: int, bad: BadImages | None = None):
+    """(ids, uint8 images) in list order, in batches of at most `batch_size` same-sized images.
+    An image that cannot be read raises, or, given `bad`, is left out and recorded there."""
+    guard = bad.skip if bad is not None else nullcontext
     for start in range(0, len(ids), batch_size):
-        chunk = [(image_id, voc.image(image_id)) for image_id in ids[start:start + batch_size]]
+        chunk = []
+        for image_id in ids[start:start + batch_size]:
+            with guard():
+                chunk.append((image_id, voc.image(image_id)))
         for _, group in groupby(chunk, key=lambda item: item[1].shape):
             group = list(group)
             yield [item[0] for item in group], [item[1] for item in group]

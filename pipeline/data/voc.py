@@ -9,6 +9,7 @@ Image-level labels are the class ids present in an image's mask.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,49 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 class DataError(ValueError):
     """Bad input data; the message is one line naming the file and the problem."""
+
+
+class BadImagesError(DataError):
+    """Several bad images at once: a summary line, then one line per bad file."""
+
+
+class BadImages:
+    """Collects the DataErrors of single images, so that a pass over a split goes on past a bad
+    image and then names every bad file at once instead of stopping at the first:
+
+        bad = BadImages(f"{list_file}: invalid labels")
+        for image_id in ids:
+            with bad.skip():
+                ...
+        bad.raise_if_any()
+    """
+
+    def __init__(self, summary: str):
+        self.summary = summary
+        self.problems: list[str] = []
+
+    @contextmanager
+    def skip(self):
+        try:
+            yield
+        except DataError as error:
+            self.problems.append(str(error))
+
+    def add(self, problem: str) -> None:
+        """Record a problem reported from elsewhere (a worker process)."""
+        self.problems.append(problem)
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            count = f"{len(self.problems)} image{'s' if len(self.problems) > 1 else ''}"
+            raise BadImagesError("\n".join([f"{self.summary} ({count}):", *self.problems]))
+
+
+def skipping(stage: str) -> BadImages:
+    """The collector of a per-image stage. The stage writes every good image and then fails, so
+    that it has no manifest: downstream stages wait, and a rerun resumes with just the fixed images."""
+    return BadImages(f"{stage}: skipped bad images and wrote every other one; "
+                     f"fix them or drop them from the split list, then rerun")
 
 
 def palette() -> list[int]:
@@ -97,6 +141,7 @@ class VocDataset:
         self.image_dir = self.root / image_dir
         self.mask_dir = self.root / mask_dir
         self.class_names = list(class_names) if class_names else read_class_names(self.root)
+        self.class_source = "data.class_names" if class_names else str(self.root / "classes.txt")
         list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not list_file.is_file():
             raise DataError(f"{list_file}: split list not found")
@@ -122,38 +167,58 @@ class VocDataset:
     def image(self, image_id: str) -> np.ndarray:
         return read_image(self.image_path(image_id))
 
+    def image_shape(self, image_id: str) -> tuple[int, int]:
+        """(height, width) from the image file's header, without decoding its pixels."""
+        path = self.image_path(image_id)
+        try:
+            with Image.open(path) as image:
+                return image.height, image.width
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+            raise DataError(f"{path}: cannot read image ({error})") from None
+
+    def mask_path(self, image_id: str) -> Path:
+        return self.mask_dir / f"{image_id}.png"
+
     def mask(self, image_id: str) -> np.ndarray:
-        path = self.mask_dir / f"{image_id}.png"
+        path = self.mask_path(image_id)
         if not path.is_file():
             raise DataError(f"{path}: mask not found")
         mask = read_mask(path)
         bad = np.setdiff1d(np.unique(mask), [*range(self.num_classes + 1), IGNORE])
         if bad.size:
-            raise DataError(f"{path}: label ids {bad.tolist()} out of range "
-                            f"(0..{self.num_classes} and {IGNORE})")
+            raise DataError(f"{path}: label ids {bad.tolist()} out of range (0..{self.num_classes} "
+                            f"and {IGNORE}: {self.class_source} names {self.num_classes} classes)")
         return mask
 
     def checked_mask(self, image_id: str, image_shape: tuple[int, ...]) -> np.ndarray:
-        mask = self.mask(image_id)
-        if mask.shape != tuple(image_shape[:2]):
-            raise DataError(f"{self.mask_dir / image_id}.png: mask size {mask.shape[1]}x{mask.shape[0]} "
-                            f"differs from its image's {image_shape[1]}x{image_shape[0]}")
-        return mask
+        """The ground-truth mask, which must have the size `image_shape` of its image."""
+        return check_fits(self.mask_path(image_id), self.mask(image_id), image_shape)
 
     def labels(self, image_id: str) -> np.ndarray:
         """Foreground class indices 0..C-1 present in the image (class id minus one)."""
         present = np.unique(self.mask(image_id))
         present = present[(present > 0) & (present != IGNORE)]
         if present.size == 0:
-            raise DataError(f"{self.mask_dir / image_id}.png: image has no labels (mask is all background)")
+            raise DataError(f"{self.mask_path(image_id)}: image has no labels (mask is all background)")
         return present.astype(np.int64) - 1
 
     def label_matrix(self) -> np.ndarray:
-        """Multi-hot [N, C] image-level labels for the whole split."""
+        """Multi-hot [N, C] image-level labels for the whole split; raises naming every bad mask."""
         matrix = np.zeros((len(self.ids), self.num_classes), np.float32)
+        bad = BadImages(f"{self.root}: split '{self.split}' has invalid image-level labels")
         for row, image_id in enumerate(self.ids):
-            matrix[row, self.labels(image_id)] = 1.0
+            with bad.skip():
+                matrix[row, self.labels(image_id)] = 1.0
+        bad.raise_if_any()
         return matrix
+
+
+def check_fits(path: Path, mask: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
+    """`mask` (read from `path`) itself, if its size is `image_shape`, its image's."""
+    if mask.shape != tuple(image_shape[:2]):
+        raise DataError(f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} "
+                        f"differs from its image's {image_shape[1]}x{image_shape[0]}")
+    return mask
 
 
 def make_layout(root: Path) -> None:
@@ -180,5 +245,9 @@ def read_class_names(root: Path) -> list[str]:
 
 def open_split(cfg_data, split: str) -> VocDataset:
     """The dataset split named in a config (a DataConfig)."""
+    if cfg_data.name == "folder":
+        from pipeline.data.folder import FolderDataset  # it builds on this module
+        return FolderDataset(cfg_data.root, split, cfg_data.labels_csv, cfg_data.class_names or None,
+                             cfg_data.val_fraction, cfg_data.seed)
     return VocDataset(cfg_data.root, split, cfg_data.class_names or None,
                       cfg_data.image_dir, cfg_data.mask_dir)

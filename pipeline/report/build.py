@@ -10,7 +10,8 @@ from pipeline.config import Config
 from pipeline.report import figures
 
 STAGE_FOLDERS = {"data": "data", "train-cls": "classifier", "cams": "cams", "eval-cams": "eval/cams",
-                 "pseudo": "pseudo", "eval-pseudo": "eval/pseudo", "train-seg": "segmenter",
+                 "compare-cams": "eval/compare-cams", "pseudo": "pseudo", "eval-pseudo": "eval/pseudo",
+                 "train-seg": "segmenter",
                  "eval-seg": "eval/seg", "upper-bound train-seg": "segmenter-gt",
                  "upper-bound eval-seg": "eval/seg-gt"}
 COMPOSED_NOTE = ("The built-in benchmark's scenes are composed (Fashion-MNIST items pasted onto crops "
@@ -20,6 +21,32 @@ COMPOSED_NOTE = ("The built-in benchmark's scenes are composed (Fashion-MNIST it
 def _results(run_dir: Path, folder: str) -> dict | None:
     path = run_dir / folder / "results.json"
     return runs.read_json(path) if path.is_file() else None
+
+
+def fusion_gain(compare: dict | None, method: str, last_layer: str) -> dict:
+    """`method`'s best multi-layer fusion against `last_layer` alone, from the side-by-side
+    comparison (None where it was not run)."""
+    rows = [row for row in (compare or {}).get("rows", []) if row["method"] == method]
+    alone = next((row for row in rows if row["layers"] == [last_layer]), None)
+    fused = max((row for row in rows if len(row["layers"]) > 1), key=lambda row: row["best_miou"],
+                default=None)
+    if alone is None or fused is None:
+        return {"seed_last_layer_miou": None, "seed_fused_best_miou": None,
+                "seed_fused_best_layers": None, "seed_fused_gain": None}
+    return {"seed_last_layer_miou": alone["best_miou"], "seed_fused_best_miou": fused["best_miou"],
+            "seed_fused_best_layers": "+".join(fused["layers"]),
+            "seed_fused_gain": round(fused["best_miou"] - alone["best_miou"], 4)}
+
+
+def comparison_table(compare: dict | None) -> tuple[list[str], list[dict]]:
+    """(methods, rows): one row per layer set, {"layers", method: (mIoU, threshold)}."""
+    rows = (compare or {}).get("rows", [])
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    table: dict[str, dict] = {}
+    for row in rows:
+        key = "+".join(row["layers"])
+        table.setdefault(key, {"layers": key})[row["method"]] = (row["best_miou"], row["best_threshold"])
+    return methods, list(table.values())
 
 
 def build_summary(cfg: Config, run_dir: Path, cfg_hash: str) -> dict:
@@ -47,6 +74,7 @@ def build_summary(cfg: Config, run_dir: Path, cfg_hash: str) -> dict:
         "seed_threshold_configured": seeds["configured_threshold"],
         "baseline_background_miou": seeds["baseline_background_miou"],
         "baseline_fill_miou": seeds["baseline_fill_miou"],
+        **fusion_gain(_results(run_dir, "eval/compare-cams"), seeds["method"], cfg.cam.head_layer),
         "pseudo_miou": pseudo["miou"],
         "pseudo_precision": pseudo["precision"],
         "pseudo_coverage": pseudo["coverage"],
@@ -86,11 +114,14 @@ def write_report(cfg: Config, run_dir: Path, out: Path, summary: dict) -> None:
         "examples": figures.example_grid(cfg, run_dir, figure_dir / "examples.png"),
     }
     cls = runs.load_manifest(run_dir / "classifier")["metrics"]
+    compare = _results(run_dir, "eval/compare-cams")
     context = {
         "summary": summary, "fmt": _fmt, "figures": {k: f"figures/{v.name}" for k, v in figs.items()},
         "per_class": per_class, "class_names": ["background", *summary["classes"]],
         "cls_ap": cls["val_ap"], "note": COMPOSED_NOTE if summary["dataset"]["name"] == "fashion-scenes" else "",
-        "sweep": seeds["sweep"],
+        "sweep": seeds["sweep"], "compare": comparison_table(compare),
+        "compare_images": compare["images"] if compare else 0, "cam": cfg.cam,
+        "last_layer": cfg.cam.head_layer,
     }
     env = Environment(loader=PackageLoader("pipeline.report", "templates"), undefined=StrictUndefined,
                       autoescape=False, trim_blocks=True, lstrip_blocks=True)

@@ -48,7 +48,8 @@ def per_class_bars(per_class: dict[str, dict[str, float]], path: Path) -> Path:
     ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("IoU")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncols=len(per_class))
+    # Above the axes: inside them the legend covered the background bars, which reach 0.9 and more.
+    ax.legend(fontsize=7, ncols=len(per_class), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     return _save(fig, path)
 
 

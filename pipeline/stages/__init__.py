@@ -5,6 +5,11 @@ A stage module defines:
   UPSTREAM(cfg) -> list[str]  the stages whose outputs it reads
   SECTION(cfg) -> dict        the config it depends on (beyond what upstream manifests cover)
   run(cfg, out, run_dir) -> dict of metrics
+
+Under torchrun, rank 0 alone prepares a stage's folder and writes its manifest. The trainings run
+on every rank (DistributedDataParallel; rank 0 writes the checkpoints), the per-image stages on
+every rank, each writing the files of its shard of the images; every other stage runs on rank 0
+while the other ranks wait.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import importlib
 import logging
 from pathlib import Path
 
-from pipeline import runs
+from pipeline import distributed, runs
 from pipeline.config import Config, config_hash, save_yaml
 
 log = logging.getLogger("pipeline")
@@ -22,12 +27,16 @@ STAGES = {
     "train-cls": "train_cls",
     "cams": "cams",
     "eval-cams": "eval_cams",
+    "compare-cams": "compare_cams",
     "pseudo": "pseudo",
     "eval-pseudo": "eval_pseudo",
     "train-seg": "train_seg",
     "eval-seg": "eval_seg",
     "report": "report",
 }
+TRAININGS = {"train-cls", "train-seg"}
+# Per-image stages (they split their images with `distributed.shard`) and the file each image gets.
+SHARDED = {"cams": "*.npz", "pseudo": "*.png"}
 
 
 def module(name: str):
@@ -51,19 +60,37 @@ def stage_hash(name: str, cfg: Config) -> str:
     return config_hash({"stage": name, "config": stage.SECTION(cfg), "upstream": upstream})
 
 
+def run_on_ranks(name: str, cfg: Config, folder: Path) -> dict | None:
+    """The stage's metrics, run on the ranks it uses; None on ranks that only wait."""
+    if name not in TRAININGS and name not in SHARDED:
+        return module(name).run(cfg, folder, Path(cfg.run_dir)) if distributed.is_main() else None
+    metrics = module(name).run(cfg, folder, Path(cfg.run_dir))
+    if name in SHARDED and distributed.world_size() > 1:
+        per_rank = distributed.gather(metrics)  # returns once every rank has written its files
+        metrics = {"images": len(list(folder.glob(SHARDED[name]))), "ranks": per_rank}
+    return metrics
+
+
 def execute(name: str, cfg: Config, force: bool = False) -> dict:
-    """Run one stage unless its manifest already matches; returns the stage's manifest."""
+    """Run one stage unless its manifest already matches; returns the stage's manifest (under
+    torchrun, on every rank, the one rank 0 wrote)."""
+    distributed.init(cfg.device)
     stage = module(name)
     folder = stage_folder(name, cfg)
     digest = stage_hash(name, cfg)
-    if not force and runs.is_done(folder, digest):
+    if distributed.from_main(not force and runs.is_done(folder, digest)):
         log.info("%s: up to date (%s), skipped", name, folder)
         return runs.load_manifest(folder)
-    runs.prepare(folder, digest)
-    save_yaml(cfg, Path(cfg.run_dir) / "config.yaml")
-    log.info("%s: running -> %s", name, folder)
+    if distributed.is_main():
+        runs.prepare(folder, digest)
+        save_yaml(cfg, Path(cfg.run_dir) / "config.yaml")
+        log.info("%s: running -> %s", name, folder)
+    distributed.barrier()  # no rank reads the folder while rank 0 may still be emptying it
     with runs.Timer() as timer:
-        metrics = stage.run(cfg, folder, Path(cfg.run_dir))
+        metrics = run_on_ranks(name, cfg, folder)
+    if not distributed.is_main():
+        distributed.barrier()  # until rank 0 has written the manifest
+        return runs.load_manifest(folder)
     manifest = {
         "stage": name,
         "hash": digest,
@@ -77,4 +104,5 @@ def execute(name: str, cfg: Config, force: bool = False) -> dict:
     }
     runs.finish(folder, manifest)
     log.info("%s: done in %.1f s", name, timer.seconds)
+    distributed.barrier()
     return manifest

@@ -1,8 +1,10 @@
 """Stage `cams`: seeds for every present class of every image, stored as `cams/<id>.npz`.
 
-Each file holds `cams` (float16 [K, H, W] at image size: every layer's map max-normalised, then
-fused), `classes` (the K class indices, 0-based), `layers` and `method`. Images already written
-are skipped, so a killed run resumes.
+Each file holds `cams` (float16 [K, H, W] at image size: every layer's raw map summed over the
+test-time augmentations, max-normalised, upsampled, then fused), `classes` (the K class indices,
+0-based), `layers`, `method` and, with `cam.save_layers`, `layer.<name>`: that layer's raw summed
+maps [K, h, w]. Plain arrays, no pickles. Images already written are skipped, so a killed run
+resumes.
 """
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.cam import compute_cams, fuse_layers
-from pipeline.config import Config, to_dict
+from pipeline.cam import augmented_cams, fit_cam_heads, fuse_layers
+from pipeline import distributed
+from pipeline.config import CamConfig, Config, to_dict
 from pipeline.data.transforms import image_batches, normalised_batch
-from pipeline.data.voc import open_split
+from pipeline.data.voc import open_split, skipping
 from pipeline.runs import progress, write_bytes
 from pipeline.stages.train_cls import load_classifier
 
@@ -37,10 +40,13 @@ def cam_path(folder: Path, image_id: str) -> Path:
     return Path(folder) / f"{image_id}.npz"
 
 
-def save_cams(path: Path, cams: np.ndarray, classes: np.ndarray, layers: list[str], method: str) -> None:
+def save_cams(path: Path, cams: np.ndarray, classes: np.ndarray, settings: CamConfig,
+              layer_maps: dict[str, np.ndarray]) -> None:
+    """One image's seeds; `layer_maps` (raw, per layer) are stored as `layer.<name>` when given."""
     buffer = io.BytesIO()
+    extra = {f"layer.{name}": maps.astype(np.float16) for name, maps in layer_maps.items()}
     np.savez(buffer, cams=cams.astype(np.float16), classes=classes.astype(np.int64),
-             layers=np.array(layers), method=np.array(method))
+             layers=np.array(list(settings.layers)), method=np.array(settings.method), **extra)
     write_bytes(path, buffer.getvalue())
 
 
@@ -57,26 +63,79 @@ def padded_classes(label_sets: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(rows)).long()
 
 
-def seed_batch(model, images: list[np.ndarray], label_sets: list[np.ndarray], cfg: Config) -> list[np.ndarray]:
-    """Fused [K_i, H, W] maps for a batch of same-sized images."""
+def multi_hot(label_sets: list[np.ndarray], num_classes: int) -> torch.Tensor:
+    targets = torch.zeros(len(label_sets), num_classes)
+    for row, labels in enumerate(label_sets):
+        targets[row, torch.from_numpy(labels)] = 1.0
+    return targets
+
+
+def cam_head(model: torch.nn.Module, cfg: Config, layers: list[str]) -> dict[str, torch.nn.Module]:
+    """The `head` argument of `compute_cams` for method "cam": the classifier's own linear head for
+    `cam.head_layer`, and heads fitted on pooled features of `cam.head_images` images of
+    `cls.split` for every other layer (CAM's original recipe)."""
+    heads = {name: dict(model.named_modules())[cfg.cam.head]
+             for name in layers if name == cfg.cam.head_layer}
+    others = [name for name in layers if name != cfg.cam.head_layer]
+    if others:
+        voc = open_split(cfg.data, cfg.cls.split)
+        ids = voc.ids[:cfg.cam.head_images]
+        targets = multi_hot([voc.labels(i) for i in ids], voc.num_classes)
+        batches = (normalised_batch(images) for _, images in image_batches(voc, ids, cfg.cam.batch_size))
+        heads.update(fit_cam_heads(model, batches, targets, others))
+    return heads
+
+
+def layer_batch(model, batch: torch.Tensor, label_sets: list[np.ndarray], settings: CamConfig,
+                head: str | dict = "fc", layers: list[str] | None = None,
+                method: str | None = None) -> dict[str, torch.Tensor]:
+    """Raw maps {layer: [N, K_max, h, w]} with the configured test-time augmentation, computed on
+    the model's device and returned on the CPU."""
+    device = next(model.parameters()).device
+    maps = augmented_cams(model, batch.to(device), list(layers or settings.layers), method or settings.method,
+                          padded_classes(label_sets).to(device), settings.scales, settings.flip, head)
+    return {name: layer_maps.cpu() for name, layer_maps in maps.items()}
+
+
+def seeds_and_layers(model, images: list[np.ndarray], label_sets: list[np.ndarray], cfg: Config,
+                     head: str | dict = "fc") -> tuple[list[np.ndarray], list[dict[str, np.ndarray]]]:
+    """Per image of a batch of same-sized images: fused [K_i, H, W] maps, and {layer: raw maps}."""
     batch = normalised_batch(images)
-    maps = compute_cams(model, batch, list(cfg.cam.layers), cfg.cam.method, padded_classes(label_sets))
+    maps = layer_batch(model, batch, label_sets, cfg.cam, head)
     fused = fuse_layers(maps, tuple(batch.shape[-2:]), cfg.cam.fuse).numpy()
-    return [fused[i, :len(labels)] for i, labels in enumerate(label_sets)]
+    per_layer = [{name: m[row, :len(labels)].numpy() for name, m in maps.items()}
+                 for row, labels in enumerate(label_sets)]
+    return [fused[row, :len(labels)] for row, labels in enumerate(label_sets)], per_layer
+
+
+def seed_batch(model, images: list[np.ndarray], label_sets: list[np.ndarray], cfg: Config,
+               head: str | dict = "fc") -> list[np.ndarray]:
+    """Fused [K_i, H, W] maps for a batch of same-sized images (for method "cam", pass
+    `head=cam_head(model, cfg, cfg.cam.layers)`, computed once)."""
+    return seeds_and_layers(model, images, label_sets, cfg, head)[0]
 
 
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
-    model, _ = load_classifier(run_dir)
+    model, _ = load_classifier(run_dir, cfg)
+    head = cam_head(model, cfg, list(cfg.cam.layers)) if cfg.cam.method == "cam" else cfg.cam.head
+    bad = skipping("cams")
     written, began = 0, time.perf_counter()
     for split in cfg.cam.splits:
         voc = open_split(cfg.data, split)
-        todo = [i for i in voc.ids if not cam_path(out, i).is_file()]
-        batches = image_batches(voc, todo, cfg.cam.batch_size)
+        labels_of = {}
+        for image_id in distributed.shard(voc.ids):
+            if not cam_path(out, image_id).is_file():
+                with bad.skip():
+                    labels_of[image_id] = voc.labels(image_id)
+        batches = image_batches(voc, list(labels_of), cfg.cam.batch_size, bad)
         for ids, images in progress(batches, desc=f"cams {split}"):
-            label_sets = [voc.labels(i) for i in ids]
-            for image_id, labels, maps in zip(ids, label_sets, seed_batch(model, images, label_sets, cfg)):
-                save_cams(cam_path(out, image_id), maps, labels, list(cfg.cam.layers), cfg.cam.method)
+            label_sets = [labels_of[i] for i in ids]
+            fused, per_layer = seeds_and_layers(model, images, label_sets, cfg, head)
+            for image_id, labels, maps, layer_maps in zip(ids, label_sets, fused, per_layer):
+                save_cams(cam_path(out, image_id), maps, labels, cfg.cam,
+                          layer_maps if cfg.cam.save_layers else {})
                 written += 1
+    bad.raise_if_any()
     seconds = time.perf_counter() - began
     total = len(list(out.glob("*.npz")))
     return {"images": total, "written_now": written,

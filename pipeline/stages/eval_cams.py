@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.cam import normalise_max
 from pipeline.config import Config, to_dict
-from pipeline.data.voc import open_split
+from pipeline.data.voc import open_split, skipping
 from pipeline.metrics import confusion, iou_per_class, mean_iou, sweep_confusions
 from pipeline.runs import progress, write_json
 from pipeline.stages.cams import cam_path, load_cams
@@ -45,13 +45,16 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     sweep = np.zeros((len(grid), n, n), np.int64)
     background = np.zeros((n, n), np.int64)
     fill = np.zeros((n, n), np.int64)
+    bad = skipping("eval-cams")
     for image_id in progress(voc.ids, desc="eval-cams"):
-        gt = voc.mask(image_id)
-        cams, classes = load_cams(cam_path(run_dir / "cams", image_id))
-        cams = normalise_max(torch.from_numpy(cams)).numpy()
-        sweep += sweep_confusions(gt, cams, classes, grid, n)
-        background += confusion(gt, np.zeros_like(gt), n)
-        fill += confusion(gt, np.full_like(gt, classes.min() + 1), n)
+        with bad.skip():  # both reads come first: a bad image adds nothing to the counts
+            cams, classes = load_cams(cam_path(run_dir / "cams", image_id))
+            gt = voc.checked_mask(image_id, cams.shape[1:])  # seeds have their image's size
+            cams = normalise_max(torch.from_numpy(cams)).numpy()
+            sweep += sweep_confusions(gt, cams, classes, grid, n)
+            background += confusion(gt, np.zeros_like(gt), n)
+            fill += confusion(gt, np.full_like(gt, classes.min() + 1), n)
+    bad.raise_if_any()
     mious = np.array([mean_iou(m) for m in sweep])
     best = int(np.argmax(mious))
     configured = int(np.argmin(np.abs(grid - cfg.eval.bg_threshold)))

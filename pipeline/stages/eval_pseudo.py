@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Config
-from pipeline.data.voc import IGNORE, open_split, read_mask
+from pipeline.data.voc import IGNORE, open_split, read_mask, skipping
 from pipeline.metrics import confusion, iou_per_class, mean_iou
 from pipeline.runs import progress, write_json
 from pipeline.stages.pseudo import mask_path
@@ -32,15 +32,18 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     n = voc.num_classes + 1
     matrix = np.zeros((n, n), np.int64)
     correct = confident = labelled = 0
+    bad = skipping("eval-pseudo")
     for image_id in progress(voc.ids, desc="eval-pseudo"):
-        gt = voc.mask(image_id)
-        pseudo = read_mask(mask_path(run_dir / "pseudo", image_id))
-        sure = pseudo != IGNORE
-        matrix += confusion(gt, np.where(sure, pseudo, 0), n)
-        valid = gt != IGNORE
-        labelled += int(valid.sum())
-        confident += int((sure & valid).sum())
-        correct += int((sure & valid & (pseudo == gt)).sum())
+        with bad.skip():  # both reads come first: a bad image adds nothing to the counts
+            pseudo = read_mask(mask_path(run_dir / "pseudo", image_id))
+            gt = voc.checked_mask(image_id, pseudo.shape)  # a pseudo-mask has its image's size
+            sure = pseudo != IGNORE
+            matrix += confusion(gt, np.where(sure, pseudo, 0), n)
+            valid = gt != IGNORE
+            labelled += int(valid.sum())
+            confident += int((sure & valid).sum())
+            correct += int((sure & valid & (pseudo == gt)).sum())
+    bad.raise_if_any()
     names = ["background", *voc.class_names]
     results = {
         "split": cfg.eval.split, "images": len(voc),

@@ -8,7 +8,7 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.data.transforms import image_batches, normalised_batch
-from pipeline.data.voc import open_split, save_mask
+from pipeline.data.voc import open_split, save_mask, skipping
 from pipeline.metrics import confusion, iou_per_class, mean_iou
 from pipeline.models.segmenter import predict
 from pipeline.runs import progress, write_json
@@ -31,15 +31,18 @@ def SECTION(cfg: Config) -> dict:
 
 
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
-    model, _ = train_seg.load_segmenter(run_dir / train_seg.OUTPUT(cfg))
+    model, _ = train_seg.load_segmenter(run_dir / train_seg.OUTPUT(cfg), cfg)
     voc = open_split(cfg.data, cfg.seg.val_split)
     n = voc.num_classes + 1
     matrix = np.zeros((n, n), np.int64)
-    for ids, images in progress(image_batches(voc, voc.ids, BATCH), desc="eval-seg"):
+    bad = skipping("eval-seg")
+    for ids, images in progress(image_batches(voc, voc.ids, BATCH, bad), desc="eval-seg"):
         predictions = predict(model, normalised_batch(images)).numpy().astype(np.uint8)
         for image_id, image, pred in zip(ids, images, predictions):
             save_mask(out / "predictions" / f"{image_id}.png", pred)
-            matrix += confusion(voc.checked_mask(image_id, image.shape), pred, n)
+            with bad.skip():
+                matrix += confusion(voc.checked_mask(image_id, image.shape), pred, n)
+    bad.raise_if_any()
     names = ["background", *voc.class_names]
     results = {"split": cfg.seg.val_split, "labels": cfg.seg.labels, "images": len(voc),
                "miou": round(mean_iou(matrix), 4),

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import distributed
 from pipeline.config import Config, PseudoConfig, to_dict
-from pipeline.data.voc import open_split, read_image, save_mask
+from pipeline.data.voc import DataError, open_split, read_image, save_mask, skipping
 from pipeline.refine.pseudo import confident_mask
 from pipeline.stages.cams import cam_path, load_cams
 from pipeline.runs import progress
@@ -47,24 +48,37 @@ def pseudo_mask(settings: PseudoConfig, image: np.ndarray, cams: np.ndarray,
                           bilateral_srgb=settings.crf_bilateral_srgb)
 
 
-def _write_one(job: tuple[PseudoConfig, Path, Path, Path]) -> None:
+def _write_one(job: tuple[PseudoConfig, Path, Path, Path]) -> str | None:
+    """Write one pseudo-mask; a bad image is returned as its problem, not raised, since an
+    exception would abandon the rest of the worker's chunk of jobs."""
     settings, image_file, cams_file, out_file = job
+    try:
+        image = read_image(image_file)
+    except DataError as error:
+        return str(error)
     cams, classes = load_cams(cams_file)
-    save_mask(out_file, pseudo_mask(settings, read_image(image_file), cams, classes))
+    save_mask(out_file, pseudo_mask(settings, image, cams, classes))
+    return None
 
 
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+    bad = skipping("pseudo")
     jobs = []
     for split in cfg.pseudo.splits:
         voc = open_split(cfg.data, split)
-        jobs += [(cfg.pseudo, voc.image_path(i), cam_path(run_dir / "cams", i), mask_path(out, i))
-                 for i in voc.ids if not mask_path(out, i).is_file()]
+        for i in distributed.shard(voc.ids):
+            if not mask_path(out, i).is_file():
+                with bad.skip():
+                    jobs.append((cfg.pseudo, voc.image_path(i), cam_path(run_dir / "cams", i),
+                                 mask_path(out, i)))
     workers = cfg.pseudo.workers or os.cpu_count() or 1
     began = time.perf_counter()
     with get_context("fork").Pool(workers) as pool:
-        for _ in progress(pool.imap_unordered(_write_one, jobs, chunksize=16), total=len(jobs),
-                      desc="pseudo"):
-            pass
+        for problem in progress(pool.imap_unordered(_write_one, jobs, chunksize=16),
+                                total=len(jobs), desc="pseudo"):
+            if problem:
+                bad.add(problem)
+    bad.raise_if_any()
     seconds = time.perf_counter() - began
     return {"images": len(list(out.glob("*.png"))), "written_now": len(jobs), "workers": workers,
             "images_per_second": round(len(jobs) / seconds, 1) if jobs else None}

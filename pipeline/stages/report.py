@@ -15,7 +15,7 @@ def OUTPUT(cfg: Config) -> str:
 
 
 def UPSTREAM(cfg: Config) -> list[str]:
-    return ["data", "train-cls", "eval-cams", "eval-pseudo", "eval-seg"]
+    return ["data", "train-cls", "eval-cams", "compare-cams", "eval-pseudo", "eval-seg"]
 
 
 def SECTION(cfg: Config) -> dict:

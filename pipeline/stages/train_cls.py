@@ -11,7 +11,9 @@ from pipeline.config import Config, to_dict
 from pipeline.data.transforms import ClassificationSet, image_batches, normalised_batch, train_transform
 from pipeline.data.voc import DataError, open_split
 from pipeline.models.classifier import build_classifier
-from pipeline.train import TrainSpec, fit, mean_average_precision, save_checkpoint, load_checkpoint
+from pipeline.runs import check_recorded
+from pipeline.train import (TrainSpec, fit, load_checkpoint, mean_average_precision, save_checkpoint,
+                            seed_everything)
 
 
 # From-scratch ResNets sit at the label prior for a while; a long warm-up (as OneCycle) got past it fastest.
@@ -30,9 +32,21 @@ def SECTION(cfg: Config) -> dict:
     return {"cls": to_dict(cfg.cls), "seed": cfg.seed}
 
 
-def load_classifier(run_dir: Path) -> tuple[torch.nn.Module, dict]:
-    """The trained classifier of a run, in eval mode, and its checkpoint's metadata."""
-    state = load_checkpoint(Path(run_dir) / "classifier" / "model.pt")
+def read_checkpoint(path: Path, expected: dict) -> dict:
+    """A checkpoint's contents, refused in one line naming the file when it would run code on
+    loading or was made for other settings than `expected` (which its keys must equal)."""
+    state = load_checkpoint(path)
+    check_recorded(path, state, expected)
+    return state
+
+
+def load_classifier(run_dir: Path, cfg: Config | None = None) -> tuple[torch.nn.Module, dict]:
+    """The trained classifier of a run, in eval mode, and its checkpoint's metadata. Given the
+    run's `cfg`, a checkpoint trained for other classes or another architecture is refused."""
+    expected = {} if cfg is None else {
+        "class_names": open_split(cfg.data, cfg.cls.split).class_names,
+        "arch": cfg.cls.arch, "last_stride": cfg.cls.last_stride}
+    state = read_checkpoint(Path(run_dir) / "classifier" / "model.pt", expected)
     model = build_classifier(state["arch"], len(state["class_names"]), state["last_stride"])
     model.load_state_dict(state["model"])
     return model.eval(), state
@@ -68,6 +82,7 @@ def pretrain(cfg: Config, model: torch.nn.Module, out: Path, config: dict) -> di
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     train = open_split(cfg.data, cfg.cls.split)
     labels = train.label_matrix()
+    seed_everything(cfg.seed)  # the initial weights too
     model = build_classifier(cfg.cls.arch, train.num_classes, cfg.cls.last_stride, cfg.cls.weights)
     config = to_dict(cfg)
     pretrained = pretrain(cfg, model, out, config) if cfg.cls.pretrain_split else None

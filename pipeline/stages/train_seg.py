@@ -9,10 +9,11 @@ from torch.nn import functional as F
 
 from pipeline.config import Config, to_dict
 from pipeline.data.transforms import SegmentationSet, train_transform
-from pipeline.data.voc import IGNORE, open_split, read_mask
+from pipeline.data.voc import IGNORE, BadImages, VocDataset, check_fits, open_split, read_mask
 from pipeline.models.segmenter import build_segmenter, load_encoder
 from pipeline.stages.pseudo import mask_path
-from pipeline.train import TrainSpec, fit, load_checkpoint, save_checkpoint
+from pipeline.stages.train_cls import read_checkpoint
+from pipeline.train import TrainSpec, fit, save_checkpoint, seed_everything
 
 LABELS = ("pseudo", "gt")
 
@@ -39,8 +40,13 @@ def SECTION(cfg: Config) -> dict:
     return {"seg": {k: v for k, v in to_dict(cfg.seg).items() if k != "val_split"}, "seed": cfg.seed}
 
 
-def load_segmenter(folder: Path) -> tuple[torch.nn.Module, dict]:
-    state = load_checkpoint(Path(folder) / "model.pt")
+def load_segmenter(folder: Path, cfg: Config | None = None) -> tuple[torch.nn.Module, dict]:
+    """The trained segmenter in `folder`, in eval mode, and its checkpoint's metadata. Given the
+    run's `cfg`, a checkpoint trained for other classes or another architecture is refused."""
+    expected = {} if cfg is None else {
+        "class_names": open_split(cfg.data, cfg.seg.val_split).class_names, "arch": cfg.seg.arch,
+        "encoder": cfg.seg.encoder, "decoder_channels": list(cfg.seg.decoder_channels)}
+    state = read_checkpoint(Path(folder) / "model.pt", expected)
     model = build_segmenter(state["arch"], state["encoder"], len(state["class_names"]) + 1,
                             state["decoder_channels"])
     model.load_state_dict(state["model"])
@@ -61,12 +67,25 @@ def param_groups(model: torch.nn.Module, lr: float, encoder_scale: float) -> lis
             {"params": decoder}]
 
 
+def check_targets(voc: VocDataset, read_target, target_path) -> None:
+    """Refuse to start on a training mask that is unreadable, out of range or not its image's
+    size, naming every bad one. Reads mask pixels but only the images' headers."""
+    bad = BadImages(f"{voc.root}: split '{voc.split}' has invalid training masks; nothing trained")
+    for image_id in voc.ids:
+        with bad.skip():
+            check_fits(target_path(image_id), read_target(image_id), voc.image_shape(image_id))
+    bad.raise_if_any()
+
+
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     voc = open_split(cfg.data, cfg.seg.split)
     if cfg.seg.labels == "gt":
-        read_target = voc.mask
+        read_target, target_path = voc.mask, voc.mask_path
     else:
-        read_target = lambda image_id: read_mask(mask_path(run_dir / "pseudo", image_id))
+        target_path = lambda image_id: mask_path(run_dir / "pseudo", image_id)
+        read_target = lambda image_id: read_mask(target_path(image_id))
+    check_targets(voc, read_target, target_path)
+    seed_everything(cfg.seed)  # the initial weights too
     model = build_segmenter(cfg.seg.arch, cfg.seg.encoder, voc.num_classes + 1,
                             list(cfg.seg.decoder_channels))
     if cfg.seg.encoder_weights == "classifier":
@@ -83,5 +102,5 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
                                        "encoder": cfg.seg.encoder, "labels": cfg.seg.labels,
                                        "decoder_channels": list(cfg.seg.decoder_channels),
                                        "class_names": voc.class_names, "config": config})
-    (out / "last.pt").unlink()
+    (out / "last.pt").unlink(missing_ok=True)
     return history

@@ -1,0 +1,231 @@
+"""`python -m pipeline label`: pseudo-masks for a folder of new images, from a trained run.
+
+    OUT/masks/<id>.png       palette PNG: 0 background, 1..C classes, 255 unsure
+    OUT/overlays/<id>.png    the image with the mask's colours blended in, for a person to check
+    OUT/records/<id>.json    one image's classes, scores and confident fraction; written last, so
+                             an image with a record is done and a rerun skips it
+    OUT/labels.csv           image,labels,confident_fraction (the labels CSV format train-cls reads)
+    OUT/summary.json         totals, failed images, images with no class, and every record
+
+Image-level labels come from a labels CSV when one is given, else from the classifier's sigmoid
+scores above `label.score_threshold`. Seeds use the run's `cam` settings and pseudo-masks its
+`pseudo` settings. Seeds are computed here in batches of same-sized images while a process pool
+runs the CRF with a bounded number of images in flight, so memory does not grow with the folder.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.config import Config, PseudoConfig, config_hash, to_dict
+from pipeline.data.folder import LabelledImage, image_id, read_labels_csv
+from pipeline.data.transforms import normalised_batch
+from pipeline.data.voc import IGNORE, IMAGE_SUFFIXES, PALETTE, DataError, read_image, save_mask
+from pipeline.runs import StageError, progress, read_json, write_json, write_text, write_with
+from pipeline.stages import cams as cams_stage
+from pipeline.stages import pseudo as pseudo_stage
+from pipeline.stages.train_cls import load_classifier
+
+log = logging.getLogger("pipeline")
+
+COLOURS = np.array(PALETTE, np.uint8).reshape(256, 3)
+OVERLAY_ALPHA = 0.5
+IN_FLIGHT_PER_WORKER = 4  # images queued per CRF worker: enough to keep it busy, few in memory
+SETTINGS = "settings.json"
+
+
+@dataclass
+class Job:
+    """One image's work for a CRF worker."""
+    item: LabelledImage
+    name: str  # the image's path relative to the folder, as reports show it
+    image: np.ndarray
+    cams: np.ndarray  # [K, H, W] unnormalised fused seeds of `classes`
+    classes: np.ndarray
+    scores: np.ndarray  # the classifier's sigmoid score of every class
+
+
+def output_path(out: Path, kind: str, image_key: str) -> Path:
+    suffix = ".json" if kind == "records" else ".png"
+    return Path(out) / kind / f"{image_key}{suffix}"
+
+
+def listed_images(images_dir: Path, labels_csv: Path | None, class_names: list[str]) -> list[LabelledImage]:
+    """The CSV's rows (checked against the classifier's classes), or every image file in the folder
+    with no classes yet (the classifier will predict them)."""
+    if labels_csv is not None:
+        return read_labels_csv(labels_csv, images_dir, class_names)
+    if not images_dir.is_dir():
+        raise DataError(f"{images_dir}: image folder not found")
+    files = sorted(p for p in images_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{images_dir}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    items, seen = [], {}
+    for path in files:
+        key = image_id(path.name)
+        if key in seen:
+            raise DataError(f"{images_dir}: {seen[key]} and {path.name} would both be written as {key}.png")
+        seen[key] = path.name
+        items.append(LabelledImage(key, path, None))
+    return items
+
+
+def settings_hash(cfg: Config, run_dir: Path, labels_csv: Path | None) -> str:
+    """What the outputs depend on: CAM, pseudo-mask and label settings, classifier, labels CSV."""
+    def digest(path: Path) -> str:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    return config_hash({"cam": cams_stage.SECTION(cfg), "pseudo": pseudo_stage.SECTION(cfg),
+                        "label": to_dict(cfg.label),
+                        "classifier": digest(run_dir / "classifier" / "model.pt"),
+                        "labels_csv": digest(labels_csv) if labels_csv else None})
+
+
+def claim_output(out: Path, digest: str) -> None:
+    """Resume only work made with the same settings: never mix two settings' masks in one folder."""
+    path = out / SETTINGS
+    if path.is_file() and read_json(path).get("hash") != digest:
+        raise StageError(f"{out}: holds labels made with other settings, another classifier or "
+                         f"another labels CSV; choose another --out or empty it")
+    write_json(path, {"hash": digest})
+
+
+def readable(items: Iterable[LabelledImage], images_dir: Path,
+             failed: list[dict]) -> Iterator[tuple[LabelledImage, str, np.ndarray]]:
+    """(item, name, uint8 RGB image) for every item that reads; the others go to `failed`."""
+    for item in items:
+        name = item.path.relative_to(images_dir).as_posix()
+        try:
+            yield item, name, read_image(item.path)
+        except DataError as error:
+            log.warning("skipped: %s", error)
+            failed.append({"image": name, "error": str(error)})
+
+
+def same_size_batches(entries: Iterable[tuple], size: int) -> Iterator[list[tuple]]:
+    """Consecutive entries whose images (the last field) share a shape, at most `size` at a time."""
+    batch: list[tuple] = []
+    for entry in entries:
+        if batch and (len(batch) == size or entry[-1].shape != batch[0][-1].shape):
+            yield batch
+            batch = []
+        batch.append(entry)
+    if batch:
+        yield batch
+
+
+@torch.inference_mode()
+def class_scores(model: torch.nn.Module, images: list[np.ndarray]) -> np.ndarray:
+    return torch.sigmoid(model(normalised_batch(images))).numpy()
+
+
+def seeded_jobs(model: torch.nn.Module, cfg: Config, head, batches: Iterable[list[tuple]]) -> Iterator[Job]:
+    """Labels (the CSV's, else scores above the threshold) and seeds of each image."""
+    for batch in batches:
+        items, names, images = zip(*batch)
+        scores = class_scores(model, list(images))
+        label_sets = [item.classes if item.classes is not None
+                      else np.flatnonzero(row > cfg.label.score_threshold)
+                      for item, row in zip(items, scores)]
+        seeded = [row for row, labels in enumerate(label_sets) if len(labels)]
+        maps = cams_stage.seed_batch(model, [images[r] for r in seeded], [label_sets[r] for r in seeded],
+                                     cfg, head) if seeded else []
+        seeds = dict(zip(seeded, maps))
+        for row, item in enumerate(items):
+            cams = seeds[row] if row in seeds else np.zeros((0, *images[row].shape[:2]), np.float32)
+            yield Job(item, names[row], images[row], cams, label_sets[row], scores[row])
+
+
+def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image with every non-background pixel (255 unsure included) blended with its colour."""
+    blended = (1 - OVERLAY_ALPHA) * image + OVERLAY_ALPHA * COLOURS[mask]
+    return np.where((mask != 0)[..., None], np.rint(blended), image).astype(np.uint8)
+
+
+def write_outputs(job: Job, settings: PseudoConfig, class_names: list[str], out: Path) -> None:
+    """Mask, overlay, then the record that marks the image done (runs in a CRF worker)."""
+    if len(job.classes):
+        mask = pseudo_stage.pseudo_mask(settings, job.image, job.cams, job.classes)
+    else:
+        mask = np.zeros(job.image.shape[:2], np.uint8)
+    save_mask(output_path(out, "masks", job.item.id), mask)
+    picture = Image.fromarray(overlay(job.image, mask))
+    write_with(output_path(out, "overlays", job.item.id), lambda tmp: picture.save(tmp, format="PNG"))
+    write_json(output_path(out, "records", job.item.id), {
+        "image": job.name, "id": job.item.id,
+        "classes": [class_names[c] for c in job.classes],
+        "labels_from": "csv" if job.item.classes is not None else "classifier",
+        "scores": {name: round(float(s), 4) for name, s in zip(class_names, job.scores)},
+        "confident_fraction": round(float((mask != IGNORE).mean()), 4)})
+
+
+def bounded_map(pool, function, work: Iterable, limit: int, *args) -> Iterator[None]:
+    """`function(item, *args)` in the pool with at most `limit` items in flight (Pool.imap would
+    read the whole generator ahead, holding every image and seed in memory)."""
+    pending: deque = deque()
+    for item in work:
+        pending.append(pool.apply_async(function, (item, *args)))
+        if len(pending) >= limit:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def write_summary(out: Path, items: list[LabelledImage], failed: list[dict], written_now: int,
+                  cfg: Config, class_names: list[str]) -> dict:
+    """`labels.csv` and `summary.json` from the records of every image done, in listing order."""
+    records = [read_json(path) for item in items
+               if (path := output_path(out, "records", item.id)).is_file()]
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["image", "labels", "confident_fraction"])
+    writer.writerows([r["image"], ";".join(r["classes"]), r["confident_fraction"]] for r in records)
+    write_text(out / "labels.csv", table.getvalue())
+    fractions = [r["confident_fraction"] for r in records]
+    summary = {
+        "images": len(items), "written": len(records), "written_now": written_now,
+        "failed": failed, "no_class": [r["image"] for r in records if not r["classes"]],
+        "class_counts": {name: sum(name in r["classes"] for r in records) for name in class_names},
+        "confident_fraction_mean": round(float(np.mean(fractions)), 4) if fractions else None,
+        "score_threshold": cfg.label.score_threshold, "per_image": {r["image"]: r for r in records}}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path | None, out: Path) -> dict:
+    """Pseudo-label every image of `images_dir` not done yet in `out`; returns the summary."""
+    checkpoint = run_dir / "classifier" / "model.pt"
+    if not checkpoint.is_file():
+        raise StageError(f"{checkpoint}: no trained classifier; run train-cls for this run first")
+    model, state = load_classifier(run_dir)
+    class_names = list(state["class_names"])
+    items = listed_images(images_dir, labels_csv, class_names)
+    claim_output(out, settings_hash(cfg, run_dir, labels_csv))
+    todo = [item for item in items if not output_path(out, "records", item.id).is_file()]
+    head = cams_stage.cam_head(model, cfg, list(cfg.cam.layers)) if cfg.cam.method == "cam" \
+        else cfg.cam.head
+    workers = cfg.pseudo.workers or os.cpu_count() or 1
+    failed: list[dict] = []
+    batches = same_size_batches(readable(todo, images_dir, failed), cfg.cam.batch_size)
+    written = 0
+    with get_context("fork").Pool(workers) as pool:
+        work = bounded_map(pool, write_outputs, seeded_jobs(model, cfg, head, batches),
+                           IN_FLIGHT_PER_WORKER * workers, cfg.pseudo, class_names, out)
+        for _ in progress(work, total=len(todo), desc="label"):
+            written += 1
+    summary = write_summary(out, items, failed, written, cfg, class_names)
+    log.info("label: %d of %d images labelled in %s (%d failed, %d with no class)", summary["written"],
+             len(items), out, len(failed), len(summary["no_class"]))
+    return summary

@@ -1,0 +1,87 @@
+"""Stage `compare-cams`: CAM, Grad-CAM and Grad-CAM++ from several layer sets, side by side.
+
+Every method of `eval.compare_methods` and layer set of `eval.compare_layer_sets` is computed from
+the one trained classifier on the first `eval.compare_images` images of the eval split, with the
+configured scales, flip and fusion, and scored like the seeds (best swept background threshold).
+Nothing per image is stored: only `results.json`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cam import fuse_layers, normalise_max
+from pipeline.config import Config, to_dict
+from pipeline.data.transforms import image_batches, normalised_batch
+from pipeline.data.voc import open_split
+from pipeline.metrics import mean_iou, sweep_confusions
+from pipeline.runs import progress, write_json
+from pipeline.stages.cams import cam_head, layer_batch
+from pipeline.stages.eval_cams import RESULTS, thresholds
+from pipeline.stages.train_cls import load_classifier
+
+EVAL_KEYS = ("split", "sweep_max", "sweep_step", "compare_methods", "compare_layer_sets", "compare_images")
+
+
+def OUTPUT(cfg: Config) -> str:
+    return "eval/compare-cams"
+
+
+def UPSTREAM(cfg: Config) -> list[str]:
+    return ["train-cls"]
+
+
+def SECTION(cfg: Config) -> dict:
+    evaluation = to_dict(cfg.eval)
+    return {"cam": to_dict(cfg.cam), "eval": {key: evaluation[key] for key in EVAL_KEYS}}
+
+
+def swept_best(sweep: np.ndarray, grid: np.ndarray) -> tuple[float, float]:
+    """(best mIoU, its threshold) of a stack of confusion matrices, one per threshold."""
+    mious = np.array([mean_iou(m) for m in sweep])
+    best = int(np.argmax(mious))
+    return round(float(mious[best]), 4), float(grid[best])
+
+
+def compare_settings(cfg: Config, run_dir: Path, voc, grid: np.ndarray) -> list[dict]:
+    """Swept-best seed mIoU of every method in `eval.compare_methods` and layer set in
+    `eval.compare_layer_sets`, on the first `eval.compare_images` images, from one classifier.
+
+    Maps are computed once per method for all the layers the sets use; each set is then fused
+    from them, so a set costs a fusion and a sweep, not a forward and backward pass.
+    """
+    ids = voc.ids[:cfg.eval.compare_images]
+    model, _ = load_classifier(run_dir)
+    sets = [list(layers) for layers in cfg.eval.compare_layer_sets]
+    layers = sorted({name for layer_set in sets for name in layer_set})
+    n = voc.num_classes + 1
+    rows = []
+    for method in cfg.eval.compare_methods:
+        head = cam_head(model, cfg, layers) if method == "cam" else cfg.cam.head
+        sweeps = np.zeros((len(sets), len(grid), n, n), np.int64)
+        for batch_ids, images in progress(image_batches(voc, ids, cfg.cam.batch_size),
+                                          desc=f"compare {method}"):
+            label_sets = [voc.labels(i) for i in batch_ids]
+            batch = normalised_batch(images)
+            maps = layer_batch(model, batch, label_sets, cfg.cam, head, layers, method)
+            for index, layer_set in enumerate(sets):
+                fused = normalise_max(fuse_layers({name: maps[name] for name in layer_set},
+                                                  tuple(batch.shape[-2:]), cfg.cam.fuse)).numpy()
+                for row, (image_id, labels) in enumerate(zip(batch_ids, label_sets)):
+                    sweeps[index] += sweep_confusions(voc.mask(image_id), fused[row, :len(labels)],
+                                                      labels, grid, n)
+        for layer_set, sweep in zip(sets, sweeps):
+            miou, threshold = swept_best(sweep, grid)
+            rows.append({"method": method, "layers": layer_set, "best_miou": miou,
+                         "best_threshold": threshold})
+    return rows
+
+
+def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+    voc = open_split(cfg.data, cfg.eval.split)
+    rows = compare_settings(cfg, run_dir, voc, thresholds(cfg)) if cfg.eval.compare_images > 0 else []
+    results = {"split": cfg.eval.split, "images": min(len(voc), cfg.eval.compare_images),
+               "scales": list(cfg.cam.scales), "flip": cfg.cam.flip, "fuse": cfg.cam.fuse, "rows": rows}
+    write_json(out / RESULTS, results)
+    return {"images": results["images"], "settings": len(rows)}

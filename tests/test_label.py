@@ -1,0 +1,304 @@
+"""The label command on folders of odd images, and folders with a labels CSV as a training dataset.
+
+One tiny classifier (shapes, 32 px, a few seconds) serves every test; expected classes and scores
+are recomputed here from that classifier, so the tests do not depend on how well it learnt.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.cli import main, parse
+from pipeline.config import load_config
+from pipeline.data.folder import FolderDataset, read_labels_csv
+from pipeline.data.shapes import SHAPES, shapes_scene
+from pipeline.data.transforms import normalised_batch
+from pipeline.data.voc import IGNORE, PALETTE, DataError, VocDataset, open_split, read_image, read_mask
+from pipeline.runs import StageError, read_json
+from pipeline.stages import execute
+from pipeline.stages.cams import seed_batch
+from pipeline.stages.pseudo import pseudo_mask
+from pipeline.stages.train_cls import load_classifier
+
+COLOURS = np.array(PALETTE, np.uint8).reshape(256, 3)
+# name, mode, (height, width): every mode the label command must read, each at its own size.
+ODD = [("rgb.png", "RGB", (32, 32)), ("grey.png", "L", (40, 36)), ("rgba.png", "RGBA", (48, 32)),
+       ("deep.png", "I;16", (36, 44)), ("palette.png", "P", (32, 40)), ("photo.jpg", "RGB", (34, 34))]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("label-run")
+    torch.manual_seed(0)
+    cfg = load_config(None, [
+        f"run_dir={tmp}/run", "data.name=shapes", f"data.root={tmp}/data", "data.image_size=32",
+        "data.n_train=48", "data.n_val=16", "cls.split=train", "cls.crop_size=32", "cls.epochs=3",
+        "cls.batch_size=16", "cam.layers=[layer3,layer4]", "pseudo.workers=1"])
+    execute("data", cfg)
+    execute("train-cls", cfg)
+    model, _ = load_classifier(tmp / "run")
+    return {"dir": tmp / "run", "data": tmp / "data", "model": model}
+
+
+def save_in_mode(image: np.ndarray, mode: str, path) -> None:
+    if mode == "I;16":
+        grey = np.asarray(Image.fromarray(image).convert("L"), np.uint16)
+        Image.fromarray(grey * 257).save(path)  # Pillow picks mode I;16
+    elif mode == "P":
+        Image.fromarray(image).quantize(32).save(path)
+    else:
+        Image.fromarray(image).convert(mode).save(path)
+
+
+@pytest.fixture(scope="module")
+def odd_folder(tmp_path_factory):
+    """Shapes scenes resized to different sizes, one per mode; returns (folder, {name: class names})."""
+    folder = tmp_path_factory.mktemp("odd")
+    truth = {}
+    for index, (name, mode, (height, width)) in enumerate(ODD):
+        image, labels = shapes_scene(np.random.default_rng([7, index]), 48)
+        image = np.asarray(Image.fromarray(image).resize((width, height), Image.NEAREST))
+        labels = np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
+        save_in_mode(image, mode, folder / name)
+        truth[name] = [SHAPES[c - 1] for c in np.unique(labels) if c > 0]
+    (folder / "notes.txt").write_text("not an image: the label command leaves it alone\n")
+    return folder, truth
+
+
+def label(run, images, out, *extra):
+    return main(["label", "--images", str(images), "--run", str(run["dir"]), "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def predicted(run, odd_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("predicted") / "out"
+    code = label(run, odd_folder[0], out)
+    return {"code": code, "out": out, "summary": read_json(out / "summary.json")}
+
+
+def scores_of(model, image):
+    with torch.inference_mode():
+        return torch.sigmoid(model(normalised_batch([image])))[0].numpy()
+
+
+def check_outputs(out, folder, name, classes):
+    """Mask and overlay of one image: its size, only its classes, colours blended where not background."""
+    image = read_image(folder / name)
+    stem = name.rsplit(".", 1)[0]
+    mask = read_mask(out / "masks" / f"{stem}.png")
+    assert mask.shape == image.shape[:2]
+    assert set(np.unique(mask).tolist()) <= {0, IGNORE, *(SHAPES.index(c) + 1 for c in classes)}
+    overlay = np.asarray(Image.open(out / "overlays" / f"{stem}.png"))
+    assert overlay.shape == image.shape
+    shown = mask != 0
+    np.testing.assert_array_equal(overlay[~shown], image[~shown])
+    blended = np.rint(0.5 * image + 0.5 * COLOURS[mask]).astype(np.uint8)
+    np.testing.assert_array_equal(overlay[shown], blended[shown])
+    return mask
+
+
+def test_label_without_csv_uses_the_classifiers_scores(run, odd_folder, predicted):
+    folder = odd_folder[0]
+    out, summary = predicted["out"], predicted["summary"]
+    assert predicted["code"] == 0
+    assert summary["images"] == summary["written"] == summary["written_now"] == len(ODD)
+    assert summary["failed"] == [] and summary["score_threshold"] == 0.5
+    for name, _, _ in ODD:
+        record = summary["per_image"][name]
+        scores = scores_of(run["model"], read_image(folder / name))
+        assert record["labels_from"] == "classifier"
+        assert record["classes"] == [c for c, s in zip(SHAPES, scores) if s > 0.5]
+        assert record["scores"] == pytest.approx(dict(zip(SHAPES, scores.tolist())), abs=1e-4)
+        mask = check_outputs(out, folder, name, record["classes"])
+        assert record["confident_fraction"] == round(float((mask != IGNORE).mean()), 4)
+    assert summary["no_class"] == [n for n, _, _ in ODD if not summary["per_image"][n]["classes"]]
+    assert summary["class_counts"] == {c: sum(c in r["classes"] for r in summary["per_image"].values())
+                                       for c in SHAPES}
+
+
+def test_labels_csv_lists_every_image_in_folder_order(predicted):
+    lines = (predicted["out"] / "labels.csv").read_text().splitlines()
+    assert lines[0] == "image,labels,confident_fraction"
+    records = predicted["summary"]["per_image"]
+    expected = sorted(name for name, _, _ in ODD)
+    assert [line.split(",")[0] for line in lines[1:]] == expected
+    for line, name in zip(lines[1:], expected):
+        assert line == f"{name},{';'.join(records[name]['classes'])},{records[name]['confident_fraction']}"
+
+
+def test_label_with_csv_uses_its_classes(run, odd_folder, tmp_path):
+    folder, truth = odd_folder
+    # One row names its image without the suffix, as a CSV may.
+    rows = [f"{'rgb' if name == 'rgb.png' else name},{';'.join(truth[name])}" for name, _, _ in ODD]
+    (tmp_path / "labels.csv").write_text("image,labels\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert label(run, folder, out, "--labels", str(tmp_path / "labels.csv")) == 0
+    summary = read_json(out / "summary.json")
+    assert summary["written"] == len(ODD) and summary["failed"] == [] and summary["no_class"] == []
+    cfg = load_config(run["dir"] / "config.yaml")
+    for name, _, _ in ODD:
+        record = summary["per_image"][name]
+        assert record["labels_from"] == "csv" and record["classes"] == truth[name]
+        mask = check_outputs(out, folder, name, truth[name])
+        # The run's own seeds and pseudo-mask settings, as the cams and pseudo stages use them.
+        image, classes = read_image(folder / name), np.array([SHAPES.index(c) for c in truth[name]])
+        seeds = seed_batch(run["model"], [image], [classes], cfg)[0]
+        np.testing.assert_array_equal(mask, pseudo_mask(cfg.pseudo, image, seeds, classes))
+
+
+def test_corrupt_files_are_reported_skipped_and_retried(run, odd_folder, tmp_path, caplog):
+    folder = tmp_path / "images"
+    shutil.copytree(odd_folder[0], folder)
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    jpeg = (folder / "photo.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+    out = tmp_path / "out"
+    assert label(run, folder, out) == 1
+    summary = read_json(out / "summary.json")
+    assert [f["image"] for f in summary["failed"]] == ["broken.png", "cut.jpg"]
+    assert all(str(folder / f["image"]) in f["error"] for f in summary["failed"])
+    assert "broken.png" in caplog.text and "cut.jpg" in caplog.text
+    assert summary["images"] == len(ODD) + 2 and summary["written"] == len(ODD)
+    assert sorted(p.name for p in (out / "masks").iterdir()) == sorted(
+        n.rsplit(".", 1)[0] + ".png" for n, _, _ in ODD)
+    # A rerun redoes only what is missing: the two bad files again, and one lost record.
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "masks").iterdir()}
+    (out / "records" / "grey.json").unlink()
+    assert label(run, folder, out) == 1
+    again = read_json(out / "summary.json")
+    assert again["written_now"] == 1 and again["written"] == len(ODD) and len(again["failed"]) == 2
+    now = {p.name: p.stat().st_mtime_ns for p in (out / "masks").iterdir()}
+    del now["grey.png"], kept["grey.png"]
+    assert now == kept
+    assert again["per_image"]["grey.png"] == summary["per_image"]["grey.png"]
+
+
+def test_no_class_above_threshold_gives_background_and_is_listed(run, odd_folder, tmp_path, capsys):
+    folder = odd_folder[0]
+    out = tmp_path / "out"
+    assert label(run, folder, out, "label.score_threshold=1.01") == 0
+    summary = read_json(out / "summary.json")
+    assert summary["no_class"] == sorted(name for name, _, _ in ODD)
+    for name, _, _ in ODD:
+        mask = check_outputs(out, folder, name, [])
+        assert not mask.any() and summary["per_image"][name]["confident_fraction"] == 1.0
+    # Other settings in the same folder would mix two kinds of masks: refused in one line.
+    capsys.readouterr()
+    assert label(run, folder, out, "label.score_threshold=0.9") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err and "other settings" in err
+
+
+def test_bad_labels_csv_is_one_line_naming_file_and_line(run, odd_folder, tmp_path, capsys):
+    (tmp_path / "labels.csv").write_text("rgb.png,square\ngrey.png,disc;triangle\n")
+    assert label(run, odd_folder[0], tmp_path / "out", "--labels", str(tmp_path / "labels.csv")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {tmp_path / 'labels.csv'}:2: unknown class 'triangle' "
+                   f"(classes: square, disc, cross)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_label_needs_images_run_and_out():
+    with pytest.raises(SystemExit):
+        parse(["label", "--images", "x", "--run", "r"])
+    args = parse(["label", "--images", "x", "--run", "r", "--out", "o", "pseudo.workers=1"])
+    assert (str(args.images), str(args.run), str(args.out), args.labels) == ("x", "r", "o", None)
+    assert args.overrides == ["pseudo.workers=1"]
+
+
+# Folder datasets --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def folder_root(tmp_path):
+    """Eight shapes images (one in a sub-folder, one listed without its suffix) with classes.txt and
+    a labels CSV with a header."""
+    root = tmp_path / "folder"
+    (root / "more").mkdir(parents=True)
+    rows = []
+    for index in range(8):
+        image, labels = shapes_scene(np.random.default_rng([3, index]), 32)
+        name = f"more/img{index}.png" if index == 0 else f"img{index}.jpg"
+        Image.fromarray(image).save(root / name)
+        rows.append((name, [SHAPES[c - 1] for c in np.unique(labels) if c > 0]))
+    (root / "classes.txt").write_text("background\n" + "\n".join(SHAPES) + "\n")
+    rows_text = [f"{'img1' if name == 'img1.jpg' else name},{';'.join(classes)}" for name, classes in rows]
+    # With the byte-order mark spreadsheets write before the header.
+    (root / "labels.csv").write_text("\ufeff" + "\n".join(["image,labels", *rows_text]) + "\n")
+    return root, rows
+
+
+def test_folder_dataset_reads_images_and_labels(folder_root):
+    root, rows = folder_root
+    everything = FolderDataset(root, "all")
+    assert everything.ids == ["more/img0", *(f"img{i}" for i in range(1, 8))]
+    assert everything.class_names == SHAPES and everything.num_classes == 3
+    for image_id, (name, classes) in zip(everything.ids, rows):
+        assert everything.image_path(image_id) == root / name
+        assert [SHAPES[c] for c in everything.labels(image_id)] == classes
+        assert everything.image(image_id).shape == (32, 32, 3)
+    matrix = everything.label_matrix()
+    assert matrix.shape == (8, 3)
+    assert matrix.tolist() == [[float(s in c) for s in SHAPES] for _, c in rows]
+    for method in (everything.mask, everything.mask_path):  # the stage stops, not skips the image
+        with pytest.raises(StageError, match="image-level labels only, no masks to score"):
+            method("img1")
+    assert everything.image_shape("img1") == (32, 32)
+
+
+def test_folder_splits_partition_by_id_not_row_order(folder_root):
+    root, _ = folder_root
+    train = FolderDataset(root, "train", val_fraction=0.25)
+    val = FolderDataset(root, "val", val_fraction=0.25)
+    assert len(val) == math.ceil(0.25 * 8) == 2 and len(train) == 6
+    assert sorted(train.ids + val.ids) == sorted(FolderDataset(root, "all").ids)
+    lines = (root / "labels.csv").read_text().splitlines()
+    (root / "reversed.csv").write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
+    reordered = FolderDataset(root, "val", root / "reversed.csv", val_fraction=0.25)
+    assert sorted(reordered.ids) == sorted(val.ids)
+    assert FolderDataset(root, "val", val_fraction=0.25, seed=1).ids != val.ids
+    with pytest.raises(DataError, match="splits train, val, all, not 'train_aug'"):
+        FolderDataset(root, "train_aug")
+
+
+@pytest.mark.parametrize("row, problem", [
+    ("img1.jpg,square;hexagon", "unknown class 'hexagon' (classes: square, disc, cross)"),
+    ("img9.jpg,square", "image 'img9.jpg' not found in "),
+    ("img1.jpg, ; ", "image 'img1.jpg' has no labels"),
+    ("img2,disc", "image 'img2' is listed twice"),
+    ("just-one-column", "expected 'image,labels'"),
+])
+def test_folder_dataset_errors_name_file_and_line(folder_root, row, problem):
+    root, _ = folder_root
+    csv = root / "bad.csv"
+    csv.write_text(f"img2.jpg,disc\n{row}\n")  # no header this time
+    with pytest.raises(DataError) as error:
+        read_labels_csv(csv, root, SHAPES)
+    assert str(error.value).startswith(f"{csv}:2: {problem}")
+    assert len(str(error.value).splitlines()) == 1
+
+
+def test_train_cls_on_a_folder_dataset(run, tmp_path):
+    """The shapes images as a folder + labels CSV: open_split dispatches, train-cls trains on it."""
+    from pipeline.stages import train_cls
+
+    voc = VocDataset(run["data"], "train")
+    rows = [f"JPEGImages/{i}.png,{';'.join(SHAPES[c] for c in voc.labels(i))}" for i in voc.ids[:32]]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    cfg = load_config(None, [
+        f"run_dir={tmp_path}/run", "data.name=folder", f"data.root={run['data']}",
+        f"data.labels_csv={tmp_path}/labels.csv", "data.val_fraction=0.25", "cls.split=train",
+        "cls.crop_size=32", "cls.epochs=1", "cls.batch_size=16"])
+    train = open_split(cfg.data, "train")
+    assert isinstance(train, FolderDataset) and len(train) == 24
+    assert train.class_names == SHAPES  # from the folder's classes.txt
+    np.testing.assert_array_equal(train.labels(train.ids[0]), voc.labels(train.ids[0].split("/")[1]))
+    metrics = train_cls.run(cfg, tmp_path / "run" / "classifier", tmp_path / "run")
+    assert metrics["label_prior"] == [round(float(x), 4) for x in train.label_matrix().mean(0)]
+    _, state = load_classifier(tmp_path / "run")
+    assert state["class_names"] == SHAPES
