@@ -146,3 +146,14 @@ def test_sweep_equals_confusion_on_random_maps():
     for t, threshold in enumerate(thresholds):
         pred = _expected_prediction(cams, classes, threshold)
         np.testing.assert_array_equal(out[t], confusion(gt, pred, 6))
+
+
+def test_pseudo_counts_by_hand():
+    from pipeline.metrics import pseudo_counts, pseudo_scores
+
+    gt = np.array([[0, 1], [1, 255]], np.uint8)
+    pseudo = np.array([[0, 255], [1, 1]], np.uint8)  # the unsure pixel counts as background
+    matrix, counts = pseudo_counts(gt, pseudo, 2)
+    np.testing.assert_array_equal(matrix, [[1, 0], [1, 1]])
+    np.testing.assert_array_equal(counts, [2, 2, 3])  # correct, confident, labelled
+    assert pseudo_scores(matrix, counts) == {"miou": 0.5, "precision": 1.0, "coverage": 0.6667}
