@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.cam import fuse_layers
 from pipeline.config import config_hash, load_config, to_dict
 from pipeline.data.voc import VocDataset, read_mask
 from pipeline.metrics import confusion, iou_per_class, mean_iou
@@ -160,6 +161,24 @@ def test_cam_files(run):
             assert cams.dtype == np.float16 and cams.shape == (len(labels), 32, 32)
             np.testing.assert_array_equal(classes, labels)
             assert np.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1.0
+
+
+def test_saved_layers_are_the_raw_maps_the_fused_seeds_come_from(run, tmp_path):
+    """cam.save_layers on a copy (classifier included): each layer's raw map is stored, and fusing
+    them again gives the stored seeds (to float16 precision)."""
+    copy = tmp_path / "run"
+    shutil.copytree(run["dir"], copy, ignore=shutil.ignore_patterns("cams"))
+    base = [o for o in overrides(run["tmp"]) if not o.startswith("run_dir=")] + [f"run_dir={copy}"]
+    execute("cams", load_config(None, base + ["cam.save_layers=true", "cam.splits=[val]"]))
+    for image_id in run["val"].ids:
+        with np.load(copy / "cams" / f"{image_id}.npz", allow_pickle=False) as data:
+            layers = {name: torch.from_numpy(data[f"layer.{name}"].astype(np.float32))[None]
+                      for name in ("layer3", "layer4")}
+            fused = data["cams"].astype(np.float32)
+        k = len(run["val"].labels(image_id))
+        assert layers["layer3"].shape == (1, k, 2, 2) and layers["layer4"].shape == (1, k, 1, 1)
+        again = fuse_layers(layers, (32, 32), "max")[0].numpy()
+        np.testing.assert_allclose(fused, again, atol=2e-3)
 
 
 def test_pseudo_masks(run):
