@@ -117,6 +117,7 @@ def seed_batch(model, images: list[np.ndarray], label_sets: list[np.ndarray], cf
 
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     model, _ = load_classifier(run_dir, cfg)
+    model.to(distributed.device(cfg.device))  # maps come back to the CPU in layer_batch
     head = cam_head(model, cfg, list(cfg.cam.layers)) if cfg.cam.method == "cam" else cfg.cam.head
     bad = skipping("cams")
     written, began = 0, time.perf_counter()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import distributed
 from pipeline.cam import fuse_layers, normalise_max
 from pipeline.config import Config, to_dict
 from pipeline.data.transforms import image_batches, normalised_batch
@@ -52,7 +53,8 @@ def compare_settings(cfg: Config, run_dir: Path, voc, grid: np.ndarray) -> list[
     from them, so a set costs a fusion and a sweep, not a forward and backward pass.
     """
     ids = voc.ids[:cfg.eval.compare_images]
-    model, _ = load_classifier(run_dir)
+    model, _ = load_classifier(run_dir, cfg)
+    model.to(distributed.device(cfg.device))
     sets = [list(layers) for layers in cfg.eval.compare_layer_sets]
     layers = sorted({name for layer_set in sets for name in layer_set})
     n = voc.num_classes + 1
