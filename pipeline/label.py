@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline import distributed
 from pipeline.config import Config, PseudoConfig, config_hash, to_dict
 from pipeline.data.folder import LabelledImage, image_id, read_labels_csv
 from pipeline.data.transforms import normalised_batch
@@ -128,7 +129,8 @@ def same_size_batches(entries: Iterable[tuple], size: int) -> Iterator[list[tupl
 
 @torch.inference_mode()
 def class_scores(model: torch.nn.Module, images: list[np.ndarray]) -> np.ndarray:
-    return torch.sigmoid(model(normalised_batch(images))).numpy()
+    batch = normalised_batch(images).to(next(model.parameters()).device)
+    return torch.sigmoid(model(batch)).cpu().numpy()
 
 
 def seeded_jobs(model: torch.nn.Module, cfg: Config, head, batches: Iterable[list[tuple]]) -> Iterator[Job]:
@@ -214,13 +216,14 @@ def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path 
     items = listed_images(images_dir, labels_csv, class_names)
     claim_output(out, settings_hash(cfg, run_dir, labels_csv))
     todo = [item for item in items if not output_path(out, "records", item.id).is_file()]
-    head = cams_stage.cam_head(model, cfg, list(cfg.cam.layers)) if cfg.cam.method == "cam" \
-        else cfg.cam.head
     workers = cfg.pseudo.workers or os.cpu_count() or 1
     failed: list[dict] = []
     batches = same_size_batches(readable(todo, images_dir, failed), cfg.cam.batch_size)
     written = 0
     with get_context("fork").Pool(workers) as pool:
+        model.to(distributed.device(cfg.device))  # after the fork: no CRF worker inherits a CUDA context
+        head = cams_stage.cam_head(model, cfg, list(cfg.cam.layers)) if cfg.cam.method == "cam" \
+            else cfg.cam.head
         work = bounded_map(pool, write_outputs, seeded_jobs(model, cfg, head, batches),
                            IN_FLIGHT_PER_WORKER * workers, cfg.pseudo, class_names, out)
         for _ in progress(work, total=len(todo), desc="label"):

@@ -284,8 +284,9 @@ def test_folder_dataset_errors_name_file_and_line(folder_root, row, problem):
 
 
 def test_train_cls_on_a_folder_dataset(run, tmp_path):
-    """The shapes images as a folder + labels CSV: open_split dispatches, train-cls trains on it."""
-    from pipeline.stages import train_cls
+    """The shapes images as a folder + labels CSV: open_split dispatches, the data stage reads it
+    in place, train-cls trains on it."""
+    from pipeline.stages import execute
 
     voc = VocDataset(run["data"], "train")
     rows = [f"JPEGImages/{i}.png,{';'.join(SHAPES[c] for c in voc.labels(i))}" for i in voc.ids[:32]]
@@ -298,7 +299,9 @@ def test_train_cls_on_a_folder_dataset(run, tmp_path):
     assert isinstance(train, FolderDataset) and len(train) == 24
     assert train.class_names == SHAPES  # from the folder's classes.txt
     np.testing.assert_array_equal(train.labels(train.ids[0]), voc.labels(train.ids[0].split("/")[1]))
-    metrics = train_cls.run(cfg, tmp_path / "run" / "classifier", tmp_path / "run")
+    data = execute("data", cfg)["metrics"]  # a folder dataset is read in place, not built
+    assert data["name"] == "folder" and data["sizes"] == {"train": 24, "val": 8}
+    metrics = execute("train-cls", cfg)["metrics"]
     assert metrics["label_prior"] == [round(float(x), 4) for x in train.label_matrix().mean(0)]
     _, state = load_classifier(tmp_path / "run")
     assert state["class_names"] == SHAPES
