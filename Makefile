@@ -75,7 +75,8 @@ bench: all ## the benchmark grid (method x layers x CRF) and the segmenters over
 	HF_HUB_OFFLINE=1 $(PY) bench/grid.py --config $(CONFIG) --run $(RUN)
 	HF_HUB_OFFLINE=1 $(PY) bench/seeds.py --config $(CONFIG) --run $(RUN)
 
-bench-speed: bench-cam bench-crf ## CAM and CRF throughput, then each stage's wall time and peak memory in RUN
+bench-speed: bench-cam bench-crf ## CAM and CRF speed, per-image stages' memory at 1k/4k images, RUN's stage times
+	HF_HUB_OFFLINE=1 $(PY) bench/memory.py
 	$(PY) bench/stages.py --run $(RUN)
 
 bench-cam: install ## CAM throughput: ours vs pytorch-grad-cam vs forward only (a benchmark, not a test)
