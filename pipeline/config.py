@@ -113,6 +113,12 @@ class PseudoConfig:
     # thresholds disagree after the CRF, the pixel is 255 (ignore).
     fg_threshold_high: float = 0.30
     fg_threshold_low: float = 0.05
+    # "constant": the background channel is the threshold above (IRN); "power": it is
+    # (1 - max_c M^c)^alpha (PSA), with alpha `bg_alpha_high` for sure foreground and
+    # `bg_alpha_low` for sure background (PSA's "la" 4 and "ha" 32).
+    background: str = "constant"
+    bg_alpha_high: float = 4.0
+    bg_alpha_low: float = 32.0
     crf: bool = True
     crf_gt_prob: float = 0.7
     crf_iterations: int = 10

@@ -1,7 +1,8 @@
-"""Pseudo-mask assembly: background threshold, label CRF, and the confidence rule (IRN).
+"""Pseudo-mask assembly: background score, label CRF, and the confidence rule (IRN).
 
-With a high background threshold only confident foreground survives; with a low one only
-confident background does. A pixel keeps its class where the high-threshold mask says foreground,
+The background channel is a constant threshold (IRN) or `(1 - max_c M^c)^alpha` (PSA). With a
+high background threshold (PSA: a low alpha) only confident foreground survives; with a low one
+(a high alpha) only confident background does. A pixel keeps its class where the high-threshold mask says foreground,
 is background where both masks say background, and is 255 (ignore) where they disagree.
 """
 from __future__ import annotations
@@ -13,11 +14,25 @@ from pipeline.refine.crf import dense_crf
 IGNORE = 255
 
 
+BACKGROUNDS = ("constant", "power")
+
+
+def background_score(cams: np.ndarray, background: str, value: float) -> np.ndarray:
+    """[1, H, W] background channel for max-normalised `cams` [K, H, W]: the constant `value`
+    (IRN's threshold), or `(1 - max_c M^c) ** value` (PSA's alpha)."""
+    if background == "constant":
+        return np.full((1, *cams.shape[1:]), value, np.float32)
+    if background == "power":
+        return ((1.0 - cams.max(0, keepdims=True)) ** value).astype(np.float32)
+    raise ValueError(f"unknown background score '{background}' (choose from {', '.join(BACKGROUNDS)})")
+
+
 def refined_labels(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, threshold: float,
-                   crf: bool, **crf_params) -> np.ndarray:
-    """Thresholded labels, refined by the label CRF over background + present classes."""
+                   crf: bool, background: str = "constant", **crf_params) -> np.ndarray:
+    """Labels by argmax over background + present classes, refined by the label CRF;
+    `threshold` is the background's constant or alpha (see `background_score`)."""
     keys = np.concatenate([[0], classes + 1])
-    scores = np.concatenate([np.full((1, *cams.shape[1:]), threshold, np.float32), cams])
+    scores = np.concatenate([background_score(cams, background, threshold), cams])
     if not crf:
         return keys[scores.argmax(0)]
     one_hot = np.eye(len(keys), dtype=np.float32)[scores.argmax(0)].transpose(2, 0, 1)
@@ -25,11 +40,13 @@ def refined_labels(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, thr
 
 
 def confident_mask(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, high: float, low: float,
-                   crf: bool = True, **crf_params) -> np.ndarray:
-    """uint8 [H, W] pseudo-mask: class ids where confident, 0 background, 255 unsure."""
-    foreground = refined_labels(image, cams, classes, high, crf, **crf_params)
-    background = refined_labels(image, cams, classes, low, crf, **crf_params)
-    mask = foreground.astype(np.uint8)
-    mask[foreground == 0] = IGNORE
-    mask[(foreground == 0) & (background == 0)] = 0
+                   crf: bool = True, background: str = "constant", **crf_params) -> np.ndarray:
+    """uint8 [H, W] pseudo-mask: class ids where confident, 0 background, 255 unsure. `high` is
+    the background setting that keeps only sure foreground (a high constant, a low alpha), `low`
+    the one that keeps only sure background."""
+    sure_foreground = refined_labels(image, cams, classes, high, crf, background, **crf_params)
+    sure_background = refined_labels(image, cams, classes, low, crf, background, **crf_params)
+    mask = sure_foreground.astype(np.uint8)
+    mask[sure_foreground == 0] = IGNORE
+    mask[(sure_foreground == 0) & (sure_background == 0)] = 0
     return mask

@@ -41,7 +41,9 @@ def pseudo_mask(settings: PseudoConfig, image: np.ndarray, cams: np.ndarray,
     """The confident pseudo-mask of one image from its (unnormalised) fused CAMs."""
     peak = cams.max(axis=(1, 2), keepdims=True)
     cams = cams / (peak + 1e-5)
-    return confident_mask(image, cams, classes, settings.fg_threshold_high, settings.fg_threshold_low,
+    high, low = ((settings.fg_threshold_high, settings.fg_threshold_low) if settings.background == "constant"
+                 else (settings.bg_alpha_high, settings.bg_alpha_low))
+    return confident_mask(image, cams, classes, high, low, background=settings.background,
                           crf=settings.crf, gt_prob=settings.crf_gt_prob,
                           iterations=settings.crf_iterations,
                           bilateral_sxy=settings.crf_bilateral_sxy,
