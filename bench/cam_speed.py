@@ -9,14 +9,13 @@ all classes and layers. Prints a table and writes JSON to bench/out/cam_speed[_c
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 import torchvision
 
 from pipeline.cam import compute_cams
+from bench_out import save
 
 SIZE, CLASSES, LAYERS, REPEATS = 224, 3, ["layer3", "layer4"], 3
 
@@ -80,13 +79,9 @@ def main() -> None:
         print(f"  {name:34s} {rate:8.2f} images/s")
     for name, ratio in ratios.items():
         print(f"  {name:34s} {ratio:8.2f} x")
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
     name = "cam_speed.json" if device.type == "cpu" else f"cam_speed_{device.type}.json"
-    (out / name).write_text(json.dumps(
-        {"images_per_second": result, "ratios": {k: round(v, 3) for k, v in ratios.items()},
-         "batch": batch, "size": SIZE, "classes": CLASSES, "layers": LAYERS, "device": where},
-        indent=2) + "\n")
+    save(name, {"images_per_second": result, "ratios": {k: round(v, 3) for k, v in ratios.items()},
+                "batch": batch, "size": SIZE, "classes": CLASSES, "layers": LAYERS, "device": where})
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ its time without. Prints a table and writes JSON to bench/out/crf_speed.json.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, replace
@@ -23,6 +22,7 @@ from pipeline.data.shapes import shapes_scene
 from pipeline.data.voc import open_split
 from pipeline.stages.cams import cam_path, load_cams
 from pipeline.stages.pseudo import pseudo_mask
+from bench_out import save
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES, SIZE, CELL, REPEATS, CHUNK = 200, 64, 8, 3, 8
@@ -104,14 +104,11 @@ def main() -> None:
     for workers, rate in rates.items():
         print(f"  {f'pool of {workers} worker(s)':34s} {rate:8.1f} images/s")
     print(f"  {'2 workers vs 1':34s} {ratio:8.2f} x")
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "crf_speed.json").write_text(json.dumps(
-        {"inputs": source, "image_shape": shape, "cpu_cores": os.cpu_count(),
-         "ms_per_image": {name: round(value, 2) for name, value in ms.items()},
-         "images_per_second": {f"{w} worker(s)": round(r, 1) for w, r in rates.items()},
-         "ratio_2_vs_1": round(ratio, 3), "settings": asdict(SETTINGS), "repeats": REPEATS},
-        indent=2) + "\n")
+    save("crf_speed.json", {
+        "inputs": source, "image_shape": shape, "cpu_cores": os.cpu_count(),
+        "ms_per_image": {name: round(value, 2) for name, value in ms.items()},
+        "images_per_second": {f"{w} worker(s)": round(r, 1) for w, r in rates.items()},
+        "ratio_2_vs_1": round(ratio, 3), "settings": asdict(SETTINGS), "repeats": REPEATS})
 
 if __name__ == "__main__":
     main()

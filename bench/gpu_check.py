@@ -7,14 +7,13 @@ per check and writes bench/out/gpu_check.json; exits non-zero if a check fails.
 """
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 import torch
 import torchvision
 
 from pipeline.cam import augmented_cams, compute_cams, fit_cam_heads
+from bench_out import save
 
 LAYERS = ["layer2", "layer3", "layer4"]
 
@@ -59,11 +58,8 @@ def main() -> int:
     for name, error in checks.items():
         print(f"  {name:42s} largest relative error {error:.2e}")
     print(f"  parameters' .grad untouched: {untouched}; device: {torch.cuda.get_device_name(gpu)}")
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(
-        {"relative_errors": checks, "grad_untouched": untouched, "failed": failed,
-         "device": torch.cuda.get_device_name(gpu), "torch": torch.__version__}, indent=2) + "\n")
+    save("gpu_check.json", {"relative_errors": checks, "grad_untouched": untouched, "failed": failed,
+                            "device": torch.cuda.get_device_name(gpu), "torch": torch.__version__})
     return 1 if failed else 0
 
 

@@ -12,7 +12,6 @@ Markdown table and writes bench/out/grid.json and bench/out/grid.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from dataclasses import replace
@@ -29,12 +28,14 @@ from pipeline.cam import fuse_layers, normalise_max  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.transforms import image_batches, normalised_batch  # noqa: E402
 from pipeline.data.voc import open_split  # noqa: E402
-from pipeline.metrics import mean_iou, pseudo_counts, pseudo_scores, sweep_confusions  # noqa: E402
+from pipeline.metrics import pseudo_counts, pseudo_scores, sweep_confusions  # noqa: E402
 from pipeline.runs import git_commit  # noqa: E402
 from pipeline.stages.cams import cam_head, layer_batch  # noqa: E402
+from pipeline.stages.compare_cams import swept_best  # noqa: E402
 from pipeline.stages.eval_cams import thresholds  # noqa: E402
 from pipeline.stages.pseudo import pseudo_mask  # noqa: E402
 from pipeline.stages.train_cls import load_classifier  # noqa: E402
+from bench_out import save  # noqa: E402
 
 METHODS = ["cam", "gradcam", "gradcam++"]
 LAYER_SETS = [["layer4"], ["layer3"], ["layer3", "layer4"], ["layer2", "layer3", "layer4"]]
@@ -93,12 +94,11 @@ def main() -> None:
                 head = cam_head(model, cfg, layers) if method == "cam" else cfg.cam.head
                 maps, cam_seconds = seeds(model, cfg, voc, ids, method, layers, head)
                 sweep = sum(sweep_confusions(voc.mask(i), m, voc.labels(i), grid, n) for i, m in zip(ids, maps))
-                mious = [mean_iou(m) for m in sweep]
-                best = int(np.argmax(mious))
+                seed_miou, seed_threshold = swept_best(sweep, grid)
                 for crf in (False, True):
-                    scores, crf_seconds = pseudo_row(cfg, pool, voc, ids, maps, crf, float(grid[best]))
+                    scores, crf_seconds = pseudo_row(cfg, pool, voc, ids, maps, crf, seed_threshold)
                     rows.append({"method": method, "layers": "+".join(layers), "crf": crf,
-                                 "seed_miou": round(float(mious[best]), 4), "threshold": float(grid[best]),
+                                 "seed_miou": seed_miou, "threshold": seed_threshold,
                                  **{f"pseudo_{k}": v for k, v in scores.items()},
                                  "seconds_per_image": round((cam_seconds + crf_seconds) / len(ids), 4)})
                     print(rows[-1], flush=True)
@@ -113,10 +113,8 @@ def main() -> None:
               f"{cfg.pseudo.fg_threshold_low - cfg.eval.bg_threshold:+.2f}, {args.workers} CRF workers, "
               f"{torch.get_num_threads()} torch threads, commit {git_commit()}.")
     print(header + "\n\n" + "\n".join(table))
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "grid.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
-    (out / "grid.md").write_text(header + "\n\n" + "\n".join(table) + "\n")
+    save("grid.json", {"header": header, "rows": rows})
+    save("grid.md", header + "\n\n" + "\n".join(table) + "\n")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ separate processes, each holding a few images). Prints a table and writes bench/
 """
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline.runs import load_manifest
+from bench_out import save
 
 SIZES = (1000, 4000)
 STAGES = {"cams": "cams", "eval-cams": "eval/cams", "pseudo": "pseudo", "eval-pseudo": "eval/pseudo"}
@@ -53,9 +53,7 @@ def main() -> None:
     for name in STAGES:
         a, b = rows[small][name], rows[large][name]
         print(f"| {name} | {a:.0f} | {b:.0f} | {100 * (b - a) / a:+.1f}% |")
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "memory.json").write_text(json.dumps({str(k): v for k, v in rows.items()}, indent=2) + "\n")
+    save("memory.json", {str(k): v for k, v in rows.items()})
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ makes train ones. Prints a Markdown table and writes bench/out/seeds.json and be
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 from multiprocessing import get_context
@@ -27,6 +26,7 @@ from pipeline.runs import git_commit, read_json  # noqa: E402
 from pipeline.stages import execute  # noqa: E402
 from pipeline.stages.cams import cam_path, load_cams  # noqa: E402
 from pipeline.stages.pseudo import pseudo_mask  # noqa: E402
+from bench_out import save  # noqa: E402
 
 SHARED = ("data", "classifier", "cams", "pseudo")
 
@@ -103,10 +103,8 @@ def main() -> None:
         "", f"Val pseudo-masks made like the train ones (255 as background): mIoU {val_pseudo['miou']:.4f}, "
         f"precision {val_pseudo['precision']:.4f}, coverage {val_pseudo['coverage']:.4f}."])
     print(table)
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "seeds.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "seeds.md").write_text(table + "\n")
+    save("seeds.json", result)
+    save("seeds.md", table + "\n")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@ manifests the stages wrote. Prints a Markdown table and writes bench/out/stages.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from pipeline.runs import load_manifest
+from bench_out import save
 
 FOLDERS = {"data": "data", "train-cls": "classifier", "cams": "cams", "eval-cams": "eval/cams",
            "compare-cams": "eval/compare-cams", "pseudo": "pseudo", "eval-pseudo": "eval/pseudo",
@@ -33,10 +33,8 @@ def main() -> None:
     peak = max((r["peak_rss_mib"] or 0) for r in rows) if rows else 0
     lines.append(f"| total | {total:.1f} | {peak} (largest) | |")
     print("\n".join(lines))
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "stages.json").write_text(json.dumps({"run": args.run, "rows": rows, "total_seconds": round(total, 1),
-                                                 "largest_peak_rss_mib": peak}, indent=2) + "\n")
+    save("stages.json", {"run": args.run, "rows": rows, "total_seconds": round(total, 1),
+                         "largest_peak_rss_mib": peak})
 
 
 if __name__ == "__main__":
