@@ -28,7 +28,7 @@ from pipeline.cam import fuse_layers, normalise_max  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.transforms import image_batches, normalised_batch  # noqa: E402
 from pipeline.data.voc import open_split  # noqa: E402
-from pipeline.metrics import pseudo_counts, pseudo_scores, sweep_confusions  # noqa: E402
+from pipeline.metrics import PseudoTally, sweep_confusions  # noqa: E402
 from pipeline.runs import git_commit  # noqa: E402
 from pipeline.stages.cams import cam_head, layer_batch  # noqa: E402
 from pipeline.stages.compare_cams import swept_best  # noqa: E402
@@ -66,13 +66,10 @@ def pseudo_row(cfg, pool, voc, ids, maps, crf: bool, seed_threshold: float) -> t
     began = time.perf_counter()
     masks = pool.map(_pseudo, jobs, chunksize=8)
     seconds = time.perf_counter() - began
-    n = voc.num_classes + 1
-    matrix, counts = np.zeros((n, n), np.int64), np.zeros(3, np.int64)
+    tally = PseudoTally(voc.num_classes + 1)
     for image_id, mask in zip(ids, masks):
-        m, c = pseudo_counts(voc.mask(image_id), mask, n)
-        matrix += m
-        counts += c
-    return pseudo_scores(matrix, counts), seconds
+        tally.add(voc.mask(image_id), mask)
+    return tally.scores(), seconds
 
 
 def main() -> None:

@@ -3,29 +3,21 @@
 
 Seed s > 0 trains in `<run>-seed<s>/`, a run folder whose data, classifier, cams and pseudo
 folders link to the run's own (only the segmenters' seed changes); seed 0 is the run itself.
-Val pseudo-masks are made in memory from the run's stored val seeds exactly as the pseudo stage
-makes train ones. Prints a Markdown table and writes bench/out/seeds.json and bench/out/seeds.md.
+The val pseudo-masks' scores come from the run's eval-pseudo stage. Prints a Markdown table and writes bench/out/seeds.json and bench/out/seeds.md.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
-from multiprocessing import get_context
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import numpy as np  # noqa: E402
-
 from pipeline.config import load_config  # noqa: E402
-from pipeline.data.voc import open_split  # noqa: E402
-from pipeline.metrics import pseudo_counts, pseudo_scores  # noqa: E402
 from pipeline.runs import git_commit, read_json  # noqa: E402
 from pipeline.stages import execute  # noqa: E402
-from pipeline.stages.cams import cam_path, load_cams  # noqa: E402
-from pipeline.stages.pseudo import pseudo_mask  # noqa: E402
 from bench_out import save  # noqa: E402
 
 SHARED = ("data", "classifier", "cams", "pseudo")
@@ -52,24 +44,13 @@ def segmenter_miou(config: str, run: Path, seed: int, labels: str) -> float:
     return read_json(Path(cfg.run_dir) / folder / "results.json")["miou"]
 
 
-def _val_pseudo(job):
-    settings, image, cams_file = job
-    cams, classes = load_cams(cams_file)
-    return pseudo_mask(settings, image, cams, classes)
-
-
-def val_pseudo_scores(config: str, run: Path, workers: int) -> dict:
-    cfg = load_config(config, [f"run_dir={run}"])
-    val = open_split(cfg.data, cfg.seg.val_split)
-    jobs = ((cfg.pseudo, val.image(i), cam_path(run / "cams", i)) for i in val.ids)
-    n = val.num_classes + 1
-    matrix, counts = np.zeros((n, n), np.int64), np.zeros(3, np.int64)
-    with get_context("fork").Pool(workers) as pool:
-        for image_id, mask in zip(val.ids, pool.imap(_val_pseudo, jobs, chunksize=16)):
-            m, c = pseudo_counts(val.mask(image_id), mask, n)
-            matrix += m
-            counts += c
-    return pseudo_scores(matrix, counts)
+def val_pseudo_scores(run: Path) -> dict:
+    """The run's val pseudo-masks' scores (eval-pseudo makes them when `pseudo.splits` has val)."""
+    results = read_json(run / "eval" / "pseudo" / "results.json")
+    if "val" not in results:
+        raise SystemExit(f"{run / 'eval' / 'pseudo' / 'results.json'}: no val scores; "
+                         f"add the val split to pseudo.splits")
+    return {k: results["val"][k] for k in ("miou", "precision", "coverage")}
 
 
 def spread(values: list[float]) -> dict:
@@ -82,14 +63,13 @@ def main() -> None:
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--run", default="runs/default", help="a finished run (through pseudo)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     run = Path(args.run)
     seeds = list(range(args.seeds))
     pseudo = spread([segmenter_miou(args.config, run, s, "pseudo") for s in seeds])
     upper = spread([segmenter_miou(args.config, run, s, "gt") for s in seeds])
     ratio = spread([round(p / u, 4) for p, u in zip(pseudo["values"], upper["values"])])
-    val_pseudo = val_pseudo_scores(args.config, run, args.workers)
+    val_pseudo = val_pseudo_scores(run)
     result = {"seeds": seeds, "seg_miou": pseudo, "seg_upper_bound_miou": upper, "seg_ratio": ratio,
               "val_pseudo": val_pseudo, "run": str(run), "commit": git_commit()}
     table = "\n".join([

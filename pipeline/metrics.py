@@ -75,3 +75,20 @@ def pseudo_scores(matrix: np.ndarray, counts: np.ndarray) -> dict:
     correct, confident, labelled = (int(c) for c in counts)
     return {"miou": round(mean_iou(matrix), 4), "precision": round(correct / max(1, confident), 4),
             "coverage": round(confident / max(1, labelled), 4)}
+
+
+class PseudoTally:
+    """`pseudo_counts` summed over images, one (ground truth, pseudo-mask) pair at a time."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.matrix = np.zeros((num_classes, num_classes), np.int64)
+        self.counts = np.zeros(3, np.int64)
+
+    def add(self, gt: np.ndarray, pseudo: np.ndarray) -> None:
+        matrix, counts = pseudo_counts(gt, pseudo, self.num_classes)
+        self.matrix += matrix
+        self.counts += counts
+
+    def scores(self) -> dict:
+        return pseudo_scores(self.matrix, self.counts)

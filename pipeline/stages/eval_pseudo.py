@@ -1,5 +1,7 @@
 """Stage `eval-pseudo`: pseudo-mask mIoU (255 counted as background, as IRN scores them) and the
-precision and coverage of the confident (non-255) pixels."""
+precision and coverage of the confident (non-255) pixels, on `eval.split`, and on the
+segmenter's val split too when the pseudo stage made masks for it: those are what the segmenter
+must beat on the images it is scored on."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +10,7 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.data.voc import open_split, read_mask, skipping
-from pipeline.metrics import iou_per_class, pseudo_counts, pseudo_scores
+from pipeline.metrics import PseudoTally, iou_per_class
 from pipeline.runs import progress, write_json
 from pipeline.stages.pseudo import mask_path
 
@@ -24,26 +26,35 @@ def UPSTREAM(cfg: Config) -> list[str]:
 
 
 def SECTION(cfg: Config) -> dict:
-    return {"split": cfg.eval.split}
+    return {"split": cfg.eval.split, "val_split": val_split(cfg)}
+
+
+def val_split(cfg: Config) -> str | None:
+    """The segmenter's val split where it has pseudo-masks, else None."""
+    split = cfg.seg.val_split
+    return split if split in cfg.pseudo.splits and split != cfg.eval.split else None
+
+
+def score_split(cfg: Config, run_dir: Path, split: str) -> dict:
+    voc = open_split(cfg.data, split)
+    tally = PseudoTally(voc.num_classes + 1)
+    bad = skipping("eval-pseudo")
+    for image_id in progress(voc.ids, desc=f"eval-pseudo {split}"):
+        with bad.skip():  # both reads come first: a bad image adds nothing to the counts
+            pseudo = read_mask(mask_path(run_dir / "pseudo", image_id))
+            tally.add(voc.checked_mask(image_id, pseudo.shape), pseudo)  # a pseudo-mask has its image's size
+    bad.raise_if_any()
+    names = ["background", *voc.class_names]
+    return {"split": split, "images": len(voc), **tally.scores(),
+            "per_class_iou": dict(zip(names, np.round(iou_per_class(tally.matrix), 4).tolist()))}
 
 
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
-    voc = open_split(cfg.data, cfg.eval.split)
-    n = voc.num_classes + 1
-    matrix, counts = np.zeros((n, n), np.int64), np.zeros(3, np.int64)
-    bad = skipping("eval-pseudo")
-    for image_id in progress(voc.ids, desc="eval-pseudo"):
-        with bad.skip():  # both reads come first: a bad image adds nothing to the counts
-            pseudo = read_mask(mask_path(run_dir / "pseudo", image_id))
-            gt = voc.checked_mask(image_id, pseudo.shape)  # a pseudo-mask has its image's size
-            image_matrix, image_counts = pseudo_counts(gt, pseudo, n)
-            matrix += image_matrix
-            counts += image_counts
-    bad.raise_if_any()
-    names = ["background", *voc.class_names]
-    results = {
-        "split": cfg.eval.split, "images": len(voc), **pseudo_scores(matrix, counts),
-        "per_class_iou": dict(zip(names, np.round(iou_per_class(matrix), 4).tolist())),
-    }
+    results = score_split(cfg, run_dir, cfg.eval.split)
+    if val_split(cfg):
+        results["val"] = score_split(cfg, run_dir, val_split(cfg))
     write_json(out / RESULTS, results)
-    return {k: v for k, v in results.items() if k != "per_class_iou"}
+    metrics = {k: v for k, v in results.items() if k not in ("per_class_iou", "val")}
+    if "val" in results:
+        metrics["val_miou"] = results["val"]["miou"]
+    return metrics
