@@ -16,7 +16,8 @@ export FASHION_MNIST_DIR
 .PHONY: all help install fashion-mnist data train-cls cams eval-cams compare-cams pseudo eval-pseudo train-seg \
         eval-seg upper-bound report quick test bench bench-speed bench-cam bench-crf label clean
 
-all: install fashion-mnist data train-cls cams eval-cams compare-cams pseudo eval-pseudo train-seg eval-seg upper-bound report ## set up and run every stage on CONFIG, then print where the report is
+all: install fashion-mnist ## set up and run every stage (upper bound included) on CONFIG in one process, then print where the report is
+	$(STAGE) all $(STAGE_ARGS)
 	@echo "report: $(RUN)/report/report.md and $(RUN)/report/index.html"
 
 help: ## list the targets
@@ -75,7 +76,8 @@ bench: all ## the benchmark grid (method x layers x CRF) and the segmenters over
 	HF_HUB_OFFLINE=1 $(PY) bench/grid.py --config $(CONFIG) --run $(RUN)
 	HF_HUB_OFFLINE=1 $(PY) bench/seeds.py --config $(CONFIG) --run $(RUN)
 
-bench-speed: bench-cam bench-crf ## CAM and CRF speed, per-image stages' memory at 1k/4k images, RUN's stage times
+bench-speed: bench-cam bench-crf ## CAM, CRF, data loading and training speed, per-image stages' memory at 1k/4k images, RUN's stage times
+	HF_HUB_OFFLINE=1 $(PY) bench/train_speed.py --config $(CONFIG)
 	HF_HUB_OFFLINE=1 $(PY) bench/memory.py
 	$(PY) bench/stages.py --run $(RUN)
 

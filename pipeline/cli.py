@@ -1,4 +1,5 @@
-"""Command line: `python -m pipeline <stage> --config FILE [key=value ...]`, and
+"""Command line: `python -m pipeline <stage> --config FILE [key=value ...]` (stage `all`: every
+stage and the upper bound in one process), and
 `python -m pipeline label --images DIR [--labels CSV] --run RUN --out DIR [key=value ...]`
 (the run's own config.yaml, with the overrides)."""
 from __future__ import annotations
@@ -13,12 +14,12 @@ from pipeline.config import ConfigError, load_config
 from pipeline.data.voc import DataError
 from pipeline.label import label_folder
 from pipeline.runs import StageError
-from pipeline.stages import STAGES, execute
+from pipeline.stages import STAGES, execute, execute_all
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
-    parser.add_argument("stage", choices=[*STAGES, "label"])
+    parser.add_argument("stage", choices=[*STAGES, "all", "label"])
     parser.add_argument("--config", default="configs/default.yaml", help="YAML config file")
     parser.add_argument("--force", action="store_true", help="run even if the manifest matches")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. cam.layers=[layer3,layer4]")
@@ -46,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(cfg.threads)
         if args.stage == "label":
             return 1 if label_folder(cfg, args.run, args.images, args.labels, args.out)["failed"] else 0
-        execute(args.stage, cfg, force=args.force)
+        if args.stage == "all":
+            execute_all(cfg, load_config(config, [*args.overrides, "seg.labels=gt"]), force=args.force)
+        else:
+            execute(args.stage, cfg, force=args.force)
     except (ConfigError, StageError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -146,6 +146,13 @@ class SegConfig:
     weight_decay: float = 1e-4
     max_minutes: float = 0.0
     workers: int = 0
+    # With a frozen encoder (encoder_lr_scale 0): compute its features of each image and its
+    # mirror once and train the decoder on them (flip is then the only augmentation).
+    cache_features: bool = False
+    # eval-seg's post-processing (DeepLab's): the mirrored image's softmax averaged in, then
+    # the pseudo-masks' label CRF (pseudo.crf_* parameters).
+    eval_flip: bool = False
+    eval_crf: bool = False
 
 
 @dataclass

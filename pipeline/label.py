@@ -100,7 +100,8 @@ def claim_output(out: Path, digest: str) -> None:
     if path.is_file() and read_json(path).get("hash") != digest:
         raise StageError(f"{out}: holds labels made with other settings, another classifier or "
                          f"another labels CSV; choose another --out or empty it")
-    write_json(path, {"hash": digest})
+    if distributed.is_main():  # every rank checks; one writes
+        write_json(path, {"hash": digest})
 
 
 def readable(items: Iterable[LabelledImage], images_dir: Path,
@@ -207,7 +208,13 @@ def write_summary(out: Path, items: list[LabelledImage], failed: list[dict], wri
 
 
 def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path | None, out: Path) -> dict:
-    """Pseudo-label every image of `images_dir` not done yet in `out`; returns the summary."""
+    """Pseudo-label every image of `images_dir` not done yet in `out`; returns the summary.
+
+    Under torchrun each rank labels its share of the images (`distributed.shard`) and writes
+    their files; rank 0 then writes `labels.csv` and `summary.json` from every rank's records and
+    returns the summary, the other ranks only what failed and how many were written.
+    """
+    distributed.init(cfg.device)
     checkpoint = run_dir / "classifier" / "model.pt"
     if not checkpoint.is_file():
         raise StageError(f"{checkpoint}: no trained classifier; run train-cls for this run first")
@@ -215,7 +222,7 @@ def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path 
     class_names = list(state["class_names"])
     items = listed_images(images_dir, labels_csv, class_names)
     claim_output(out, settings_hash(cfg, run_dir, labels_csv))
-    todo = [item for item in items if not output_path(out, "records", item.id).is_file()]
+    todo = [item for item in distributed.shard(items) if not output_path(out, "records", item.id).is_file()]
     workers = cfg.pseudo.workers or os.cpu_count() or 1
     failed: list[dict] = []
     batches = same_size_batches(readable(todo, images_dir, failed), cfg.cam.batch_size)
@@ -228,6 +235,10 @@ def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path 
                            IN_FLIGHT_PER_WORKER * workers, cfg.pseudo, class_names, out)
         for _ in progress(work, total=len(todo), desc="label"):
             written += 1
+    failed = [problem for share in distributed.gather(failed) for problem in share]
+    written = sum(distributed.gather(written))  # returns once every rank has written its files
+    if not distributed.is_main():
+        return {"failed": failed, "written_now": written}
     summary = write_summary(out, items, failed, written, cfg, class_names)
     log.info("label: %d of %d images labelled in %s (%d failed, %d with no class)", summary["written"],
              len(items), out, len(failed), len(summary["no_class"]))

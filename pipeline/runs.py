@@ -97,11 +97,20 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def reset_peak_rss() -> None:
+    """Count this process's peak memory afresh from now (Linux), so that each of the stages one
+    process runs (`python -m pipeline all`) reports its own; elsewhere the count goes on."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process and its finished children, in MiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return round(max(own, children) / 1024, 1)
+    """Peak resident memory of this process since `reset_peak_rss`, in MiB. Pool workers are not
+    counted: forked from this process, they share most of their pages with it, and the kernel
+    keeps one peak for all finished children, which cannot be reset per stage."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def load_manifest(folder: Path) -> dict | None:

@@ -15,11 +15,15 @@ import torch
 
 from pipeline.cam import fuse_layers
 from pipeline.config import config_hash, load_config, to_dict
+from pipeline.data.transforms import normalised_batch
 from pipeline.data.voc import VocDataset, read_mask
 from pipeline.metrics import confusion, iou_per_class, mean_iou
+from pipeline.models.segmenter import predict_probs
+from pipeline.refine.crf import dense_crf
 from pipeline.report.build import _fmt
 from pipeline.runs import MANIFEST, STARTED, load_manifest, read_json
-from pipeline.stages import execute
+from pipeline.stages import execute, execute_all, train_seg
+from pipeline.stages.pseudo import crf_settings
 
 STAGES = ["data", "train-cls", "cams", "eval-cams", "compare-cams", "pseudo", "eval-pseudo", "train-seg",
           "eval-seg"]
@@ -33,7 +37,7 @@ def overrides(tmp):
     return [f"run_dir={tmp}/run", "data.name=shapes", f"data.root={tmp}/data", "data.image_size=32",
             "data.n_train=64", "data.n_val=16", "cls.split=train", "cls.crop_size=32", "cls.epochs=3",
             "cls.batch_size=16", "cam.layers=[layer3,layer4]", "cam.batch_size=16", "pseudo.workers=1",
-            "seg.crop_size=32", "seg.epochs=1", "seg.batch_size=8", "report.examples=2"]
+            "pseudo.splits=[train,val]", "seg.eval_flip=true", "seg.eval_crf=true", "seg.crop_size=32", "seg.epochs=1", "seg.batch_size=8", "report.examples=2"]
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +46,7 @@ def run(tmp_path_factory):
     torch.manual_seed(0)
     cfg = load_config(None, overrides(tmp))
     gt_cfg = load_config(None, overrides(tmp) + ["seg.labels=gt"])
-    manifests = {}
-    for stage in STAGES:
-        manifests[stage] = execute(stage, cfg)
-    for stage in ("train-seg", "eval-seg"):
-        manifests[f"{stage} gt"] = execute(stage, gt_cfg)
-    manifests["report"] = execute("report", cfg)
+    manifests = execute_all(cfg, gt_cfg)  # what `python -m pipeline all` (and `make`) runs
     run_dir = tmp / "run"
     return {"tmp": tmp, "cfg": cfg, "gt_cfg": gt_cfg, "dir": run_dir, "manifests": manifests,
             "summary": read_json(run_dir / "report" / "summary.json"),
@@ -183,7 +182,7 @@ def test_saved_layers_are_the_raw_maps_the_fused_seeds_come_from(run, tmp_path):
 
 def test_pseudo_masks(run):
     voc = run["train"]
-    assert len(list((run["dir"] / "pseudo").glob("*.png"))) == 64
+    assert len(list((run["dir"] / "pseudo").glob("*.png"))) == 64 + 16  # pseudo.splits: train and val
     for image_id in voc.ids:
         mask = read_mask(run["dir"] / "pseudo" / f"{image_id}.png")
         assert mask.shape == (32, 32)
@@ -192,8 +191,9 @@ def test_pseudo_masks(run):
         assert values <= {0, 255, *(voc.labels(image_id) + 1).tolist()}  # only present classes
 
 
-def test_eval_pseudo_recomputed(run):
-    voc, n = run["train"], 4
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_eval_pseudo_recomputed(run, split):
+    voc, n = run[split], 4
     matrix = np.zeros((n, n), np.int64)
     correct = confident = labelled = 0
     for image_id in voc.ids:
@@ -205,11 +205,16 @@ def test_eval_pseudo_recomputed(run):
         correct += (valid & sure & (pseudo == gt)).sum()
         matrix += confusion(gt, np.where(sure, pseudo, 0), n)
     got = results(run, "eval/pseudo")
+    got = got if split == "train" else got["val"]
+    assert got["split"] == split and got["images"] == len(voc.ids)
     assert got["precision"] == round(correct / confident, 4)
     assert got["coverage"] == round(confident / labelled, 4)
     assert got["miou"] == round(mean_iou(matrix), 4)
-    assert run["summary"]["pseudo_precision"] == got["precision"]
-    assert run["summary"]["pseudo_miou"] == got["miou"]
+    if split == "train":
+        assert run["summary"]["pseudo_precision"] == got["precision"]
+        assert run["summary"]["pseudo_miou"] == got["miou"]
+    else:
+        assert run["summary"]["pseudo_val_miou"] == got["miou"]
 
 
 @pytest.mark.parametrize("folder, key", [("eval/seg", "seg_miou"), ("eval/seg-gt", "seg_upper_bound_miou")])
@@ -225,6 +230,20 @@ def test_eval_seg_recomputed_from_predictions(run, folder, key):
     per_class = np.round(iou_per_class(matrix), 4)
     for name, value in zip(["background", "square", "disc", "cross"], per_class):
         assert got["per_class_iou"][name] == pytest.approx(value, nan_ok=True)
+
+
+def test_eval_seg_predictions_are_flip_averaged_and_crf_refined(run):
+    """Each saved prediction is the label CRF's argmax over the flip-averaged softmax."""
+    cfg, voc = run["cfg"], run["val"]
+    model, _ = train_seg.load_segmenter(run["dir"] / "segmenter", cfg)
+    images = [voc.image(i) for i in voc.ids]
+    probs = predict_probs(model, normalised_batch(images))
+    mirrored = predict_probs(model, normalised_batch([image[:, ::-1] for image in images])).flip(-1)
+    averaged = ((probs + mirrored) / 2).numpy()
+    for image_id, image, p in zip(voc.ids, images, averaged):
+        expected = dense_crf(image, p, preset="label", **crf_settings(cfg.pseudo)).argmax(0)
+        saved = read_mask(run["dir"] / "eval" / "seg" / "predictions" / f"{image_id}.png")
+        assert np.array_equal(saved, expected)
 
 
 def test_every_stage_has_a_manifest(run):

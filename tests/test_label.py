@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline import distributed
 from pipeline.cli import main, parse
 from pipeline.config import load_config
 from pipeline.data.folder import FolderDataset, read_labels_csv
@@ -305,3 +306,23 @@ def test_train_cls_on_a_folder_dataset(run, tmp_path):
     assert metrics["label_prior"] == [round(float(x), 4) for x in train.label_matrix().mean(0)]
     _, state = load_classifier(tmp_path / "run")
     assert state["class_names"] == SHAPES
+
+
+def test_shards_of_two_ranks_write_the_files_of_one_process(run, odd_folder, predicted, tmp_path, monkeypatch):
+    """Ranks 0 and 1 of 2, run in turn as torchrun would run them side by side: together they
+    write every file the one-process run wrote, byte for byte, and rank 0's summary lists all."""
+    out = tmp_path / "sharded"
+    for rank in (1, 0):  # rank 0 last: it writes the summary once every rank's records exist
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        monkeypatch.setattr(distributed, "world_size", lambda: 2)
+        assert label(run, odd_folder[0], out) == 0
+    single = predicted["out"]
+    for kind in ("masks", "overlays", "records"):
+        names = sorted(p.name for p in (single / kind).iterdir())
+        assert len(names) == len(ODD) and sorted(p.name for p in (out / kind).iterdir()) == names
+        for name in names:
+            assert (out / kind / name).read_bytes() == (single / kind / name).read_bytes(), (kind, name)
+    assert (out / "labels.csv").read_text() == (single / "labels.csv").read_text()
+    summary = read_json(out / "summary.json")
+    assert summary["written"] == len(ODD) and summary["written_now"] == 3  # rank 0's share of 6
+    assert summary["per_image"] == predicted["summary"]["per_image"]

@@ -40,10 +40,19 @@ def load_encoder(model: nn.Module, path: str | Path) -> None:
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
-@torch.inference_mode()
-def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Label ids [N, H, W]; inputs are padded to a multiple of 32, as smp encoders need."""
+def _softmax(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Softmax [N, K, H, W]; inputs are padded at the bottom and right to a multiple of 32, as smp
+    encoders need."""
     height, width = images.shape[-2:]
-    pad_h, pad_w = -height % 32, -width % 32
-    logits = model(F.pad(images, (0, pad_w, 0, pad_h)))
-    return logits[..., :height, :width].argmax(1)
+    probs = model(F.pad(images, (0, -width % 32, 0, -height % 32))).softmax(1)
+    return probs[..., :height, :width]
+
+
+@torch.inference_mode()
+def predict_probs(model: nn.Module, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
+    """Softmax probabilities [N, K, H, W], averaged with the mirrored images' (mirrored back) when
+    `flip`."""
+    probs = _softmax(model, images)
+    if flip:
+        probs = (probs + _softmax(model, images.flip(-1)).flip(-1)) / 2
+    return probs

@@ -78,6 +78,7 @@ def build_summary(cfg: Config, run_dir: Path, cfg_hash: str) -> dict:
         "pseudo_miou": pseudo["miou"],
         "pseudo_precision": pseudo["precision"],
         "pseudo_coverage": pseudo["coverage"],
+        "pseudo_val_miou": pseudo["val"]["miou"] if "val" in pseudo else None,
         "seg_miou": seg["miou"],
         "seg_upper_bound_miou": upper["miou"] if upper else None,
         "seg_ratio": round(seg["miou"] / upper["miou"], 4) if upper and upper["miou"] > 0 else None,
@@ -120,7 +121,7 @@ def write_report(cfg: Config, run_dir: Path, out: Path, summary: dict) -> None:
         "per_class": per_class, "class_names": ["background", *summary["classes"]],
         "cls_ap": cls["val_ap"], "note": COMPOSED_NOTE if summary["dataset"]["name"] == "fashion-scenes" else "",
         "sweep": seeds["sweep"], "compare": comparison_table(compare),
-        "compare_images": compare["images"] if compare else 0, "cam": cfg.cam,
+        "compare_images": compare["images"] if compare else 0, "cam": cfg.cam, "seg": cfg.seg,
         "last_layer": cfg.cam.head_layer,
     }
     env = Environment(loader=PackageLoader("pipeline.report", "templates"), undefined=StrictUndefined,

@@ -34,6 +34,11 @@ STAGES = {
     "eval-seg": "eval_seg",
     "report": "report",
 }
+# `python -m pipeline all`: every stage in order in one process (imports once), then the upper
+# bound's two with seg.labels=gt, then the report.
+PIPELINE = ["data", "train-cls", "cams", "eval-cams", "compare-cams", "pseudo", "eval-pseudo", "train-seg",
+            "eval-seg"]
+UPPER_BOUND = ["train-seg", "eval-seg"]
 TRAININGS = {"train-cls", "train-seg"}
 # Per-image stages (they split their images with `distributed.shard`) and the file each image gets.
 SHARDED = {"cams": "*.npz", "pseudo": "*.png"}
@@ -86,6 +91,7 @@ def execute(name: str, cfg: Config, force: bool = False) -> dict:
         save_yaml(cfg, Path(cfg.run_dir) / "config.yaml")
         log.info("%s: running -> %s", name, folder)
     distributed.barrier()  # no rank reads the folder while rank 0 may still be emptying it
+    runs.reset_peak_rss()
     with runs.Timer() as timer:
         metrics = run_on_ranks(name, cfg, folder)
     if not distributed.is_main():
@@ -106,3 +112,13 @@ def execute(name: str, cfg: Config, force: bool = False) -> dict:
     log.info("%s: done in %.1f s", name, timer.seconds)
     distributed.barrier()
     return manifest
+
+
+def execute_all(cfg: Config, upper_bound: Config, force: bool = False) -> dict[str, dict]:
+    """Every stage of `cfg` (each skipped when up to date), the upper bound's on `upper_bound`
+    (the same config with seg.labels=gt), then the report; their manifests by stage name, the
+    upper bound's as "<stage> gt"."""
+    manifests = {name: execute(name, cfg, force) for name in PIPELINE}
+    manifests.update({f"{name} gt": execute(name, upper_bound, force) for name in UPPER_BOUND})
+    manifests["report"] = execute("report", cfg, force)
+    return manifests

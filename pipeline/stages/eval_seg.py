@@ -1,7 +1,14 @@
 """Stage `eval-seg`: the segmenter's mIoU on the val split against ground truth, and its
-predictions as palette PNGs (`predictions/<id>.png`)."""
+predictions as palette PNGs (`predictions/<id>.png`).
+
+Predictions may be post-processed as DeepLab's are: softmax averaged with the mirrored image's
+(`seg.eval_flip`), then the dense CRF the pseudo-masks get (`seg.eval_crf`, pseudo.crf_* params),
+which makes each item's pixels agree on one class. The CRF runs on a process pool, as in `pseudo`.
+"""
 from __future__ import annotations
 
+import os
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +17,11 @@ from pipeline.config import Config
 from pipeline.data.transforms import image_batches, normalised_batch
 from pipeline.data.voc import open_split, save_mask, skipping
 from pipeline.metrics import confusion, iou_per_class, mean_iou
-from pipeline.models.segmenter import predict
+from pipeline.models.segmenter import predict_probs
+from pipeline.refine.crf import dense_crf
 from pipeline.runs import progress, write_json
 from pipeline.stages import train_seg
+from pipeline.stages.pseudo import crf_settings
 
 RESULTS = "results.json"
 BATCH = 64
@@ -27,24 +36,44 @@ def UPSTREAM(cfg: Config) -> list[str]:
 
 
 def SECTION(cfg: Config) -> dict:
-    return {"val_split": cfg.seg.val_split, "labels": cfg.seg.labels}
+    return {"val_split": cfg.seg.val_split, "labels": cfg.seg.labels, "flip": cfg.seg.eval_flip,
+            "crf": crf_settings(cfg.pseudo) if cfg.seg.eval_crf else None}
+
+
+def _crf_labels(job: tuple[np.ndarray, np.ndarray, dict]) -> np.ndarray:
+    image, probs, params = job
+    return dense_crf(image, probs, preset="label", **params).argmax(0)
+
+
+def label_batches(cfg: Config, model, voc, bad, pool):
+    """(ids, images, uint8 label maps) over the val split, post-processed as configured."""
+    params = crf_settings(cfg.pseudo)
+    for ids, images in image_batches(voc, voc.ids, BATCH, bad):
+        probs = predict_probs(model, normalised_batch(images), cfg.seg.eval_flip).numpy()
+        if cfg.seg.eval_crf:
+            labels = pool.map(_crf_labels, [(image, p, params) for image, p in zip(images, probs)])
+        else:
+            labels = list(probs.argmax(1))
+        yield ids, images, [label.astype(np.uint8) for label in labels]
 
 
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
-    model, _ = train_seg.load_segmenter(run_dir / train_seg.OUTPUT(cfg), cfg)
     voc = open_split(cfg.data, cfg.seg.val_split)
     n = voc.num_classes + 1
     matrix = np.zeros((n, n), np.int64)
     bad = skipping("eval-seg")
-    for ids, images in progress(image_batches(voc, voc.ids, BATCH, bad), desc="eval-seg"):
-        predictions = predict(model, normalised_batch(images)).numpy().astype(np.uint8)
-        for image_id, image, pred in zip(ids, images, predictions):
-            save_mask(out / "predictions" / f"{image_id}.png", pred)
-            with bad.skip():
-                matrix += confusion(voc.checked_mask(image_id, image.shape), pred, n)
+    # The workers run the CRF alone (no torch), so forking from a process with torch threads is safe.
+    with get_context("fork").Pool(cfg.pseudo.workers or os.cpu_count() or 1) as pool:
+        model, _ = train_seg.load_segmenter(run_dir / train_seg.OUTPUT(cfg), cfg)
+        for ids, images, predictions in progress(label_batches(cfg, model, voc, bad, pool), desc="eval-seg"):
+            for image_id, image, pred in zip(ids, images, predictions):
+                save_mask(out / "predictions" / f"{image_id}.png", pred)
+                with bad.skip():
+                    matrix += confusion(voc.checked_mask(image_id, image.shape), pred, n)
     bad.raise_if_any()
     names = ["background", *voc.class_names]
     results = {"split": cfg.seg.val_split, "labels": cfg.seg.labels, "images": len(voc),
+               "flip": cfg.seg.eval_flip, "crf": cfg.seg.eval_crf,
                "miou": round(mean_iou(matrix), 4),
                "per_class_iou": dict(zip(names, np.round(iou_per_class(matrix), 4).tolist()))}
     write_json(out / RESULTS, results)

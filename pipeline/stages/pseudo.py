@@ -36,6 +36,12 @@ def mask_path(folder: Path, image_id: str) -> Path:
     return Path(folder) / f"{image_id}.png"
 
 
+def crf_settings(settings: PseudoConfig) -> dict:
+    """The label CRF's parameters (preset "label") that pseudo-masks are refined with."""
+    return {"gt_prob": settings.crf_gt_prob, "iterations": settings.crf_iterations,
+            "bilateral_sxy": settings.crf_bilateral_sxy, "bilateral_srgb": settings.crf_bilateral_srgb}
+
+
 def pseudo_mask(settings: PseudoConfig, image: np.ndarray, cams: np.ndarray,
                 classes: np.ndarray) -> np.ndarray:
     """The confident pseudo-mask of one image from its (unnormalised) fused CAMs."""
@@ -44,10 +50,7 @@ def pseudo_mask(settings: PseudoConfig, image: np.ndarray, cams: np.ndarray,
     high, low = ((settings.fg_threshold_high, settings.fg_threshold_low) if settings.background == "constant"
                  else (settings.bg_alpha_high, settings.bg_alpha_low))
     return confident_mask(image, cams, classes, high, low, background=settings.background,
-                          crf=settings.crf, gt_prob=settings.crf_gt_prob,
-                          iterations=settings.crf_iterations,
-                          bilateral_sxy=settings.crf_bilateral_sxy,
-                          bilateral_srgb=settings.crf_bilateral_srgb)
+                          crf=settings.crf, **crf_settings(settings))
 
 
 def _write_one(job: tuple[PseudoConfig, Path, Path, Path]) -> str | None:

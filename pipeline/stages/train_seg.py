@@ -2,6 +2,7 @@
 supervised upper bound, on ground-truth masks (`seg.labels=gt`) with the same budget and seed."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -10,17 +11,21 @@ from torch.nn import functional as F
 from pipeline.config import Config, to_dict
 from pipeline.data.transforms import SegmentationSet, train_transform
 from pipeline.data.voc import IGNORE, BadImages, VocDataset, check_fits, open_split, read_mask
+from pipeline.models.frozen import DecoderOnly, EncodedSet
 from pipeline.models.segmenter import build_segmenter, load_encoder
 from pipeline.stages.pseudo import mask_path
 from pipeline.stages.train_cls import read_checkpoint
 from pipeline.train import TrainSpec, fit, save_checkpoint, seed_everything
 
 LABELS = ("pseudo", "gt")
+log = logging.getLogger("pipeline")
 
 
 def _check(cfg: Config) -> None:
     if cfg.seg.labels not in LABELS:
         raise ValueError(f"seg.labels must be one of {LABELS}, not '{cfg.seg.labels}'")
+    if cfg.seg.cache_features and cfg.seg.encoder_lr_scale != 0:
+        raise ValueError("seg.cache_features needs a frozen encoder (seg.encoder_lr_scale=0)")
 
 
 def OUTPUT(cfg: Config) -> str:
@@ -92,12 +97,17 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
         load_encoder(model, run_dir / "classifier" / "model.pt")
     elif cfg.seg.encoder_weights != "none":
         load_encoder(model, cfg.seg.encoder_weights)
-    dataset = SegmentationSet(voc, read_target, train_transform(cfg.seg.crop_size))
+    groups = param_groups(model, cfg.seg.lr, cfg.seg.encoder_lr_scale)
+    if cfg.seg.cache_features:
+        dataset, trained = EncodedSet(model.encoder, voc, read_target), DecoderOnly(model)
+        log.info("train-seg: frozen encoder's features cached once (%.0f MiB)", dataset.nbytes() / 2 ** 20)
+    else:
+        dataset, trained = SegmentationSet(voc, read_target, train_transform(cfg.seg.crop_size)), model
     spec = TrainSpec(cfg.seg.epochs, cfg.seg.batch_size, cfg.seg.lr, cfg.seg.weight_decay,
                      cfg.seg.max_minutes, cfg.seg.workers, cfg.seed)
     config = to_dict(cfg)
-    history = fit(model, dataset, segmentation_loss, spec, out / "last.pt", config,
-                  f"train-seg ({cfg.seg.labels})", param_groups(model, cfg.seg.lr, cfg.seg.encoder_lr_scale))
+    history = fit(trained, dataset, segmentation_loss, spec, out / "last.pt", config,
+                  f"train-seg ({cfg.seg.labels})", groups)
     save_checkpoint(out / "model.pt", {"model": model.state_dict(), "arch": cfg.seg.arch,
                                        "encoder": cfg.seg.encoder, "labels": cfg.seg.labels,
                                        "decoder_channels": list(cfg.seg.decoder_channels),
