@@ -47,14 +47,13 @@ def encode(encoder: nn.Module, voc: VocDataset, mirror: bool, batch_size: int) -
     """The encoder's features of every image (mirrored first when `mirror`), stacked per level
     in float16. The first level, the input itself, is kept as a zero-channel tensor: decoders
     read only its size."""
-    levels: list[list[torch.Tensor]] = []
+    batches = []
     for _, images in image_batches(voc, voc.ids, batch_size):
         batch = normalised_batch(images)
         features = encoder(batch.flip(-1) if mirror else batch)
-        features = [features[0].new_empty(len(batch), 0, *features[0].shape[2:])] + \
-                   [f.to(torch.float16) for f in features[1:]]
-        levels = [[f] for f in features] if not levels else [old + [f] for old, f in zip(levels, features)]
-    return [torch.cat(level) for level in levels]
+        batches.append([features[0].new_empty(len(batch), 0, *features[0].shape[2:]),
+                        *(f.to(torch.float16) for f in features[1:])])
+    return [torch.cat(level) for level in zip(*batches)]
 
 
 class EncodedSet(Dataset):

@@ -8,6 +8,7 @@ which makes each item's pixels agree on one class. The CRF runs on a process poo
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -63,7 +64,8 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     matrix = np.zeros((n, n), np.int64)
     bad = skipping("eval-seg")
     # The workers run the CRF alone (no torch), so forking from a process with torch threads is safe.
-    with get_context("fork").Pool(cfg.pseudo.workers or os.cpu_count() or 1) as pool:
+    pool = get_context("fork").Pool(cfg.pseudo.workers or os.cpu_count() or 1) if cfg.seg.eval_crf else None
+    with pool or nullcontext():
         model, _ = train_seg.load_segmenter(run_dir / train_seg.OUTPUT(cfg), cfg)
         for ids, images, predictions in progress(label_batches(cfg, model, voc, bad, pool), desc="eval-seg"):
             for image_id, image, pred in zip(ids, images, predictions):
