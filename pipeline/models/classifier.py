@@ -7,13 +7,16 @@ import torch
 import torchvision
 from torch import nn
 
+from pipeline.models.small_maps import use_small_map_convs
+
 ARCHS = {"resnet18": torchvision.models.resnet18, "resnet34": torchvision.models.resnet34,
          "resnet50": torchvision.models.resnet50}
 
 
 def build_classifier(arch: str, num_classes: int, last_stride: int = 2,
                      weights: str = "none") -> nn.Module:
-    """A ResNet whose `fc` follows GAP, as the CAM method needs; `last_stride` 1 keeps layer4 dense."""
+    """A ResNet whose `fc` follows GAP, as the CAM method needs; `last_stride` 1 keeps layer4 dense.
+    Its convolutions on tiny maps run as matrix products on the CPU (`models.small_maps`)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown classifier arch '{arch}' (choose from {', '.join(ARCHS)})")
     if last_stride not in (1, 2):
@@ -26,7 +29,7 @@ def build_classifier(arch: str, num_classes: int, last_stride: int = 2,
         block.downsample[0].stride = (1, 1)
     if weights != "none":
         load_backbone(model, weights)
-    return model
+    return use_small_map_convs(model)
 
 
 def load_backbone(model: nn.Module, path: str | Path) -> None:

@@ -11,12 +11,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.models.small_maps import use_small_map_convs
+
 ARCHS = {"unet": smp.Unet, "deeplabv3plus": smp.DeepLabV3Plus, "fpn": smp.FPN, "deeplabv3": smp.DeepLabV3}
 
 
 def build_segmenter(arch: str, encoder: str, num_classes: int,
                     decoder_channels: list[int] | None = None) -> nn.Module:
-    """An smp model with `num_classes` outputs (background included) and random weights."""
+    """An smp model with `num_classes` outputs (background included) and random weights; its
+    convolutions on tiny maps run as matrix products on the CPU (`models.small_maps`)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown segmenter arch '{arch}' (choose from {', '.join(ARCHS)})")
     extra = {}
@@ -24,8 +27,8 @@ def build_segmenter(arch: str, encoder: str, num_classes: int,
         if arch != "unet":
             raise ValueError("seg.decoder_channels applies to seg.arch=unet only")
         extra["decoder_channels"] = tuple(decoder_channels)
-    return ARCHS[arch](encoder_name=encoder, encoder_weights=None, in_channels=3, classes=num_classes,
-                       **extra)
+    return use_small_map_convs(ARCHS[arch](encoder_name=encoder, encoder_weights=None, in_channels=3,
+                                           classes=num_classes, **extra))
 
 
 def load_encoder(model: nn.Module, path: str | Path) -> None:
