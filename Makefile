@@ -76,8 +76,9 @@ bench: all ## the benchmark grid (method x layers x CRF) and the segmenters over
 	HF_HUB_OFFLINE=1 $(PY) bench/grid.py --config $(CONFIG) --run $(RUN)
 	HF_HUB_OFFLINE=1 $(PY) bench/seeds.py --config $(CONFIG) --run $(RUN)
 
-bench-speed: bench-cam bench-crf ## CAM, CRF, data loading and training speed, per-image stages' memory at 1k/4k images, RUN's stage times
+bench-speed: bench-cam bench-crf ## CAM, CRF, data loading and training speed, tiny-map convolutions, per-image stages' memory at 1k/4k images, RUN's stage times
 	HF_HUB_OFFLINE=1 $(PY) bench/train_speed.py --config $(CONFIG)
+	$(PY) bench/small_maps.py
 	HF_HUB_OFFLINE=1 $(PY) bench/memory.py
 	$(PY) bench/stages.py --run $(RUN)
 
