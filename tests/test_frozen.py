@@ -9,7 +9,7 @@ from PIL import Image
 from pipeline.data.shapes import build_shapes
 from pipeline.data.transforms import normalised_batch
 from pipeline.data.voc import DataError, VocDataset
-from pipeline.models.frozen import DecoderOnly, EncodedSet
+from pipeline.models.frozen import DecoderOnly, EncodedSet, encode
 from pipeline.models.segmenter import build_segmenter
 
 
@@ -64,3 +64,27 @@ def test_images_of_different_sizes_are_refused_by_name(shapes, model, tmp_path):
     Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(path)
     with pytest.raises(DataError, match=f"{path.name}.*same-sized"):
         EncodedSet(model.encoder, odd, odd.mask)
+
+
+def test_features_are_reused_for_the_same_images_and_weights_only(tmp_path):
+    root = tmp_path / "shapes"
+    build_shapes(root, seed=0, size=32, n_train=3, n_val=1)
+    voc = VocDataset(root, "train")
+    torch.manual_seed(0)
+    encoder = build_segmenter("unet", "resnet18", 4, [8] * 5).encoder
+    first = EncodedSet(encoder, voc, voc.mask)
+    assert EncodedSet(encoder, voc, voc.mask).features is first.features  # the upper bound's case
+
+    with torch.no_grad():
+        encoder.conv1.weight[0, 0, 0, 0] += 1
+    changed_weights = EncodedSet(encoder, voc, voc.mask)
+    assert changed_weights.features is not first.features
+    assert not torch.equal(changed_weights.features[False][1], first.features[False][1])
+
+    path = voc.image_path(voc.ids[0])
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(path)
+    changed_image = EncodedSet(encoder, voc, voc.mask)
+    expected = encode(encoder, voc, mirror=False, batch_size=64)
+    for level, want in zip(changed_image.features[False], expected):
+        assert torch.equal(level, want)
+    assert not torch.equal(changed_image.features[False][1][0], changed_weights.features[False][1][0])

@@ -8,8 +8,12 @@ jitter and crops would need the encoder again.
 
 Memory: two feature pyramids per image (about 380 KB for ResNet-18 at 64 px, 0.7 GiB for
 2,000 images), so this is for datasets that fit; `seg.cache_features: false` trains on images.
+The process keeps the last features it computed: the upper bound's segmenter, trained next in
+`python -m pipeline all` with the same encoder on the same images, reuses them.
 """
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import torch
@@ -56,6 +60,33 @@ def encode(encoder: nn.Module, voc: VocDataset, mirror: bool, batch_size: int) -
     return [torch.cat(level) for level in zip(*batches)]
 
 
+def _images_and_weights(encoder: nn.Module, voc: VocDataset) -> tuple:
+    """What the features depend on: every image file (path, size, modification time) and the
+    encoder's weights."""
+    weights = hashlib.blake2b()
+    for tensor in encoder.state_dict().values():
+        weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    files = []
+    for image_id in voc.ids:
+        stat = voc.image_path(image_id).stat()
+        files.append((image_id, stat.st_size, stat.st_mtime_ns))
+    return str(voc.image_dir.resolve()), tuple(files), weights.hexdigest()
+
+
+_LAST_ENCODED: dict = {}
+
+
+def encode_both(encoder: nn.Module, voc: VocDataset, batch_size: int) -> dict[bool, list[torch.Tensor]]:
+    """`encode` of every image and of its mirror, kept for the next caller that asks for the
+    same images and weights (the process's last result only)."""
+    key = (_images_and_weights(encoder, voc), batch_size)
+    if _LAST_ENCODED.get("key") != key:
+        _LAST_ENCODED.clear()  # the old features go before the new ones are made
+        _LAST_ENCODED.update(key=key, features={mirror: encode(encoder, voc, mirror, batch_size)
+                                                for mirror in (False, True)})
+    return _LAST_ENCODED["features"]
+
+
 class EncodedSet(Dataset):
     """(features, target map) per image; each draw takes the image or its mirror at random
     (from torch's generator, which the training loop seeds and checkpoints)."""
@@ -63,7 +94,7 @@ class EncodedSet(Dataset):
     def __init__(self, encoder: nn.Module, voc: VocDataset, read_target, batch_size: int = 64):
         check_same_size(voc)
         encoder.eval()
-        self.features = {mirror: encode(encoder, voc, mirror, batch_size) for mirror in (False, True)}
+        self.features = encode_both(encoder, voc, batch_size)
         self.voc, self.read_target = voc, read_target
 
     def nbytes(self) -> int:
