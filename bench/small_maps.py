@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.models.classifier import build_classifier
-from pipeline.models.small_maps import SmallMapConv2d
+from pipeline.models.small_maps import MAX_POSITIONS, SmallMapConv2d
 from pipeline.runs import git_commit
 from bench_out import save
 
@@ -84,7 +84,7 @@ def main() -> None:
         out_size = (size - 1) // stride + 1
         rows.append({"what": f"3x3 conv {c_in}->{c_out}, {size}x{size} -> {out_size}x{out_size}, batch {batch}",
                      "onednn_ms": round(onednn, 1), "ours_ms": round(ours, 1),
-                     "used": out_size * out_size <= 4})
+                     "used": out_size * out_size <= MAX_POSITIONS})
     for size, batch in ((64, 32), (32, 64)):
         onednn = training_step_ms(classifier(False), batch, size, args.repeats)
         ours = training_step_ms(classifier(True), batch, size, args.repeats)
