@@ -1,90 +1,98 @@
-"""The headline over seeds: the segmenter on pseudo-masks and its upper bound, each trained with
-`--seeds` seeds on one run's pseudo-masks, and the val pseudo-masks it must beat.
+"""Whole-pipeline seeds: `python -m pipeline all` (classifier, seeds, pseudo-masks, both
+segmenters, report) once per seed, then every headline number's mean, spread and worst seed.
 
-Seed s > 0 trains in `<run>-seed<s>/`, a run folder whose data, classifier, cams and pseudo
-folders link to the run's own (only the segmenters' seed changes); seed 0 is the run itself.
-The val pseudo-masks' scores come from the run's eval-pseudo stage. Prints a Markdown table and writes bench/out/seeds.json and bench/out/seeds.md.
+Seed 0 runs in `--run` (what `make` runs, so `make bench` after `make` reuses it), seed s > 0 in
+`<run>-seed<s>`; the dataset is shared (it is a function of `data.seed`, not of the pipeline's
+seed). Each seed runs in its own process, so a killed bench resumes stage by stage. Prints a
+Markdown table and writes bench/out/seeds.json and bench/out/seeds.md.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+from pipeline.runs import git_commit, read_json
+from bench_out import save
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.runs import git_commit, read_json  # noqa: E402
-from pipeline.stages import execute  # noqa: E402
-from bench_out import save  # noqa: E402
-
-SHARED = ("data", "classifier", "cams", "pseudo")
+# Higher is better for each, so a seed's worst is its minimum.
+HEADLINE = ["cls_map", "seed_miou_best", "pseudo_miou", "pseudo_val_miou", "seg_miou",
+            "seg_upper_bound_miou", "seg_ratio", "seg_minus_val_pseudo", "seg_min_class_iou",
+            "pseudo_min_class_iou"]
 
 
 def seed_run(run: Path, seed: int) -> Path:
-    """The run folder for `seed`: the run itself, or one linking to its upstream folders."""
-    if seed == 0:
-        return run
-    folder = run.parent / f"{run.name}-seed{seed}"
-    folder.mkdir(exist_ok=True)
-    for name in SHARED:
-        link = folder / name
-        if not link.exists():
-            link.symlink_to((run / name).resolve(), target_is_directory=True)
-    return folder
+    return run if seed == 0 else run.parent / f"{run.name}-seed{seed}"
 
 
-def segmenter_miou(config: str, run: Path, seed: int, labels: str) -> float:
-    cfg = load_config(config, [f"run_dir={seed_run(run, seed)}", f"seed={seed}", f"seg.labels={labels}"])
-    execute("train-seg", cfg)
-    execute("eval-seg", cfg)
-    folder = "eval/seg" if labels == "pseudo" else "eval/seg-gt"
-    return read_json(Path(cfg.run_dir) / folder / "results.json")["miou"]
+def run_pipeline(config: str, run: Path, seed: int, overrides: list[str]) -> None:
+    command = [sys.executable, "-m", "pipeline", "all", "--config", config, f"run_dir={run}",
+               f"seed={seed}", *overrides]
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                             "NO_ALBUMENTATIONS_UPDATE": "1"})
 
 
-def val_pseudo_scores(run: Path) -> dict:
-    """The run's val pseudo-masks' scores (eval-pseudo makes them when `pseudo.splits` has val)."""
-    results = read_json(run / "eval" / "pseudo" / "results.json")
-    if "val" not in results:
-        raise SystemExit(f"{run / 'eval' / 'pseudo' / 'results.json'}: no val scores; "
-                         f"add the val split to pseudo.splits")
-    return {k: results["val"][k] for k in ("miou", "precision", "coverage")}
+def lowest_class_iou(results: dict) -> float:
+    """The lowest IoU of a present class (background excluded) in a stage's results."""
+    values = [v for name, v in results["per_class_iou"].items()
+              if name != "background" and v is not None and not math.isnan(v)]
+    return min(values)
+
+
+def seed_numbers(run: Path) -> dict:
+    summary = read_json(run / "report" / "summary.json")
+    numbers = {key: summary.get(key) for key in HEADLINE}
+    numbers["seg_minus_val_pseudo"] = round(summary["seg_miou"] - summary["pseudo_val_miou"], 4)
+    numbers["seg_min_class_iou"] = lowest_class_iou(read_json(run / "eval" / "seg" / "results.json"))
+    numbers["pseudo_min_class_iou"] = lowest_class_iou(read_json(run / "eval" / "pseudo" / "results.json"))
+    numbers["warnings"] = summary.get("warnings", [])
+    return numbers
 
 
 def spread(values: list[float]) -> dict:
     return {"values": values, "mean": round(statistics.mean(values), 4),
-            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}
+            "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+            "worst": min(values)}
+
+
+def table(result: dict) -> str:
+    rows = [f"| `{key}` | {v['mean']:.4f} | {v['std']:.4f} | {v['worst']:.4f} | "
+            f"{', '.join(f'{x:.4f}' for x in v['values'])} |" for key, v in result["spread"].items()]
+    notes = [f"- seed {seed}: {line}" for seed, lines in result["warnings"].items() for line in lines]
+    return "\n".join([
+        f"Whole-pipeline seeds {result['seeds']} of `{result['config']}` "
+        f"(overrides: {' '.join(result['overrides']) or 'none'}), commit {result['commit']}; "
+        f"val split for the segmenters, train split for seeds and pseudo-masks.", "",
+        "| quantity | mean | std | worst | per seed |", "|---|---|---|---|---|", *rows, "",
+        "Warnings of the seeds' reports:" if notes else "No seed's report has a warning.", *notes])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/default.yaml")
-    parser.add_argument("--run", default="runs/default", help="a finished run (through pseudo)")
+    parser.add_argument("--run", default=None, help="seed 0's run folder (default: runs/<config name>)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every seed")
     args = parser.parse_args()
-    run = Path(args.run)
+    run = Path(args.run or f"runs/{Path(args.config).stem}")
     seeds = list(range(args.seeds))
-    pseudo = spread([segmenter_miou(args.config, run, s, "pseudo") for s in seeds])
-    upper = spread([segmenter_miou(args.config, run, s, "gt") for s in seeds])
-    ratio = spread([round(p / u, 4) for p, u in zip(pseudo["values"], upper["values"])])
-    val_pseudo = val_pseudo_scores(run)
-    result = {"seeds": seeds, "seg_miou": pseudo, "seg_upper_bound_miou": upper, "seg_ratio": ratio,
-              "val_pseudo": val_pseudo, "run": str(run), "commit": git_commit()}
-    table = "\n".join([
-        f"Seeds {seeds} of the segmenters (classifier, seeds and pseudo-masks of `{run}` shared), "
-        f"val split, commit {result['commit']}.", "",
-        "| quantity | mean | std | per seed |", "|---|---|---|---|",
-        *[f"| {name} | {v['mean']:.4f} | {v['std']:.4f} | {', '.join(f'{x:.4f}' for x in v['values'])} |"
-          for name, v in (("segmenter on pseudo-masks (`seg_miou`)", pseudo),
-                          ("segmenter on ground truth (`seg_upper_bound_miou`)", upper),
-                          ("ratio (`seg_ratio`)", ratio))],
-        "", f"Val pseudo-masks made like the train ones (255 as background): mIoU {val_pseudo['miou']:.4f}, "
-        f"precision {val_pseudo['precision']:.4f}, coverage {val_pseudo['coverage']:.4f}."])
-    print(table)
-    save("seeds.json", result)
-    save("seeds.md", table + "\n")
+    for seed in seeds:
+        run_pipeline(args.config, seed_run(run, seed), seed, args.overrides)
+    numbers = {seed: seed_numbers(seed_run(run, seed)) for seed in seeds}
+    result = {"seeds": seeds, "config": args.config, "overrides": args.overrides, "run": str(run),
+              "commit": git_commit(),
+              "spread": {key: spread([numbers[s][key] for s in seeds]) for key in HEADLINE},
+              "warnings": {seed: numbers[seed]["warnings"] for seed in seeds}}
+    text = table(result)
+    print(text)
+    name = Path(args.config).stem
+    save(f"seeds-{name}.json", result)
+    save(f"seeds-{name}.md", text + "\n")
 
 
 if __name__ == "__main__":

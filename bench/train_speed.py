@@ -90,7 +90,7 @@ def main() -> None:
     groups = param_groups(segmenter, cfg.seg.lr, cfg.seg.encoder_lr_scale)
     load, batches = loading_speed(SegmentationSet(train, train.mask, train_transform(cfg.seg.crop_size)), batch,
                                   args.batches)
-    record("segmenter, encoder every step", batch, load, step_speed(segmenter, batches, segmentation_loss, groups))
+    record("segmenter, encoder every step", batch, load, step_speed(segmenter, batches, segmentation_loss(None), groups))
     if cfg.seg.encoder_lr_scale == 0:
         few = open_split(cfg.data, cfg.seg.split)
         few.ids = few.ids[:batch * args.batches]
@@ -102,7 +102,7 @@ def main() -> None:
                      "batch": None, "loading_images_per_second": round(encoding, 1),
                      "steps_per_second": None, "training_images_per_second": None})
         record("segmenter, cached features", batch, load,
-               step_speed(DecoderOnly(segmenter), batches, segmentation_loss, groups))
+               step_speed(DecoderOnly(segmenter), batches, segmentation_loss(None), groups))
 
     lines = [f"Training speed, `{args.config}`, {torch.get_num_threads()} threads, commit {git_commit()}.", "",
              "| what | batch | loading images/s | steps/s | training images/s |", "|---|---|---|---|---|"]

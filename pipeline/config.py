@@ -64,6 +64,10 @@ class ClsConfig:
     pretrain_epochs: int = 1
     pretrain_crop_size: int = 32
     pretrain_batch_size: int = 128
+    # The schedules' length in images seen (warm-up and decay follow it), so a dataset of another
+    # size gets the same budget; 0 = whole passes (`pretrain_epochs`, `epochs`) over the split.
+    pretrain_samples: int = 0
+    samples: int = 0
     epochs: int = 10
     batch_size: int = 64
     lr: float = 2e-3
@@ -140,10 +144,14 @@ class SegConfig:
     decoder_channels: list[int] = field(default_factory=list)  # U-Net only; empty = smp's default
     encoder_lr_scale: float = 1.0  # the encoder's learning rate relative to seg.lr; 0 freezes it
     crop_size: int = 64
+    samples: int = 0  # images seen in training (the schedule's length); 0 = `epochs` passes
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    # Cross-entropy class weights (median frequency / the class's pixel frequency in the training
+    # targets) raised to this power: 0 = unweighted, 1 = full median-frequency balancing.
+    class_balance: float = 0.0
     max_minutes: float = 0.0
     workers: int = 0
     # With a frozen encoder (encoder_lr_scale 0): compute its features of each image and its

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import math
 import random
@@ -57,6 +58,15 @@ class TrainSpec:
     workers: int
     seed: int
     warmup_fraction: float = 0.05
+    samples: int = 0  # images seen over all processes; > 0 sets the length instead of `epochs`
+
+
+def training_steps(spec: TrainSpec, steps_per_epoch: int) -> int:
+    """The schedule's length in optimizer steps: `spec.samples` images seen (so the budget is the
+    same whatever the dataset's size), else `spec.epochs` whole passes."""
+    if spec.samples > 0:
+        return max(1, spec.samples // (spec.batch_size * distributed.world_size()))
+    return spec.epochs * steps_per_epoch
 
 
 def poly_lambda(total_steps: int, warmup: int) -> Callable[[int], float]:
@@ -129,7 +139,8 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: Callable, spec: TrainSpec, 
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     # fused: one kernel over all parameters, half the time of the default on the CPU
     optimizer = torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay, fused=True)
-    total = spec.epochs * steps_per_epoch
+    total = training_steps(spec, steps_per_epoch)
+    epochs = math.ceil(total / steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, poly_lambda(total, warmup=max(1, int(total * spec.warmup_fraction))))
     start_epoch, history = 0, []
@@ -146,12 +157,14 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: Callable, spec: TrainSpec, 
     log.info("%s: training on %s, process %d of %d", desc, device, distributed.rank() + 1,
              distributed.world_size())
     began, trained = time.perf_counter(), 0
-    for epoch in range(start_epoch, spec.epochs):
+    for epoch in range(start_epoch, epochs):
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)
         train_mode(network)
         total_loss, seen = 0.0, 0
-        for inputs, targets in progress(loader, desc=f"{desc} {epoch + 1}/{spec.epochs}"):
+        steps = min(steps_per_epoch, total - epoch * steps_per_epoch)
+        batches = itertools.islice(loader, steps)
+        for inputs, targets in progress(batches, desc=f"{desc} {epoch + 1}/{epochs}", total=steps):
             loss = loss_fn(network(to_device(inputs, device)), targets.to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -162,7 +175,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: Callable, spec: TrainSpec, 
         total_loss, seen = (sum(values) for values in zip(*distributed.gather((total_loss, seen))))
         trained += seen
         history.append(total_loss / seen)
-        log.info("%s epoch %d/%d: loss %.4f", desc, epoch + 1, spec.epochs, history[-1])
+        log.info("%s epoch %d/%d: loss %.4f", desc, epoch + 1, epochs, history[-1])
         save_checkpoint(checkpoint, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "config": config,
@@ -174,7 +187,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: Callable, spec: TrainSpec, 
                         epoch + 1)
             break
     model.to("cpu")
-    return {"train_loss": [round(x, 5) for x in history], "epochs_run": len(history),
+    return {"train_loss": [round(x, 5) for x in history], "epochs_run": len(history), "schedule_steps": total,
             "images_per_second": round(trained / max(1e-9, time.perf_counter() - began), 1)}
 
 

@@ -5,9 +5,12 @@ import numpy as np
 import pytest
 import torch
 
+from torch.utils.data import TensorDataset
+
 from pipeline.runs import CheckpointError
-from pipeline.train import (average_precision, load_checkpoint, mean_average_precision, poly_lambda,
-                            save_checkpoint)
+from pipeline.stages.train_seg import class_weights
+from pipeline.train import (TrainSpec, average_precision, fit, load_checkpoint, mean_average_precision,
+                            poly_lambda, save_checkpoint, training_steps)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -55,3 +58,39 @@ def test_poly_schedule_with_warmup():
     assert factor(10) == pytest.approx(1.0)
     assert factor(55) == pytest.approx(0.5 ** 0.9)
     assert factor(100) == 0.0 and factor(150) == 0.0
+
+
+def _count_steps(tmp_path, **schedule) -> tuple[int, dict]:
+    """Optimizer steps `fit` takes on 10 samples in batches of 4 (2 full batches per epoch)."""
+    data = TensorDataset(torch.randn(10, 3), torch.randn(10, 1))
+    calls = []
+
+    def loss_fn(output, target):
+        calls.append(len(target))
+        return torch.nn.functional.mse_loss(output, target)
+
+    spec = TrainSpec(batch_size=4, lr=0.01, weight_decay=0.0, max_minutes=0.0, workers=0, seed=0,
+                     **schedule)
+    history = fit(torch.nn.Linear(3, 1), data, loss_fn, spec, tmp_path / "last.pt", {"device": "cpu"},
+                  "test")
+    assert set(calls) == {4}  # drop_last: never a partial batch
+    return len(calls), history
+
+
+def test_schedule_length_in_samples_seen(tmp_path):
+    # 22 samples in batches of 4 are 5 steps: two whole epochs of 2 steps and one step of a third
+    steps, history = _count_steps(tmp_path / "a", epochs=99, samples=22)
+    assert steps == 5 and history["schedule_steps"] == 5 and history["epochs_run"] == 3
+    steps, history = _count_steps(tmp_path / "b", epochs=3)
+    assert steps == 6 and history["schedule_steps"] == 6 and history["epochs_run"] == 3
+    assert training_steps(TrainSpec(1, 4, 0.1, 0, 0, 0, 0, samples=3), steps_per_epoch=2) == 1
+
+
+def test_median_frequency_class_weights_by_hand():
+    # frequencies 0.5, 0.25, 0.125, 0.125, 0 (absent): the median of the present ones is 0.1875
+    counts = np.array([400, 200, 100, 100, 0])
+    full = class_weights(counts, 1.0)
+    assert full.tolist() == pytest.approx([0.375, 0.75, 1.5, 1.5, 0.0])
+    assert class_weights(counts, 0.5).tolist() == pytest.approx([0.375 ** 0.5, 0.75 ** 0.5, 1.5 ** 0.5,
+                                                                 1.5 ** 0.5, 0.0])
+    assert class_weights(counts, 0.0) is None

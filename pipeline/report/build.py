@@ -14,6 +14,8 @@ STAGE_FOLDERS = {"data": "data", "train-cls": "classifier", "cams": "cams", "eva
                  "train-seg": "segmenter",
                  "eval-seg": "eval/seg", "upper-bound train-seg": "segmenter-gt",
                  "upper-bound eval-seg": "eval/seg-gt"}
+# A class below this IoU in any stage is named in the report's warnings: it is near collapse.
+WEAK_IOU = 0.2
 COMPOSED_NOTE = ("The built-in benchmark's scenes are composed (Fashion-MNIST items pasted onto crops "
                  "of photos) and its masks are derived from the items' grey levels, not drawn by people.")
 
@@ -47,6 +49,29 @@ def comparison_table(compare: dict | None) -> tuple[list[str], list[dict]]:
         key = "+".join(row["layers"])
         table.setdefault(key, {"layers": key})[row["method"]] = (row["best_miou"], row["best_threshold"])
     return methods, list(table.values())
+
+
+def per_class_iou(run_dir: Path) -> dict[str, dict]:
+    """Each scored stage's IoU per class (background included), by stage label."""
+    per_class = {"seeds (best threshold)": _results(run_dir, "eval/cams")["per_class_iou_best"],
+                 "pseudo-masks": _results(run_dir, "eval/pseudo")["per_class_iou"],
+                 "segmenter": _results(run_dir, "eval/seg")["per_class_iou"]}
+    upper = _results(run_dir, "eval/seg-gt")
+    if upper:
+        per_class["upper bound"] = upper["per_class_iou"]
+    return per_class
+
+
+def warnings(summary: dict, per_class: dict[str, dict]) -> list[str]:
+    """What a reader must not miss, in words: classes near collapse in any stage, and a segmenter
+    that does not beat the val pseudo-masks it learnt from."""
+    found = [f"{name}: IoU {iou:.3f} in the {stage} (below {WEAK_IOU})"
+             for stage, values in per_class.items() for name, iou in values.items()
+             if iou is not None and iou < WEAK_IOU]
+    if summary["pseudo_val_miou"] is not None and summary["seg_miou"] <= summary["pseudo_val_miou"]:
+        found.append(f"the segmenter's val mIoU {summary['seg_miou']:.3f} does not beat its val "
+                     f"pseudo-masks' {summary['pseudo_val_miou']:.3f}")
+    return found
 
 
 def build_summary(cfg: Config, run_dir: Path, cfg_hash: str) -> dict:
@@ -87,6 +112,7 @@ def build_summary(cfg: Config, run_dir: Path, cfg_hash: str) -> dict:
         "stage_seconds": seconds,
         "total_seconds": round(sum(seconds.values()), 1),
     }
+    summary["warnings"] = warnings(summary, per_class_iou(run_dir))
     return summary
 
 
@@ -103,12 +129,7 @@ def write_report(cfg: Config, run_dir: Path, out: Path, summary: dict) -> None:
     figure_dir = out / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
     seeds = _results(run_dir, "eval/cams")
-    per_class = {"seeds (best threshold)": seeds["per_class_iou_best"],
-                 "pseudo-masks": _results(run_dir, "eval/pseudo")["per_class_iou"],
-                 "segmenter": _results(run_dir, "eval/seg")["per_class_iou"]}
-    upper = _results(run_dir, "eval/seg-gt")
-    if upper:
-        per_class["upper bound"] = upper["per_class_iou"]
+    per_class = per_class_iou(run_dir)
     figs = {
         "sweep": figures.sweep_curve(seeds["sweep"], summary, figure_dir / "sweep.png"),
         "per_class": figures.per_class_bars(per_class, figure_dir / "per_class.png"),

@@ -74,7 +74,8 @@ def pretrain(cfg: Config, model: torch.nn.Module, out: Path, config: dict) -> di
         raise DataError(f"{items.root}: split '{items.split}' must have exactly one label per image "
                         f"for pretraining")
     spec = TrainSpec(cfg.cls.pretrain_epochs, cfg.cls.pretrain_batch_size, cfg.cls.lr,
-                     cfg.cls.weight_decay, cfg.cls.max_minutes, cfg.cls.workers, cfg.seed, WARMUP)
+                     cfg.cls.weight_decay, cfg.cls.max_minutes, cfg.cls.workers, cfg.seed, WARMUP,
+                     cfg.cls.pretrain_samples)
     dataset = ClassificationSet(items, labels, train_transform(cfg.cls.pretrain_crop_size))
     return fit(model, dataset, single_label_loss, spec, out / "pretrain.pt", config, "pretrain-cls")
 
@@ -88,7 +89,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     pretrained = pretrain(cfg, model, out, config) if cfg.cls.pretrain_split else None
     dataset = ClassificationSet(train, labels, train_transform(cfg.cls.crop_size))
     spec = TrainSpec(cfg.cls.epochs, cfg.cls.batch_size, cfg.cls.lr, cfg.cls.weight_decay,
-                     cfg.cls.max_minutes, cfg.cls.workers, cfg.seed, WARMUP)
+                     cfg.cls.max_minutes, cfg.cls.workers, cfg.seed, WARMUP, cfg.cls.samples)
     history = fit(model, dataset, F.binary_cross_entropy_with_logits, spec, out / "last.pt", config,
                   "train-cls")
     model.eval()

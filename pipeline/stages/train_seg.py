@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
 from pipeline.config import Config, to_dict
 from pipeline.data.transforms import SegmentationSet, train_transform
-from pipeline.data.voc import IGNORE, BadImages, VocDataset, check_fits, open_split, read_mask
+from pipeline.data.voc import IGNORE, BadImages, DataError, VocDataset, check_fits, open_split, read_mask
 from pipeline.models.frozen import DecoderOnly, EncodedSet
 from pipeline.models.segmenter import build_segmenter, load_encoder
 from pipeline.stages.pseudo import mask_path
@@ -58,8 +59,24 @@ def load_segmenter(folder: Path, cfg: Config | None = None) -> tuple[torch.nn.Mo
     return model.eval(), state
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, target, ignore_index=IGNORE)
+def class_weights(pixel_counts: np.ndarray, power: float) -> torch.Tensor | None:
+    """Median-frequency balancing (Eigen & Fergus 2015, as SegNet trains) raised to `power`, so a
+    class the targets rarely show is not drowned by background: weight = (median f / f_c)^power
+    over the classes present; None (plain cross-entropy) at power 0."""
+    if power == 0:
+        return None
+    frequency = pixel_counts / pixel_counts.sum()
+    present = frequency > 0
+    weights = np.zeros(len(frequency))
+    weights[present] = (np.median(frequency[present]) / frequency[present]) ** power
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def segmentation_loss(weights: torch.Tensor | None):
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weight = None if weights is None else weights.to(logits.device)
+        return F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
+    return loss
 
 
 def param_groups(model: torch.nn.Module, lr: float, encoder_scale: float) -> list[dict]:
@@ -72,14 +89,23 @@ def param_groups(model: torch.nn.Module, lr: float, encoder_scale: float) -> lis
             {"params": decoder}]
 
 
-def check_targets(voc: VocDataset, read_target, target_path) -> None:
+def check_targets(voc: VocDataset, read_target, target_path) -> np.ndarray:
     """Refuse to start on a training mask that is unreadable, out of range or not its image's
-    size, naming every bad one. Reads mask pixels but only the images' headers."""
+    size, naming every bad one; else each label's pixel count over the split (255 not counted).
+    Reads mask pixels but only the images' headers."""
+    labels = voc.num_classes + 1
+    counts = np.zeros(labels, np.int64)
     bad = BadImages(f"{voc.root}: split '{voc.split}' has invalid training masks; nothing trained")
     for image_id in voc.ids:
         with bad.skip():
-            check_fits(target_path(image_id), read_target(image_id), voc.image_shape(image_id))
+            mask = check_fits(target_path(image_id), read_target(image_id), voc.image_shape(image_id))
+            known = mask[mask != IGNORE]
+            if known.size and known.max() >= labels:
+                raise DataError(f"{target_path(image_id)}: label id {known.max()} out of range "
+                                f"(0-{labels - 1} or {IGNORE})")
+            counts += np.bincount(known, minlength=labels)
     bad.raise_if_any()
+    return counts
 
 
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
@@ -89,7 +115,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     else:
         target_path = lambda image_id: mask_path(run_dir / "pseudo", image_id)
         read_target = lambda image_id: read_mask(target_path(image_id))
-    check_targets(voc, read_target, target_path)
+    pixel_counts = check_targets(voc, read_target, target_path)
     seed_everything(cfg.seed)  # the initial weights too
     model = build_segmenter(cfg.seg.arch, cfg.seg.encoder, voc.num_classes + 1,
                             list(cfg.seg.decoder_channels))
@@ -104,13 +130,14 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     else:
         dataset, trained = SegmentationSet(voc, read_target, train_transform(cfg.seg.crop_size)), model
     spec = TrainSpec(cfg.seg.epochs, cfg.seg.batch_size, cfg.seg.lr, cfg.seg.weight_decay,
-                     cfg.seg.max_minutes, cfg.seg.workers, cfg.seed)
+                     cfg.seg.max_minutes, cfg.seg.workers, cfg.seed, samples=cfg.seg.samples)
     config = to_dict(cfg)
-    history = fit(trained, dataset, segmentation_loss, spec, out / "last.pt", config,
+    weights = class_weights(pixel_counts, cfg.seg.class_balance)
+    history = fit(trained, dataset, segmentation_loss(weights), spec, out / "last.pt", config,
                   f"train-seg ({cfg.seg.labels})", groups)
     save_checkpoint(out / "model.pt", {"model": model.state_dict(), "arch": cfg.seg.arch,
                                        "encoder": cfg.seg.encoder, "labels": cfg.seg.labels,
                                        "decoder_channels": list(cfg.seg.decoder_channels),
                                        "class_names": voc.class_names, "config": config})
     (out / "last.pt").unlink(missing_ok=True)
-    return history
+    return {**history, "class_weights": None if weights is None else np.round(weights.numpy(), 4).tolist()}
