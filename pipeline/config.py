@@ -218,18 +218,32 @@ def _one_line(error: OmegaConfBaseException, source: str, key: str = "?") -> Con
     return ConfigError(f"{source}: bad value for config key '{key}': {message}")
 
 
+BASE_KEY = "base"  # a config file may start from another: `base: default.yaml` (relative to it)
+
+
+def _merge_file(merged: Any, path: Path, seen: tuple[Path, ...] = ()) -> Any:
+    """`merged` with the YAML file at `path` on top, after the file's own `base` chain."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: '{BASE_KEY}' chain comes back to this file")
+    try:
+        layer = OmegaConf.load(path)
+        base = layer.pop(BASE_KEY, None) if OmegaConf.is_dict(layer) else None
+        if base is not None:
+            merged = _merge_file(merged, path.parent / str(base), (*seen, path.resolve()))
+        return OmegaConf.merge(merged, layer)
+    except OmegaConfBaseException as error:
+        raise _one_line(error, str(path)) from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Schema defaults, then the YAML file, then `key=value` overrides; returns a typed Config."""
+    """Schema defaults, then the YAML file (after the files its `base` names), then `key=value`
+    overrides; returns a typed Config."""
     merged = OmegaConf.structured(Config)
     OmegaConf.set_struct(merged, True)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        except OmegaConfBaseException as error:
-            raise _one_line(error, str(path)) from None
+        merged = _merge_file(merged, Path(path))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"command line: override '{item}' is not of the form key=value")

@@ -45,12 +45,21 @@ def check_recorded(path: Path, recorded: dict, expected: dict) -> None:
                          f"the run it belongs to")
 
 
+def _umask_mode() -> int:
+    """The mode a plain `open()` would give a new file (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY)
     os.close(handle)
     try:
         write(Path(tmp))
+        # mkstemp makes the file 0600 and a rename keeps that: a shared report would be unreadable
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

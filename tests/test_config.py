@@ -124,3 +124,28 @@ def test_to_dict_from_dict_round_trip():
     data = to_dict(cfg)
     json.dumps(data)  # plain JSON-friendly data
     assert from_dict(data) == cfg
+
+
+def test_a_config_file_starts_from_its_base(tmp_path):
+    (tmp_path / "parent.yaml").write_text("seed: 5\ncls:\n  epochs: 3\n  lr: 0.5\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("base: ../parent.yaml\ncls:\n  epochs: 4\n")
+    cfg = load_config(tmp_path / "sub" / "child.yaml", ["cls.lr=0.25"])
+    assert (cfg.seed, cfg.cls.epochs, cfg.cls.lr) == (5, 4, 0.25)  # base, then file, then command line
+    assert cfg.cls.batch_size == 64  # the schema's, where no file sets it
+
+
+def test_a_missing_or_circular_base_is_one_line(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(ConfigError, match=r"b\.yaml: config file not found"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: 'base' chain comes back to this file"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_quick_config_is_the_default_recipe_on_fewer_scenes():
+    quick, default = load_config("configs/quick.yaml"), load_config("configs/default.yaml")
+    assert quick.cam == default.cam and quick.pseudo == default.pseudo
+    assert quick.seg.decoder_channels == default.seg.decoder_channels
+    assert quick.data.n_train_pool < default.data.n_train_pool

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
 from pipeline import runs
+from pipeline.runs import write_bytes, write_json, write_with
 
 
 def listing(folder):
@@ -115,3 +118,18 @@ def test_package_versions_and_timer():
     with runs.Timer() as timer:
         sum(range(1000))
     assert 0 <= timer.seconds < 5
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        write_bytes(tmp_path / "b.bin", b"\x00")
+        write_with(tmp_path / "c.npy", lambda path: path.write_bytes(b"\x01"))
+        with open(tmp_path / "plain", "w"):
+            pass  # what the umask gives a file opened the ordinary way
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == {"a.json": mode, "b.bin": mode, "c.npy": mode, "plain": mode}
