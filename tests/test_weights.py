@@ -3,13 +3,14 @@ is replaced, so no test touches the network."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 
 from pipeline.cli import main
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, load_config
 from pipeline.models.classifier import build_classifier
 from pipeline.models.segmenter import build_segmenter, load_encoder
 from pipeline.runs import CheckpointError, StageError
@@ -120,3 +121,8 @@ def test_cli_stops_in_one_line_before_training(torch_home, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("error: cls.weights: IMAGENET1K_V1"), err
     assert not (tmp_path / "run" / "classifier" / "last.pt").exists()
 
+
+def test_voc2012_recipe_parses():
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "voc2012.yaml")
+    assert cfg.cls.weights == "IMAGENET1K_V1" and cfg.seg.encoder_weights.startswith("IMAGENET1K")
+    assert cfg.data.mask_dir == "SegmentationClassAug" and cfg.cls.split == "train_aug"
