@@ -55,7 +55,8 @@ class ClsConfig:
     split: str = "train_aug"
     val_split: str = "val"
     arch: str = "resnet18"
-    weights: str = "none"  # "none" or a path to a local state dict
+    # "none", a path to a local state dict, or a torchvision weight name for `arch` (IMAGENET1K_V1)
+    weights: str = "none"
     last_stride: int = 2  # 1 keeps layer4 at layer3's resolution (IRN uses strides 2,2,2,1)
     crop_size: int = 64  # training crops (smaller images are padded)
     # Pretraining on single-item images (image-level labels only, as ImageNet is for VOC);
@@ -140,7 +141,8 @@ class SegConfig:
     val_split: str = "val"
     arch: str = "unet"
     encoder: str = "resnet18"
-    encoder_weights: str = "none"  # "none", "classifier" (our classifier's backbone) or a path
+    # "none", "classifier" (our classifier's backbone), a path, or a torchvision weight name
+    encoder_weights: str = "none"
     decoder_channels: list[int] = field(default_factory=list)  # U-Net only; empty = smp's default
     encoder_lr_scale: float = 1.0  # the encoder's learning rate relative to seg.lr; 0 freezes it
     crop_size: int = 64

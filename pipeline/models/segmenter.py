@@ -1,4 +1,4 @@
-"""The segmenter: segmentation-models-pytorch architectures by name, no downloaded weights."""
+"""The segmenter: segmentation-models-pytorch architectures by name; smp downloads no weights."""
 from __future__ import annotations
 
 import os
@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.models.small_maps import use_small_map_convs
+from pipeline.models.weights import load_weights
 
 ARCHS = {"unet": smp.Unet, "deeplabv3plus": smp.DeepLabV3Plus, "fpn": smp.FPN, "deeplabv3": smp.DeepLabV3}
 
@@ -31,16 +32,10 @@ def build_segmenter(arch: str, encoder: str, num_classes: int,
                                            classes=num_classes, **extra))
 
 
-def load_encoder(model: nn.Module, path: str | Path) -> None:
-    """Start the encoder from a local state dict (torchvision layout; ours keep it under `model`)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("model", state)
-    encoder = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    # nn.Module's own loader: smp's encoders override load_state_dict and return nothing.
-    missing, unexpected = nn.Module.load_state_dict(model.encoder, encoder, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit the {type(model.encoder).__name__} encoder "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+def load_encoder(model: nn.Module, weights: str | Path) -> None:
+    """Start the encoder from `weights`: a local state dict (torchvision's layout; ours keep it
+    under `model`) or a torchvision weight name for the encoder, which smp records in `config`."""
+    load_weights(model.encoder, model.config["encoder_name"], weights, "seg.encoder_weights")
 
 
 def _softmax(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
