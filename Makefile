@@ -44,6 +44,9 @@ fashion-mnist: ## make sure the Fashion-MNIST IDX files are there (Debian packag
 
 data: install ## build the dataset (built-in benchmark) or check the VOC folder
 	$(STAGE) data $(STAGE_ARGS)
+.PHONY: data-wide
+data-wide: install fashion-mnist ## build the second benchmark, Fashion wide, into data/fashion-wide (VOC layout; run it with CONFIG=configs/fashion-wide.yaml)
+	$(PY) -m pipeline.data.fashion_wide --out data/fashion-wide
 train-cls: install ## train the multi-label classifier on image-level labels
 	$(STAGE) train-cls $(STAGE_ARGS)
 cams: install ## extract seeds (CAMs) for every present class

@@ -11,6 +11,7 @@ whatever the number of worker processes.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 from dataclasses import dataclass, replace
 from multiprocessing import Pool
@@ -78,13 +79,25 @@ def load_fashion_mnist(folder: str | Path, split: str) -> tuple[np.ndarray, np.n
     return _read_idx(_find_idx(folder, images_stem)), _read_idx(_find_idx(folder, labels_stem))
 
 
-def load_photos() -> list[np.ndarray]:
-    """The real photos scikit-image bundles, as uint8 RGB."""
-    import skimage
-    folder = Path(skimage.__file__).parent / "data"
+def package_file(package: str, relative: str) -> Path:
+    """A data file that an installed package ships, found without importing the package."""
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(f"{relative}: package '{package}' that ships this photo is not "
+                                f"installed (`make install` installs it)")
+    return Path(next(iter(found.submodule_search_locations))) / relative
+
+
+def default_photo_paths() -> list[Path]:
+    """The built-in benchmark's backgrounds: the real photos scikit-image bundles."""
+    return [package_file("skimage", f"data/{name}") for name in PHOTOS]
+
+
+def load_photos(paths: list[str | Path] | None = None) -> list[np.ndarray]:
+    """Background photos as uint8 RGB: `paths`, or by default the real photos scikit-image bundles."""
     photos = []
-    for name in PHOTOS:
-        photo = np.asarray(Image.open(folder / name).convert("RGB"))
+    for path in default_photo_paths() if paths is None else paths:
+        photo = np.asarray(Image.open(path).convert("RGB"))
         photos.append(photo)
     return photos
 
@@ -162,8 +175,9 @@ def _with_boundary_band(labels: np.ndarray) -> np.ndarray:
 _WORKER: dict = {}
 
 
-def _init_worker(classes: tuple[str, ...], fashion_dir: str) -> None:
-    _WORKER["photos"] = load_photos()
+def _init_worker(classes: tuple[str, ...], fashion_dir: str,
+                 photo_paths: list[str] | None = None) -> None:
+    _WORKER["photos"] = load_photos(photo_paths)
     _WORKER["items"] = {}
     for split in ("train", "val"):
         images, labels = load_fashion_mnist(fashion_dir, split)
@@ -190,28 +204,34 @@ def item_spec(spec: SceneSpec, canvas: int) -> SceneSpec:
 
 
 def build(root: str | Path, spec: SceneSpec, fashion_dir: str | Path, n_pool: int, n_train: int,
-          n_val: int, n_items: int = 0, item_canvas: int = 32, workers: int = 0) -> dict:
+          n_val: int, n_items: int = 0, item_canvas: int = 32, workers: int = 0,
+          photo_paths: list[str | Path] | None = None, name: str = "fashion-scenes") -> dict:
     """Write the dataset in VOC layout into the (empty) folder `root`.
 
     Splits: `train_aug` (the classifier's pool), `train` (its first n_train scenes, whose
     pseudo-masks are made and scored), `val`, and `items` (single-item scenes for pretraining).
+    Backgrounds are crops of `photo_paths` (default: the photos scikit-image bundles).
     """
     root = Path(root)
     if n_train > n_pool:
         raise ValueError(f"data.n_train ({n_train}) exceeds data.n_train_pool ({n_pool})")
     load_fashion_mnist(fashion_dir, "train")  # fail early, with the how-to-get-it message
+    paths = [str(path) for path in (default_photo_paths() if photo_paths is None else photo_paths)]
+    missing = [path for path in paths if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: background photo not found")
     make_layout(root)
     counts = {"train": n_pool, "val": n_val, "items": n_items}
     specs = {"train": spec, "val": spec, "items": item_spec(spec, item_canvas)}
     ids = {split: [f"{split}_{i:06d}" for i in range(count)] for split, count in counts.items()}
     jobs = [(specs[split], split, i, scene_id, str(root)) for split in counts
             for i, scene_id in enumerate(ids[split])]
-    with Pool(workers or os.cpu_count(), _init_worker, (spec.classes, str(fashion_dir))) as pool:
+    with Pool(workers or os.cpu_count(), _init_worker, (spec.classes, str(fashion_dir), paths)) as pool:
         for _ in pool.imap_unordered(_write_scene, jobs, chunksize=64):
             pass
     lists = {"train_aug": ids["train"], "train": ids["train"][:n_train], "val": ids["val"]}
     if ids["items"]:
         lists["items"] = ids["items"]
     sizes = write_index(root, lists, list(spec.classes))
-    return {"name": "fashion-scenes", "seed": spec.seed, "image_size": spec.size,
+    return {"name": name, "seed": spec.seed, "image_size": spec.size,
             "classes": list(spec.classes), "sizes": sizes}

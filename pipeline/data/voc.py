@@ -9,8 +9,13 @@ Image-level labels are the class ids present in an image's mask.
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -18,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.runs import write_with
 
 IGNORE = 255
+DATASET_RECORD = "dataset.json"  # written by camseg's builders: what was built, from which settings
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
                "train", "tvmonitor"]
@@ -233,6 +239,32 @@ def write_index(root: Path, lists: dict[str, list[str]], class_names: list[str])
         (Path(root) / "ImageSets/Segmentation" / f"{name}.txt").write_text("\n".join(members) + "\n")
     (Path(root) / "classes.txt").write_text("\n".join(["background", *class_names]) + "\n")
     return {name: len(members) for name, members in lists.items()}
+
+
+def build_once(root: Path, build_hash: str, make: Callable[[Path], dict]) -> dict:
+    """Build a dataset into `root` with `make(folder)` unless `root` already holds a build with
+    this `build_hash`. The build goes to a temporary sibling renamed when complete, so a killed
+    build leaves no half-written `root`; `dataset.json` records the hash and `make`'s description.
+    A folder camseg did not build (one without the record) is never overwritten."""
+    root = Path(root)
+    record = root / DATASET_RECORD
+    if record.is_file():
+        info = json.loads(record.read_text())
+        if info.get("build_hash") == build_hash:
+            return info
+    elif root.exists():
+        raise DataError(f"{root}: exists but was not built by camseg; refusing to overwrite it")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    try:
+        info = {**make(tmp), "build_hash": build_hash}
+        (tmp / DATASET_RECORD).write_text(json.dumps(info, indent=2) + "\n")
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
 
 
 def read_class_names(root: Path) -> list[str]:

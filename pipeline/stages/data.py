@@ -5,18 +5,14 @@ with `dataset.json` recording the hash of the settings that made them; a matchin
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from pipeline.config import Config, config_hash, to_dict
 from pipeline.data import fashion
 from pipeline.data.shapes import build_shapes
-from pipeline.data.voc import DataError, open_split
+from pipeline.data.voc import DataError, build_once, open_split
 
-DATASET_RECORD = "dataset.json"
 READER_KEYS = ("fashion_mnist_dir", "class_names", "image_dir", "mask_dir", "labels_csv", "val_fraction")
 READERS = ("voc", "folder")  # datasets read where they are, not built
 
@@ -58,26 +54,8 @@ BUILDERS = {"fashion-scenes": _fashion, "shapes": _shapes}
 
 def build_if_needed(cfg: Config) -> dict:
     """Build the dataset unless `data.root` already holds a build of exactly these settings."""
-    root = Path(cfg.data.root)
     wanted = config_hash({k: v for k, v in to_dict(cfg.data).items() if k not in READER_KEYS})
-    record = root / DATASET_RECORD
-    if record.is_file():
-        info = json.loads(record.read_text())
-        if info.get("build_hash") == wanted:
-            return info
-    elif root.exists():
-        raise DataError(f"{root}: exists but was not built by camseg; refusing to overwrite it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
-    try:
-        info = {**BUILDERS[cfg.data.name](cfg, tmp), "build_hash": wanted}
-        (tmp / DATASET_RECORD).write_text(json.dumps(info, indent=2) + "\n")
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return info
+    return build_once(Path(cfg.data.root), wanted, lambda folder: BUILDERS[cfg.data.name](cfg, folder))
 
 
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
