@@ -58,12 +58,12 @@ class ClsConfig:
     # "none", a path to a local state dict, or a torchvision weight name for `arch` (IMAGENET1K_V1)
     weights: str = "none"
     last_stride: int = 2  # 1 keeps layer4 at layer3's resolution (IRN uses strides 2,2,2,1)
-    crop_size: int = 64  # training crops (smaller images are padded)
+    crop_size: int = 64  # training crops (smaller images are padded); 0 = the images' own size
     # Pretraining on single-item images (image-level labels only, as ImageNet is for VOC);
     # an empty split skips it.
     pretrain_split: str = ""
     pretrain_epochs: int = 1
-    pretrain_crop_size: int = 32
+    pretrain_crop_size: int = 32  # 0 = the items' own size
     pretrain_batch_size: int = 128
     # The schedules' length in images seen (warm-up and decay follow it), so a dataset of another
     # size gets the same budget; 0 = whole passes (`pretrain_epochs`, `epochs`) over the split.
@@ -145,7 +145,7 @@ class SegConfig:
     encoder_weights: str = "none"
     decoder_channels: list[int] = field(default_factory=list)  # U-Net only; empty = smp's default
     encoder_lr_scale: float = 1.0  # the encoder's learning rate relative to seg.lr; 0 freezes it
-    crop_size: int = 64
+    crop_size: int = 64  # 0 = the images' own size
     samples: int = 0  # images seen in training (the schedule's length); 0 = `epochs` passes
     epochs: int = 10
     batch_size: int = 32
@@ -253,7 +253,62 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as error:
             raise _one_line(error, "command line", item.split("=", 1)[0]) from None
-    return OmegaConf.to_object(merged)
+    cfg = OmegaConf.to_object(merged)
+    check_choices(cfg)
+    return cfg
+
+
+SEG_LABELS = ("pseudo", "gt")
+DATASETS = ("fashion-scenes", "shapes", "voc", "folder")
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Each key that names a choice, and its valid values (from the modules that implement them)."""
+    from pipeline.cam.engine import FUSIONS, METHODS
+    from pipeline.distributed import DEVICES
+    from pipeline.models.classifier import ARCHS as CLASSIFIERS
+    from pipeline.models.segmenter import ARCHS as SEGMENTERS
+    from pipeline.refine.pseudo import BACKGROUNDS
+    return {"data.name": DATASETS, "cls.arch": tuple(CLASSIFIERS), "cam.method": METHODS,
+            "eval.compare_methods": METHODS, "cam.fuse": FUSIONS, "pseudo.background": BACKGROUNDS,
+            "seg.labels": SEG_LABELS, "seg.arch": tuple(SEGMENTERS), "device": DEVICES}
+
+
+def _layer_names(cfg: "Config") -> tuple[str, ...]:
+    """The classifier's module names (conv1, layer1, ..., layer4.1.conv2, ...) that CAMs can hook."""
+    from pipeline.models.classifier import build_classifier
+    model = build_classifier(cfg.cls.arch, 1, cfg.cls.last_stride)
+    return tuple(name for name, _ in model.named_modules() if name)
+
+
+def _get(cfg: "Config", dotted: str) -> Any:
+    value = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_choices(cfg: "Config") -> None:
+    """Every choice (method, fusion, background, labels, arch, device, dataset kind, layer names)
+    is one of its valid values: a typo stops here, in one line, before any stage does work."""
+    for key, valid in _choices().items():
+        values = _get(cfg, key)
+        for value in values if isinstance(values, list) else [values]:
+            if value not in valid:
+                raise ConfigError(f"config key '{key}': '{value}' is not a valid choice "
+                                  f"(valid: {', '.join(valid)})")
+    if cfg.seg.cache_features and cfg.seg.encoder_lr_scale != 0:
+        raise ConfigError(f"config key 'seg.cache_features': needs a frozen encoder "
+                          f"(seg.encoder_lr_scale=0, not {cfg.seg.encoder_lr_scale})")
+    layers = {"cam.layers": cfg.cam.layers, "cam.head_layer": [cfg.cam.head_layer],
+              "eval.compare_layer_sets": [n for group in cfg.eval.compare_layer_sets for n in group]}
+    names = _layer_names(cfg)
+    for key, wanted in layers.items():
+        unknown = [name for name in wanted if name not in names]
+        if unknown:
+            blocks = ", ".join(name for name in names if "." not in name)
+            raise ConfigError(f"config key '{key}': no layer '{unknown[0]}' in {cfg.cls.arch} "
+                              f"(its blocks: {blocks}; or a dotted module name such as layer4.1)")
 
 
 def to_dict(section: Any) -> dict:

@@ -66,3 +66,40 @@ def test_missing_dataset_is_one_line_not_a_traceback(config_file, capsys, monkey
     assert main(["data", "--config", str(config_file)]) == 2
     err = _error_line(capsys)
     assert "no-fashion-mnist" in err and "apt-get install dataset-fashion-mnist" in err
+
+
+@pytest.mark.parametrize("stage, override, key, valid", [
+    ("cams", "cam.method=scorecam", "cam.method", "cam, gradcam, gradcam++"),
+    ("all", "seg.labels=gtt", "seg.labels", "pseudo, gt"),
+    ("compare-cams", "cam.fuse=median", "cam.fuse", "max, mean"),
+    ("train-cls", "cls.arch=resnet19", "cls.arch", "resnet18, resnet34, resnet50"),
+    ("pseudo", "pseudo.background=softmax", "pseudo.background", "constant, power"),
+    ("data", "data.name=coco", "data.name", "fashion-scenes, shapes, voc, folder"),
+    ("train-cls", "device=tpu", "device", "auto, cpu, cuda"),
+    ("compare-cams", "eval.compare_methods=[gradcam,hirescam]", "eval.compare_methods", "gradcam++"),
+])
+def test_a_bad_choice_stops_before_any_stage_runs(config_file, tmp_path, capsys, stage, override, key,
+                                                  valid):
+    assert main([stage, "--config", str(config_file), override]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"'{key}'" in lines[0] and valid in lines[0], lines
+    assert not (tmp_path / "run").exists()  # nothing was started, no folder made
+
+
+@pytest.mark.parametrize("override, key", [
+    ("cam.layers=[layer9]", "cam.layers"), ("cam.layers=[layer2,layer4.5]", "cam.layers"),
+    ("cam.head_layer=fc2", "cam.head_layer"), ("eval.compare_layer_sets=[[layer3],[layer0]]",
+                                               "eval.compare_layer_sets")])
+def test_a_layer_the_classifier_lacks_stops_before_any_stage_runs(config_file, tmp_path, capsys,
+                                                                   override, key):
+    assert main(["compare-cams", "--config", str(config_file), override]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"'{key}'" in lines[0], lines
+    assert "layer1, layer2, layer3, layer4" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_dotted_module_names_are_valid_layers(config_file):
+    from pipeline.config import load_config
+    assert load_config(config_file, ["cam.layers=[layer4.1,layer3.0.conv2]"]).cam.layers == [
+        "layer4.1", "layer3.0.conv2"]

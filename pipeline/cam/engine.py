@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 METHODS = ("cam", "gradcam", "gradcam++")
+FUSIONS = ("max", "mean")
 
 
 def _capture(model: nn.Module, layers: list[str], run: Callable[[], torch.Tensor]):
@@ -113,7 +114,7 @@ def normalise_max(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 def fuse_layers(maps: dict[str, torch.Tensor], size: tuple[int, int], mode: str = "max") -> torch.Tensor:
     """Max-normalise each layer's maps, upsample to `size` and fuse them by `max` or `mean`."""
-    if mode not in ("max", "mean"):
+    if mode not in FUSIONS:
         raise ValueError(f"unknown fusion '{mode}' (choose max or mean)")
     resized = [F.interpolate(normalise_max(m), size=size, mode="bilinear", align_corners=False)
                for m in maps.values()]

@@ -18,6 +18,12 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
+def crop_size(voc: VocDataset, configured: int) -> int:
+    """The training crop: `configured`, or at 0 the longer side of the split's first image, so a
+    dataset of another image size trains at its own scale."""
+    return configured or max(voc.image_shape(voc.ids[0])[:2])
+
+
 def train_transform(size: int) -> A.Compose:
     """Scale jitter, a random crop of `size` (padded with ignore where the image is smaller), flip."""
     return A.Compose([

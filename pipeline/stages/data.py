@@ -14,7 +14,6 @@ from pipeline.data.shapes import build_shapes
 from pipeline.data.voc import DataError, build_once, open_split
 
 READER_KEYS = ("fashion_mnist_dir", "class_names", "image_dir", "mask_dir", "labels_csv", "val_fraction")
-READERS = ("voc", "folder")  # datasets read where they are, not built
 
 
 def OUTPUT(cfg: Config) -> str:
@@ -61,11 +60,8 @@ def build_if_needed(cfg: Config) -> dict:
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     if cfg.data.name in BUILDERS:
         info = build_if_needed(cfg)
-    elif cfg.data.name in READERS:
+    else:  # a reader (voc, folder): config.check_choices has refused any other name
         info = {"name": cfg.data.name, "seed": cfg.data.seed}
-    else:
-        raise DataError(f"data.name: unknown dataset '{cfg.data.name}' "
-                        f"(choose from {', '.join([*BUILDERS, *READERS])})")
     splits = {cfg.cls.split, cfg.cls.val_split, *filter(None, [cfg.cls.pretrain_split]),
               *cfg.cam.splits, *cfg.pseudo.splits, cfg.eval.split, cfg.seg.split, cfg.seg.val_split}
     sizes = {split: len(open_split(cfg.data, split)) for split in sorted(splits)}

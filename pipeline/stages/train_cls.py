@@ -8,7 +8,8 @@ import torch
 from torch.nn import functional as F
 
 from pipeline.config import Config, to_dict
-from pipeline.data.transforms import ClassificationSet, image_batches, normalised_batch, train_transform
+from pipeline.data.transforms import (ClassificationSet, crop_size, image_batches, normalised_batch,
+                                       train_transform)
 from pipeline.data.voc import DataError, open_split
 from pipeline.models.classifier import build_classifier
 from pipeline.runs import check_recorded
@@ -76,7 +77,7 @@ def pretrain(cfg: Config, model: torch.nn.Module, out: Path, config: dict) -> di
     spec = TrainSpec(cfg.cls.pretrain_epochs, cfg.cls.pretrain_batch_size, cfg.cls.lr,
                      cfg.cls.weight_decay, cfg.cls.max_minutes, cfg.cls.workers, cfg.seed, WARMUP,
                      cfg.cls.pretrain_samples)
-    dataset = ClassificationSet(items, labels, train_transform(cfg.cls.pretrain_crop_size))
+    dataset = ClassificationSet(items, labels, train_transform(crop_size(items, cfg.cls.pretrain_crop_size)))
     return fit(model, dataset, single_label_loss, spec, out / "pretrain.pt", config, "pretrain-cls")
 
 
@@ -87,7 +88,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     model = build_classifier(cfg.cls.arch, train.num_classes, cfg.cls.last_stride, cfg.cls.weights)
     config = to_dict(cfg)
     pretrained = pretrain(cfg, model, out, config) if cfg.cls.pretrain_split else None
-    dataset = ClassificationSet(train, labels, train_transform(cfg.cls.crop_size))
+    dataset = ClassificationSet(train, labels, train_transform(crop_size(train, cfg.cls.crop_size)))
     spec = TrainSpec(cfg.cls.epochs, cfg.cls.batch_size, cfg.cls.lr, cfg.cls.weight_decay,
                      cfg.cls.max_minutes, cfg.cls.workers, cfg.seed, WARMUP, cfg.cls.samples)
     history = fit(model, dataset, F.binary_cross_entropy_with_logits, spec, out / "last.pt", config,

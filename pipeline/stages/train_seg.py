@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from pipeline.config import Config, to_dict
-from pipeline.data.transforms import SegmentationSet, train_transform
+from pipeline.data.transforms import SegmentationSet, crop_size, train_transform
 from pipeline.data.voc import IGNORE, BadImages, DataError, VocDataset, check_fits, open_split, read_mask
 from pipeline.models.frozen import DecoderOnly, EncodedSet
 from pipeline.models.segmenter import build_segmenter, load_encoder
@@ -18,24 +18,14 @@ from pipeline.stages.pseudo import mask_path
 from pipeline.stages.train_cls import read_checkpoint
 from pipeline.train import TrainSpec, fit, save_checkpoint, seed_everything
 
-LABELS = ("pseudo", "gt")
 log = logging.getLogger("pipeline")
 
 
-def _check(cfg: Config) -> None:
-    if cfg.seg.labels not in LABELS:
-        raise ValueError(f"seg.labels must be one of {LABELS}, not '{cfg.seg.labels}'")
-    if cfg.seg.cache_features and cfg.seg.encoder_lr_scale != 0:
-        raise ValueError("seg.cache_features needs a frozen encoder (seg.encoder_lr_scale=0)")
-
-
 def OUTPUT(cfg: Config) -> str:
-    _check(cfg)
     return "segmenter" if cfg.seg.labels == "pseudo" else "segmenter-gt"
 
 
 def UPSTREAM(cfg: Config) -> list[str]:
-    _check(cfg)
     upstream = ["pseudo"] if cfg.seg.labels == "pseudo" else ["data"]
     if cfg.seg.encoder_weights == "classifier":
         upstream.append("train-cls")
@@ -128,7 +118,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
         dataset, trained = EncodedSet(model.encoder, voc, read_target), DecoderOnly(model)
         log.info("train-seg: frozen encoder's features cached once (%.0f MiB)", dataset.nbytes() / 2 ** 20)
     else:
-        dataset, trained = SegmentationSet(voc, read_target, train_transform(cfg.seg.crop_size)), model
+        dataset, trained = SegmentationSet(voc, read_target, train_transform(crop_size(voc, cfg.seg.crop_size))), model
     spec = TrainSpec(cfg.seg.epochs, cfg.seg.batch_size, cfg.seg.lr, cfg.seg.weight_decay,
                      cfg.seg.max_minutes, cfg.seg.workers, cfg.seed, samples=cfg.seg.samples)
     config = to_dict(cfg)
