@@ -14,7 +14,7 @@ export FASHION_MNIST_DIR
 
 .DEFAULT_GOAL := all
 .PHONY: all help install fashion-mnist data train-cls cams eval-cams compare-cams pseudo eval-pseudo train-seg \
-        eval-seg upper-bound report quick test bench bench-speed bench-cam bench-crf label clean
+        eval-seg upper-bound report quick test test-fast bench bench-speed bench-cam bench-crf label clean
 
 all: install fashion-mnist ## set up and run every stage (upper bound included) on CONFIG in one process, then print where the report is
 	$(STAGE) all $(STAGE_ARGS)
@@ -74,6 +74,9 @@ quick: ## the whole pipeline on configs/quick.yaml (a few minutes)
 
 test: install ## run the test suite (offline, CPU only, no dataset needed)
 	HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest
+
+test-fast: install ## the test suite without the tests marked slow (end to end, subprocesses, torchrun)
+	HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -m "not slow"
 
 bench: install fashion-mnist ## the whole pipeline at 3 seeds (mean, std, worst seed), then the grid on seed 0 -> bench/out/
 	HF_HUB_OFFLINE=1 $(PY) bench/seeds.py --config $(CONFIG) --run $(RUN) $(ARGS)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import load_config
+from pipeline.label import run_config
 from pipeline.data.shapes import shapes_scene
 from pipeline.data.voc import open_split
 from pipeline.stages.cams import cam_path, load_cams
@@ -31,7 +32,7 @@ SETTINGS = load_config(ROOT / "configs/default.yaml").pseudo
 
 def run_inputs(run_dir: Path) -> list[tuple]:
     """(image, seeds, classes) of the run's first train scenes."""
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = run_config(run_dir, [])
     voc = open_split(cfg.data, "train")
     return [(voc.image(i), *load_cams(cam_path(run_dir / "cams", i))) for i in voc.ids[:IMAGES]]
 

@@ -1,7 +1,7 @@
 """Command line: `python -m pipeline <stage> --config FILE [key=value ...]` (stage `all`: every
 stage and the upper bound in one process), and
 `python -m pipeline label --images DIR [--labels CSV] --run RUN --out DIR [key=value ...]`
-(the run's own config.yaml, with the overrides)."""
+(the settings the run's seeds and pseudo-masks were made with, then the overrides)."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, load_config
 from pipeline.data.voc import DataError
-from pipeline.label import label_folder
+from pipeline.label import label_folder, run_config
 from pipeline.runs import StageError
 from pipeline.stages import STAGES, execute, execute_all
 
@@ -26,7 +26,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     label = parser.add_argument_group("label: pseudo-label a folder of new images with a trained run")
     label.add_argument("--images", type=Path, help="folder of images to label")
     label.add_argument("--labels", type=Path, help="optional CSV 'image,labels' (labels separated by ';')")
-    label.add_argument("--run", type=Path, help="run folder with classifier/model.pt and config.yaml")
+    label.add_argument("--run", type=Path, help="a run folder with classifier/model.pt")
     label.add_argument("--out", type=Path, help="folder for masks, overlays, labels.csv, summary.json")
     args = parser.parse_intermixed_args(argv)
     if args.stage == "label" and None in (args.images, args.run, args.out):
@@ -40,15 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = parse(sys.argv[1:] if argv is None else argv)
     try:
-        config = args.run / "config.yaml" if args.stage == "label" else args.config
-        cfg = load_config(config, args.overrides)
+        cfg = (run_config(args.run, args.overrides) if args.stage == "label"
+               else load_config(args.config, args.overrides))
         if cfg.threads > 0:
             import torch
             torch.set_num_threads(cfg.threads)
         if args.stage == "label":
             return 1 if label_folder(cfg, args.run, args.images, args.labels, args.out)["failed"] else 0
         if args.stage == "all":
-            execute_all(cfg, load_config(config, [*args.overrides, "seg.labels=gt"]), force=args.force)
+            execute_all(cfg, load_config(args.config, [*args.overrides, "seg.labels=gt"]), force=args.force)
         else:
             execute(args.stage, cfg, force=args.force)
     except (ConfigError, StageError, DataError) as error:

@@ -239,11 +239,17 @@ def _merge_file(merged: Any, path: Path, seen: tuple[Path, ...] = ()) -> Any:
         raise _one_line(error, str(path)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Schema defaults, then the YAML file (after the files its `base` names), then `key=value`
-    overrides; returns a typed Config."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                recorded: dict | None = None) -> Config:
+    """Schema defaults, then `recorded` settings (a run's, as `to_dict` stored them), then the YAML
+    file (after the files its `base` names), then `key=value` overrides; returns a typed Config."""
     merged = OmegaConf.structured(Config)
     OmegaConf.set_struct(merged, True)
+    if recorded is not None:
+        try:
+            merged = OmegaConf.merge(merged, recorded)
+        except OmegaConfBaseException as error:
+            raise _one_line(error, "recorded settings") from None
     if path is not None:
         merged = _merge_file(merged, Path(path))
     for item in overrides or []:
@@ -327,7 +333,3 @@ def config_hash(data: Any) -> str:
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-
-def save_yaml(cfg: Config, path: Path) -> None:
-    from pipeline.runs import write_text
-    write_text(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)))

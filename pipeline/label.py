@@ -30,14 +30,15 @@ import torch
 from PIL import Image
 
 from pipeline import distributed
-from pipeline.config import Config, PseudoConfig, config_hash, to_dict
+from pipeline.config import Config, PseudoConfig, config_hash, load_config, to_dict
 from pipeline.data.folder import LabelledImage, image_id, read_labels_csv
 from pipeline.data.transforms import normalised_batch
 from pipeline.data.voc import IGNORE, IMAGE_SUFFIXES, PALETTE, DataError, read_image, save_mask
-from pipeline.runs import StageError, progress, read_json, write_json, write_text, write_with
+from pipeline.runs import StageError, load_manifest, progress, read_json, write_json, write_text, write_with
 from pipeline.stages import cams as cams_stage
 from pipeline.stages import pseudo as pseudo_stage
 from pipeline.stages.train_cls import load_classifier
+from pipeline.train import load_checkpoint
 
 log = logging.getLogger("pipeline")
 
@@ -207,6 +208,30 @@ def write_summary(out: Path, items: list[LabelledImage], failed: list[dict], wri
     return summary
 
 
+def classifier_checkpoint(run_dir: Path) -> Path:
+    checkpoint = Path(run_dir) / "classifier" / "model.pt"
+    if not checkpoint.is_file():
+        raise StageError(f"{checkpoint}: no trained classifier; run train-cls for this run first")
+    return checkpoint
+
+
+# The stages whose settings make a label command's masks, and the config section each recorded.
+MADE_BY = {"cams": "cam", "pseudo": "pseudo"}
+
+
+def run_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The settings a run's seeds and pseudo-masks were made with: the config stored in its
+    classifier's checkpoint, with the `cam` and `pseudo` sections of its cams and pseudo
+    manifests where those stages ran, then `overrides`. A later command that failed or ran
+    with other overrides changes neither."""
+    recorded = load_checkpoint(classifier_checkpoint(run_dir))["config"]
+    for folder, section in MADE_BY.items():
+        manifest = load_manifest(Path(run_dir) / folder)
+        if manifest is not None:
+            recorded[section] = {**recorded[section], **manifest["config"]}
+    return load_config(None, [f"run_dir={run_dir}", *overrides], recorded=recorded)
+
+
 def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path | None, out: Path) -> dict:
     """Pseudo-label every image of `images_dir` not done yet in `out`; returns the summary.
 
@@ -215,9 +240,7 @@ def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path 
     returns the summary, the other ranks only what failed and how many were written.
     """
     distributed.init(cfg.device)
-    checkpoint = run_dir / "classifier" / "model.pt"
-    if not checkpoint.is_file():
-        raise StageError(f"{checkpoint}: no trained classifier; run train-cls for this run first")
+    classifier_checkpoint(run_dir)
     model, state = load_classifier(run_dir)
     class_names = list(state["class_names"])
     items = listed_images(images_dir, labels_csv, class_names)

@@ -25,6 +25,8 @@ from pipeline.stages import execute, stage_hash
 from pipeline.stages import pseudo as pseudo_stage
 from pipeline.stages.train_cls import load_classifier
 
+pytestmark = pytest.mark.slow  # torchrun with 2 processes: `make test-fast` leaves it out
+
 MANIFEST_KEYS = {"stage", "hash", "config", "upstream", "seconds", "peak_rss_mib", "git_commit",
                  "packages", "metrics"}
 

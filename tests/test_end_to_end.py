@@ -25,6 +25,8 @@ from pipeline.runs import MANIFEST, STARTED, load_manifest, read_json
 from pipeline.stages import execute, execute_all, train_seg
 from pipeline.stages.pseudo import crf_settings
 
+pytestmark = pytest.mark.slow  # every stage on a small dataset: `make test-fast` leaves it out
+
 STAGES = ["data", "train-cls", "cams", "eval-cams", "compare-cams", "pseudo", "eval-pseudo", "train-seg",
           "eval-seg"]
 FOLDERS = {"data": "data", "train-cls": "classifier", "cams": "cams", "eval-cams": "eval/cams",

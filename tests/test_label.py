@@ -16,6 +16,7 @@ from PIL import Image
 from pipeline import distributed
 from pipeline.cli import main, parse
 from pipeline.config import load_config
+from pipeline.label import run_config
 from pipeline.data.folder import FolderDataset, read_labels_csv
 from pipeline.data.shapes import SHAPES, shapes_scene
 from pipeline.data.transforms import normalised_batch
@@ -36,14 +37,14 @@ ODD = [("rgb.png", "RGB", (32, 32)), ("grey.png", "L", (40, 36)), ("rgba.png", "
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("label-run")
     torch.manual_seed(0)
-    cfg = load_config(None, [
-        f"run_dir={tmp}/run", "data.name=shapes", f"data.root={tmp}/data", "data.image_size=32",
-        "data.n_train=48", "data.n_val=16", "cls.split=train", "cls.crop_size=32", "cls.epochs=3",
-        "cls.batch_size=16", "cam.layers=[layer3,layer4]", "pseudo.workers=1"])
+    overrides = ["data.name=shapes", f"data.root={tmp}/data", "data.image_size=32", "data.n_train=48",
+                 "data.n_val=16", "cls.split=train", "cls.crop_size=32", "cls.epochs=3",
+                 "cls.batch_size=16", "cam.layers=[layer3,layer4]", "pseudo.workers=1"]
+    cfg = load_config(None, [f"run_dir={tmp}/run", *overrides])
     execute("data", cfg)
     execute("train-cls", cfg)
     model, _ = load_classifier(tmp / "run")
-    return {"dir": tmp / "run", "data": tmp / "data", "model": model}
+    return {"dir": tmp / "run", "data": tmp / "data", "model": model, "cfg": cfg, "overrides": overrides}
 
 
 def save_in_mode(image: np.ndarray, mode: str, path) -> None:
@@ -141,7 +142,7 @@ def test_label_with_csv_uses_its_classes(run, odd_folder, tmp_path):
     assert label(run, folder, out, "--labels", str(tmp_path / "labels.csv")) == 0
     summary = read_json(out / "summary.json")
     assert summary["written"] == len(ODD) and summary["failed"] == [] and summary["no_class"] == []
-    cfg = load_config(run["dir"] / "config.yaml")
+    cfg = run["cfg"]
     for name, _, _ in ODD:
         record = summary["per_image"][name]
         assert record["labels_from"] == "csv" and record["classes"] == truth[name]
@@ -202,6 +203,32 @@ def test_bad_labels_csv_is_one_line_naming_file_and_line(run, odd_folder, tmp_pa
     assert err == (f"error: {tmp_path / 'labels.csv'}:2: unknown class 'triangle' "
                    f"(classes: square, disc, cross)")
     assert not (tmp_path / "out").exists()
+
+
+def _manifests(run_dir):
+    return {path.relative_to(run_dir): path.read_bytes() for path in run_dir.rglob("manifest.json")}
+
+
+def test_label_takes_the_settings_the_runs_seeds_were_made_with(run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(run["dir"], run_dir)
+    # Before any cams stage: the settings the classifier was trained in (its checkpoint's)
+    assert run_config(run_dir, []).cam.layers == ["layer3", "layer4"]
+    cfg = load_config(None, [*run["overrides"], f"run_dir={run_dir}", "cam.layers=[layer4]",
+                             "cam.splits=[val]", "pseudo.fg_threshold_high=0.4"])
+    execute("cams", cfg)
+    settled = _manifests(run_dir)
+    # A command that fails, and one that fails inside its stage, change no finished stage's files
+    assert main(["compare-cams", *[f"{o}" for o in run["overrides"]], f"run_dir={run_dir}",
+                 "cam.layers=[layer9]"]) == 2
+    assert main(["train-seg", *run["overrides"], f"run_dir={run_dir}"]) == 2  # no pseudo stage yet
+    capsys.readouterr()
+    assert _manifests(run_dir) == settled and not (run_dir / "config.yaml").exists()
+    labelled = run_config(run_dir, ["pseudo.workers=1"])
+    assert labelled.cam.layers == ["layer4"]  # the cams manifest's, not the classifier's
+    # no pseudo stage ran: its settings are the classifier's, not the cams command's
+    assert labelled.pseudo.fg_threshold_high == run["cfg"].pseudo.fg_threshold_high != 0.4
+    assert labelled.pseudo.workers == 1 and labelled.run_dir == str(run_dir)
 
 
 def test_label_needs_images_run_and_out():

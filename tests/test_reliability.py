@@ -32,6 +32,8 @@ from pipeline.stages import STAGES, execute, stage_folder
 from pipeline.stages.train_seg import load_segmenter
 from pipeline.train import save_checkpoint
 
+pytestmark = pytest.mark.slow  # stages killed and rerun as subprocesses: `make test-fast` leaves it out
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [f"train_{i:05d}" for i in range(16)]
 VAL = [f"val_{i:05d}" for i in range(8)]

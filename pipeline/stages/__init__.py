@@ -6,7 +6,8 @@ A stage module defines:
   SECTION(cfg) -> dict        the config it depends on (beyond what upstream manifests cover)
   run(cfg, out, run_dir) -> dict of metrics
 
-Under torchrun, rank 0 alone prepares a stage's folder and writes its manifest. The trainings run
+Under torchrun, rank 0 alone prepares a stage's folder and writes its manifest. The manifests
+(and the checkpoints, which hold the whole config) are the run's record of its settings. The trainings run
 on every rank (DistributedDataParallel; rank 0 writes the checkpoints), the per-image stages on
 every rank, each writing the files of its shard of the images; every other stage runs on rank 0
 while the other ranks wait.
@@ -18,7 +19,7 @@ import logging
 from pathlib import Path
 
 from pipeline import distributed, runs
-from pipeline.config import Config, config_hash, save_yaml
+from pipeline.config import Config, config_hash
 
 log = logging.getLogger("pipeline")
 
@@ -88,7 +89,6 @@ def execute(name: str, cfg: Config, force: bool = False) -> dict:
         return runs.load_manifest(folder)
     if distributed.is_main():
         runs.prepare(folder, digest)
-        save_yaml(cfg, Path(cfg.run_dir) / "config.yaml")
         log.info("%s: running -> %s", name, folder)
     distributed.barrier()  # no rank reads the folder while rank 0 may still be emptying it
     runs.reset_peak_rss()
