@@ -170,6 +170,9 @@ class LabelConfig:
     # `python -m pipeline label` without a labels CSV: an image's classes are those whose sigmoid
     # score exceeds this (a score is 0.5 where the logit is 0, the decision boundary BCE trains).
     score_threshold: float = 0.5
+    # Images whose longer side exceeds this are labelled at this size and their masks written at
+    # the image's own size; 0 = 8 x the classifier's training size (512 px for 64 px scenes).
+    max_side: int = 0
 
 
 @dataclass

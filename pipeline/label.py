@@ -46,6 +46,9 @@ COLOURS = np.array(PALETTE, np.uint8).reshape(256, 3)
 OVERLAY_ALPHA = 0.5
 IN_FLIGHT_PER_WORKER = 4  # images queued per CRF worker: enough to keep it busy, few in memory
 SETTINGS = "settings.json"
+# Without label.max_side, images are labelled at up to this many times the classifier's training
+# size: its filters were learnt at that scale, and memory must not follow a phone photo's pixels.
+MAX_SIDE_PER_TRAINING_SIZE = 8
 
 
 @dataclass
@@ -53,10 +56,11 @@ class Job:
     """One image's work for a CRF worker."""
     item: LabelledImage
     name: str  # the image's path relative to the folder, as reports show it
-    image: np.ndarray
+    image: np.ndarray  # at the working size (`working_size`), where seeds and CRF run
     cams: np.ndarray  # [K, H, W] unnormalised fused seeds of `classes`
     classes: np.ndarray
     scores: np.ndarray  # the classifier's sigmoid score of every class
+    full_size: tuple[int, int]  # the image file's (height, width): the mask is written at it
 
 
 def output_path(out: Path, kind: str, image_key: str) -> Path:
@@ -105,13 +109,29 @@ def claim_output(out: Path, digest: str) -> None:
         write_json(path, {"hash": digest})
 
 
-def readable(items: Iterable[LabelledImage], images_dir: Path,
-             failed: list[dict]) -> Iterator[tuple[LabelledImage, str, np.ndarray]]:
-    """(item, name, uint8 RGB image) for every item that reads; the others go to `failed`."""
+def working_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """(height, width) scaled so the longer side is at most `max_side`, aspect kept."""
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def at_working_size(image: np.ndarray, max_side: int) -> np.ndarray:
+    height, width = working_size(*image.shape[:2], max_side)
+    if (height, width) == image.shape[:2]:
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def readable(items: Iterable[LabelledImage], images_dir: Path, failed: list[dict],
+             max_side: int) -> Iterator[tuple[LabelledImage, str, tuple[int, int], np.ndarray]]:
+    """(item, name, full (height, width), uint8 RGB image at most `max_side` px) for every item
+    that reads; the others go to `failed`. The full-size pixels are dropped at once, so memory
+    follows the working size, not the photo's."""
     for item in items:
         name = item.path.relative_to(images_dir).as_posix()
         try:
-            yield item, name, read_image(item.path)
+            image = read_image(item.path)
+            yield item, name, image.shape[:2], at_working_size(image, max_side)
         except DataError as error:
             log.warning("skipped: %s", error)
             failed.append({"image": name, "error": str(error)})
@@ -138,7 +158,7 @@ def class_scores(model: torch.nn.Module, images: list[np.ndarray]) -> np.ndarray
 def seeded_jobs(model: torch.nn.Module, cfg: Config, head, batches: Iterable[list[tuple]]) -> Iterator[Job]:
     """Labels (the CSV's, else scores above the threshold) and seeds of each image."""
     for batch in batches:
-        items, names, images = zip(*batch)
+        items, names, full_sizes, images = zip(*batch)
         scores = class_scores(model, list(images))
         label_sets = [item.classes if item.classes is not None
                       else np.flatnonzero(row > cfg.label.score_threshold)
@@ -149,7 +169,7 @@ def seeded_jobs(model: torch.nn.Module, cfg: Config, head, batches: Iterable[lis
         seeds = dict(zip(seeded, maps))
         for row, item in enumerate(items):
             cams = seeds[row] if row in seeds else np.zeros((0, *images[row].shape[:2]), np.float32)
-            yield Job(item, names[row], images[row], cams, label_sets[row], scores[row])
+            yield Job(item, names[row], images[row], cams, label_sets[row], scores[row], full_sizes[row])
 
 
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -164,8 +184,13 @@ def write_outputs(job: Job, settings: PseudoConfig, class_names: list[str], out:
         mask = pseudo_stage.pseudo_mask(settings, job.image, job.cams, job.classes)
     else:
         mask = np.zeros(job.image.shape[:2], np.uint8)
+    image = job.image
+    if mask.shape != job.full_size:  # labelled smaller: the mask goes back to the photo's size
+        height, width = job.full_size
+        mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
+        image = read_image(job.item.path)
     save_mask(output_path(out, "masks", job.item.id), mask)
-    picture = Image.fromarray(overlay(job.image, mask))
+    picture = Image.fromarray(overlay(image, mask))
     write_with(output_path(out, "overlays", job.item.id), lambda tmp: picture.save(tmp, format="PNG"))
     write_json(output_path(out, "records", job.item.id), {
         "image": job.name, "id": job.item.id,
@@ -208,6 +233,11 @@ def write_summary(out: Path, items: list[LabelledImage], failed: list[dict], wri
     return summary
 
 
+def training_size(state: dict) -> int:
+    """The classifier's training image size: recorded in its checkpoint, else its crop size."""
+    return state.get("train_size") or state["config"]["cls"]["crop_size"]
+
+
 def classifier_checkpoint(run_dir: Path) -> Path:
     checkpoint = Path(run_dir) / "classifier" / "model.pt"
     if not checkpoint.is_file():
@@ -248,7 +278,8 @@ def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path 
     todo = [item for item in distributed.shard(items) if not output_path(out, "records", item.id).is_file()]
     workers = cfg.pseudo.workers or os.cpu_count() or 1
     failed: list[dict] = []
-    batches = same_size_batches(readable(todo, images_dir, failed), cfg.cam.batch_size)
+    max_side = cfg.label.max_side or MAX_SIDE_PER_TRAINING_SIZE * training_size(state)
+    batches = same_size_batches(readable(todo, images_dir, failed, max_side), cfg.cam.batch_size)
     written = 0
     with get_context("fork").Pool(workers) as pool:
         model.to(distributed.device(cfg.device))  # after the fork: no CRF worker inherits a CUDA context

@@ -153,6 +153,26 @@ def test_label_with_csv_uses_its_classes(run, odd_folder, tmp_path):
         np.testing.assert_array_equal(mask, pseudo_mask(cfg.pseudo, image, seeds, classes))
 
 
+def test_a_large_image_is_labelled_at_the_working_size_and_written_at_its_own(run, tmp_path):
+    folder = tmp_path / "big"
+    folder.mkdir()
+    image, labels = shapes_scene(np.random.default_rng(11), 48)
+    big = np.asarray(Image.fromarray(image).resize((150, 120), Image.NEAREST))
+    Image.fromarray(big).save(folder / "big.png")
+    classes = [SHAPES[c - 1] for c in np.unique(labels) if c > 0]
+    (tmp_path / "labels.csv").write_text(f"big.png,{';'.join(classes)}\n")
+    out = tmp_path / "out"
+    assert label(run, folder, out, "--labels", str(tmp_path / "labels.csv"), "label.max_side=50") == 0
+    mask = check_outputs(out, folder, "big.png", classes)  # the photo's own 150 x 120
+    # what the run's seeds and pseudo-mask settings give at 50 x 40, upsampled by nearest
+    small = np.asarray(Image.fromarray(big).resize((50, 40), Image.BILINEAR))
+    ids = np.array([SHAPES.index(c) for c in classes])
+    seeds = seed_batch(run["model"], [small], [ids], run["cfg"])[0]
+    expected = Image.fromarray(pseudo_mask(run["cfg"].pseudo, small, seeds, ids)).resize((150, 120),
+                                                                                       Image.NEAREST)
+    np.testing.assert_array_equal(mask, np.asarray(expected))
+
+
 def test_corrupt_files_are_reported_skipped_and_retried(run, odd_folder, tmp_path, caplog):
     folder = tmp_path / "images"
     shutil.copytree(odd_folder[0], folder)

@@ -88,7 +88,8 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     model = build_classifier(cfg.cls.arch, train.num_classes, cfg.cls.last_stride, cfg.cls.weights)
     config = to_dict(cfg)
     pretrained = pretrain(cfg, model, out, config) if cfg.cls.pretrain_split else None
-    dataset = ClassificationSet(train, labels, train_transform(crop_size(train, cfg.cls.crop_size)))
+    train_size = crop_size(train, cfg.cls.crop_size)
+    dataset = ClassificationSet(train, labels, train_transform(train_size))
     spec = TrainSpec(cfg.cls.epochs, cfg.cls.batch_size, cfg.cls.lr, cfg.cls.weight_decay,
                      cfg.cls.max_minutes, cfg.cls.workers, cfg.seed, WARMUP, cfg.cls.samples)
     history = fit(model, dataset, F.binary_cross_entropy_with_logits, spec, out / "last.pt", config,
@@ -98,7 +99,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     val_map, per_class = mean_average_precision(predict_scores(model, val), val.label_matrix())
     save_checkpoint(out / "model.pt", {
         "model": model.state_dict(), "arch": cfg.cls.arch, "last_stride": cfg.cls.last_stride,
-        "class_names": train.class_names, "config": config})
+        "class_names": train.class_names, "train_size": train_size, "config": config})
     for partial in ("pretrain.pt", "last.pt"):
         (out / partial).unlink(missing_ok=True)
     return {**history, "pretrain": pretrained, "val_map": round(val_map, 4),
