@@ -37,7 +37,6 @@ from pipeline.stages.pseudo import pseudo_mask  # noqa: E402
 from pipeline.stages.train_cls import load_classifier  # noqa: E402
 from bench_out import save  # noqa: E402
 
-METHODS = ["cam", "gradcam", "gradcam++"]
 LAYER_SETS = [["layer4"], ["layer3"], ["layer3", "layer4"], ["layer2", "layer3", "layer4"]]
 
 
@@ -86,7 +85,7 @@ def main() -> None:
     grid, n = thresholds(cfg), voc.num_classes + 1
     rows = []
     with get_context("fork").Pool(args.workers) as pool:
-        for method in METHODS:
+        for method in cfg.eval.compare_methods:
             for layers in LAYER_SETS:
                 head = cam_head(model, cfg, layers) if method == "cam" else cfg.cam.head
                 maps, cam_seconds = seeds(model, cfg, voc, ids, method, layers, head)

@@ -80,7 +80,7 @@ class ClsConfig:
 @dataclass
 class CamConfig:
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
-    method: str = "gradcam"  # "cam", "gradcam" or "gradcam++"
+    method: str = "gradcam"  # "cam", "gradcam", "gradcam++", "xgradcam", "hirescam" or "layercam"
     layers: list[str] = field(default_factory=lambda: ["layer4"])
     fuse: str = "max"  # across layers, after each layer's maps are max-normalised: "max" or "mean"
     # Test-time augmentation: raw maps at these input scales (1.0 must be one) and, with `flip`,
@@ -104,7 +104,8 @@ class EvalConfig:
     sweep_step: float = 0.01
     # Side-by-side comparison of methods and layer sets (one trained classifier, the configured
     # scales, flip and fusion) on the first `compare_images` images of the split; 0 skips it.
-    compare_methods: list[str] = field(default_factory=lambda: ["cam", "gradcam", "gradcam++"])
+    compare_methods: list[str] = field(default_factory=lambda: [
+        "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"])
     compare_layer_sets: list[list[str]] = field(default_factory=lambda: [
         ["layer4"], ["layer3"], ["layer2"], ["layer3", "layer4"], ["layer2", "layer3"],
         ["layer2", "layer3", "layer4"]])

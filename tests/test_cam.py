@@ -88,10 +88,31 @@ def logit_scores(classes):
     return score_of
 
 
-REFERENCES = {"gradcam": ref_gradcam, "gradcam++": ref_gradcam_pp}
+def ref_xgradcam(act, grad):
+    """Fu et al. 2020: w_k = sum_ij (A_k,ij / sum_ab A_k,ab) g_k,ij, channel by channel."""
+    maps = torch.zeros(act.shape[1:])
+    for k in range(act.shape[0]):
+        total = act[k].sum()
+        if total != 0:
+            maps += (act[k] / total * grad[k]).sum() * act[k]
+    return F.relu(maps)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def ref_hirescam(act, grad):
+    """Draelos & Carin 2020: the gradient times the activation at each position, summed over channels."""
+    return F.relu(sum(grad[k] * act[k] for k in range(act.shape[0])))
+
+
+def ref_layercam(act, grad):
+    """Jiang et al. 2021: the positive gradient times the activation at each position."""
+    return F.relu(sum(F.relu(grad[k]) * act[k] for k in range(act.shape[0])))
+
+
+REFERENCES = {"gradcam": ref_gradcam, "gradcam++": ref_gradcam_pp, "xgradcam": ref_xgradcam,
+              "hirescam": ref_hirescam, "layercam": ref_layercam}
+
+
+@pytest.mark.parametrize("method", list(REFERENCES))
 def test_gradient_methods_match_direct_autograd(net, images, method):
     maps = compute_cams(net, images, ["block1", "block2"], method, CLASSES)
     assert set(maps) == {"block1", "block2"}
@@ -328,6 +349,42 @@ def test_agrees_with_pytorch_grad_cam_on_resnet18(method):
         up = F.interpolate(torch.from_numpy(_minmax(raw))[None, None], size=(128, 128),
                            mode="bilinear", align_corners=False)[0, 0].numpy()
         np.testing.assert_allclose(_minmax(up), theirs[n], atol=2e-3)
+
+
+def _pytorch_grad_cam_maps(method, model, x, layer, classes):
+    """pytorch-grad-cam's maps [N, H, W] of `classes[n]` for image n, from one layer."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    oracle_type = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM,
+                   "hirescam": pgc.HiResCAM, "layercam": pgc.LayerCAM}[method]
+    with oracle_type(model=model, target_layers=[dict(model.named_modules())[layer]]) as oracle:
+        return oracle(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
+
+
+@pytest.mark.parametrize("method", ["xgradcam", "hirescam", "layercam", "gradcam", "gradcam++"])
+def test_every_gradient_method_agrees_with_pytorch_grad_cam_for_several_layers_and_classes(method):
+    pytest.importorskip("cv2")
+    import torchvision
+
+    torch.manual_seed(1)
+    model = torchvision.models.resnet18(weights=None, num_classes=5).eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(1000.0)  # as above: their Grad-CAM++ eps must not matter
+    x = torch.randn(2, 3, 128, 128)
+    classes = torch.tensor([[3, 0], [1, 4]])  # K = 2 targets per image, one backward for all
+    layers = ["layer2", "layer3", "layer4.0"]
+    ours = compute_cams(model, x, layers, method, classes)
+    nonzero = 0
+    for layer in layers:
+        for k in range(2):
+            theirs = _pytorch_grad_cam_maps(method, model, x, layer, classes[:, k].tolist())
+            for n in range(2):
+                raw = ours[layer][n, k].numpy()
+                nonzero += int(raw.max() > 0)  # a random network may give a class no positive map
+                up = F.interpolate(torch.from_numpy(_minmax(raw))[None, None], size=(128, 128),
+                                   mode="bilinear", align_corners=False)[0, 0].numpy()
+                np.testing.assert_allclose(_minmax(up), theirs[n], atol=2e-3, err_msg=f"{method} {layer}")
+    assert nonzero >= 10  # of 12: the comparison is between real maps
 
 
 # ------------------------------------------------------------- test-time augmentation, CAM heads

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-METHODS = ("cam", "gradcam", "gradcam++")
+METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
 FUSIONS = ("max", "mean")
 
 
@@ -49,7 +49,28 @@ def gradcam_pp_weights(grads: torch.Tensor, activations: torch.Tensor) -> torch.
     return (alpha * F.relu(grads)).sum(dim=(-2, -1))
 
 
-GRADIENT_WEIGHTS = {"gradcam": gradcam_weights, "gradcam++": gradcam_pp_weights}
+def xgradcam_weights(grads: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """XGrad-CAM (Fu et al. 2020): w_k = sum_ij (A^k_ij / sum_ab A^k_ab) g^k_ij; 0 for a channel
+    whose activations are all zero."""
+    total = activations.sum(dim=(-2, -1), keepdim=True)
+    safe = torch.where(total != 0, total, torch.ones_like(total))
+    return (activations / safe * grads).sum(dim=(-2, -1))
+
+
+def hirescam_pixel_weights(grads: torch.Tensor) -> torch.Tensor:
+    """HiResCAM (Draelos & Carin 2020): M = ReLU(sum_k g^k * A^k), element-wise, no averaging."""
+    return grads
+
+
+def layercam_pixel_weights(grads: torch.Tensor) -> torch.Tensor:
+    """LayerCAM (Jiang et al. 2021): M = ReLU(sum_k ReLU(g^k) * A^k), element-wise."""
+    return F.relu(grads)
+
+
+# Methods that weigh each channel by one number, and methods that weigh every position.
+GRADIENT_WEIGHTS = {"gradcam": gradcam_weights, "gradcam++": gradcam_pp_weights,
+                    "xgradcam": xgradcam_weights}
+PIXEL_WEIGHTS = {"hirescam": hirescam_pixel_weights, "layercam": layercam_pixel_weights}
 
 
 def head_weights(head: nn.Module, classes: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
@@ -97,12 +118,14 @@ def compute_cams(model: nn.Module, images: torch.Tensor, layers: list[str], meth
         n, k = scores.shape
         one_hot = torch.eye(k, dtype=scores.dtype, device=scores.device)[:, None, :].expand(k, n, k)
         grads = torch.autograd.grad(scores, activations, grad_outputs=one_hot, is_grads_batched=True)
-    weigh = GRADIENT_WEIGHTS[method]
     maps = {}
     for name, act, grad in zip(layers, activations, grads):
         act = act.detach()
-        weights = weigh(grad, act.unsqueeze(0))  # [K, N, C]
-        maps[name] = F.relu(torch.einsum("knc,nchw->nkhw", weights, act))
+        if method in PIXEL_WEIGHTS:
+            combined = torch.einsum("knchw,nchw->nkhw", PIXEL_WEIGHTS[method](grad), act)
+        else:
+            combined = torch.einsum("knc,nchw->nkhw", GRADIENT_WEIGHTS[method](grad, act.unsqueeze(0)), act)
+        maps[name] = F.relu(combined)
     return maps
 
 
