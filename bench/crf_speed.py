@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import load_config
-from pipeline.label import run_config
+from pipeline.data import open_split
 from pipeline.data.shapes import shapes_scene
-from pipeline.data.voc import open_split
+from pipeline.label import run_config
 from pipeline.stages.cams import cam_path, load_cams
 from pipeline.stages.pseudo import pseudo_mask
 from bench_out import save

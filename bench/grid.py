@@ -26,8 +26,8 @@ import torch  # noqa: E402
 
 from pipeline.cam import fuse_layers, normalise_max  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
+from pipeline.data import open_split  # noqa: E402
 from pipeline.data.transforms import image_batches, normalised_batch  # noqa: E402
-from pipeline.data.voc import open_split  # noqa: E402
 from pipeline.metrics import PseudoTally, sweep_confusions  # noqa: E402
 from pipeline.runs import git_commit  # noqa: E402
 from pipeline.stages.cams import cam_head, layer_batch  # noqa: E402

@@ -20,8 +20,8 @@ from torch.nn import functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from pipeline.config import load_config  # noqa: E402
+from pipeline.data import open_split  # noqa: E402
 from pipeline.data.transforms import ClassificationSet, SegmentationSet, train_transform  # noqa: E402
-from pipeline.data.voc import open_split  # noqa: E402
 from pipeline.models.classifier import build_classifier  # noqa: E402
 from pipeline.models.frozen import DecoderOnly, EncodedSet  # noqa: E402
 from pipeline.models.segmenter import build_segmenter  # noqa: E402

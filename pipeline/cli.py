@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, load_config
-from pipeline.data.voc import DataError
+from pipeline.data.images import DataError
 from pipeline.label import label_folder, run_config
 from pipeline.runs import StageError
 from pipeline.stages import STAGES, execute, execute_all

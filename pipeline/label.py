@@ -32,11 +32,10 @@ from PIL import Image
 from pipeline import distributed
 from pipeline.config import Config, PseudoConfig, config_hash, load_config, to_dict
 from pipeline.data.folder import LabelledImage, image_id, read_labels_csv
+from pipeline.data.images import IGNORE, IMAGE_SUFFIXES, PALETTE, DataError, read_image, save_mask
 from pipeline.data.transforms import normalised_batch
-from pipeline.data.voc import IGNORE, IMAGE_SUFFIXES, PALETTE, DataError, read_image, save_mask
 from pipeline.runs import StageError, load_manifest, progress, read_json, write_json, write_text, write_with
-from pipeline.stages import cams as cams_stage
-from pipeline.stages import pseudo as pseudo_stage
+from pipeline.stages import cams as cams_stage, pseudo as pseudo_stage
 from pipeline.stages.train_cls import load_classifier
 from pipeline.train import load_checkpoint
 

@@ -15,8 +15,9 @@ import torch
 
 from pipeline.cam import fuse_layers
 from pipeline.config import config_hash, load_config, to_dict
+from pipeline.data.images import read_mask
 from pipeline.data.transforms import normalised_batch
-from pipeline.data.voc import VocDataset, read_mask
+from pipeline.data.voc import VocDataset
 from pipeline.metrics import confusion, iou_per_class, mean_iou
 from pipeline.models.segmenter import predict_probs
 from pipeline.refine.crf import dense_crf

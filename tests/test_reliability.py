@@ -25,7 +25,7 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.data.voc import read_mask, save_mask
+from pipeline.data.images import read_mask, save_mask
 from pipeline.models.segmenter import build_segmenter
 from pipeline.runs import MANIFEST, STARTED, StageError, finish, load_manifest, read_json
 from pipeline.stages import STAGES, execute, stage_folder

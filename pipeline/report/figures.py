@@ -11,7 +11,8 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from pipeline.config import Config  # noqa: E402
-from pipeline.data.voc import IGNORE, PALETTE, open_split, read_mask  # noqa: E402
+from pipeline.data import open_split  # noqa: E402
+from pipeline.data.images import IGNORE, PALETTE, read_mask  # noqa: E402
 from pipeline.runs import write_with  # noqa: E402
 
 COLOURS = np.array(PALETTE, np.uint8).reshape(256, 3)

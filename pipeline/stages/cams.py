@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.cam import augmented_cams, fit_cam_heads, fuse_layers
 from pipeline import distributed
+from pipeline.cam import augmented_cams, fit_cam_heads, fuse_layers
 from pipeline.config import CamConfig, Config, to_dict
+from pipeline.data import open_split
+from pipeline.data.images import skipping
 from pipeline.data.transforms import image_batches, normalised_batch
-from pipeline.data.voc import open_split, skipping
 from pipeline.runs import progress, write_bytes
 from pipeline.stages.train_cls import load_classifier
 

@@ -14,8 +14,8 @@ import numpy as np
 from pipeline import distributed
 from pipeline.cam import fuse_layers, normalise_max
 from pipeline.config import Config, to_dict
+from pipeline.data import open_split
 from pipeline.data.transforms import image_batches, normalised_batch
-from pipeline.data.voc import open_split
 from pipeline.metrics import mean_iou, sweep_confusions
 from pipeline.runs import progress, write_json
 from pipeline.stages.cams import cam_head, layer_batch

@@ -11,7 +11,8 @@ import numpy as np
 
 from pipeline.cam import normalise_max
 from pipeline.config import Config, to_dict
-from pipeline.data.voc import open_split, skipping
+from pipeline.data import open_split
+from pipeline.data.images import skipping
 from pipeline.metrics import confusion, iou_per_class, mean_iou, sweep_confusions
 from pipeline.runs import progress, write_json
 from pipeline.stages.cams import cam_path, load_cams

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Config
+from pipeline.data import open_split
+from pipeline.data.images import save_mask, skipping
 from pipeline.data.transforms import image_batches, normalised_batch
-from pipeline.data.voc import open_split, save_mask, skipping
 from pipeline.metrics import confusion, iou_per_class, mean_iou
 from pipeline.models.segmenter import predict_probs
 from pipeline.refine.crf import dense_crf

@@ -14,10 +14,11 @@ import numpy as np
 
 from pipeline import distributed
 from pipeline.config import Config, PseudoConfig, to_dict
-from pipeline.data.voc import DataError, open_split, read_image, save_mask, skipping
+from pipeline.data import open_split
+from pipeline.data.images import DataError, read_image, save_mask, skipping
 from pipeline.refine.pseudo import confident_mask
-from pipeline.stages.cams import cam_path, load_cams
 from pipeline.runs import progress
+from pipeline.stages.cams import cam_path, load_cams
 
 
 def OUTPUT(cfg: Config) -> str:

@@ -10,7 +10,8 @@ from torch.nn import functional as F
 from pipeline.config import Config, to_dict
 from pipeline.data.transforms import (ClassificationSet, crop_size, image_batches, normalised_batch,
                                        train_transform)
-from pipeline.data.voc import DataError, open_split
+from pipeline.data import open_split
+from pipeline.data.images import DataError
 from pipeline.models.classifier import build_classifier
 from pipeline.runs import check_recorded
 from pipeline.train import (TrainSpec, fit, load_checkpoint, mean_average_precision, save_checkpoint,

@@ -10,8 +10,10 @@ import torch
 from torch.nn import functional as F
 
 from pipeline.config import Config, to_dict
+from pipeline.data import open_split
+from pipeline.data.images import IGNORE, BadImages, DataError, check_fits, read_mask
 from pipeline.data.transforms import SegmentationSet, crop_size, train_transform
-from pipeline.data.voc import IGNORE, BadImages, DataError, VocDataset, check_fits, open_split, read_mask
+from pipeline.data.split import Split
 from pipeline.models.frozen import DecoderOnly, EncodedSet
 from pipeline.models.segmenter import build_segmenter, load_encoder
 from pipeline.stages.pseudo import mask_path
@@ -79,7 +81,7 @@ def param_groups(model: torch.nn.Module, lr: float, encoder_scale: float) -> lis
             {"params": decoder}]
 
 
-def check_targets(voc: VocDataset, read_target, target_path) -> np.ndarray:
+def check_targets(voc: Split, read_target, target_path) -> np.ndarray:
     """Refuse to start on a training mask that is unreadable, out of range or not its image's
     size, naming every bad one; else each label's pixel count over the split (255 not counted).
     Reads mask pixels but only the images' headers."""
