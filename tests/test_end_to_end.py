@@ -19,12 +19,13 @@ from pipeline.data.images import read_mask
 from pipeline.data.transforms import normalised_batch
 from pipeline.data.voc import VocDataset
 from pipeline.metrics import confusion, iou_per_class, mean_iou
+from pipeline.models.checkpoints import load_classifier, load_segmenter, predict_scores
 from pipeline.models.segmenter import predict_probs
 from pipeline.refine.crf import dense_crf
+from pipeline.refine.pseudo import crf_settings
 from pipeline.report.build import _fmt
 from pipeline.runs import MANIFEST, STARTED, load_manifest, read_json
-from pipeline.stages import execute, execute_all, train_seg
-from pipeline.stages.pseudo import crf_settings
+from pipeline.stages import execute, execute_all
 
 pytestmark = pytest.mark.slow  # every stage on a small dataset: `make test-fast` leaves it out
 
@@ -138,8 +139,6 @@ def _average_precision(scores, targets):
 
 
 def test_classifier_beats_chance(run):
-    from pipeline.stages.train_cls import load_classifier, predict_scores
-
     model, state = load_classifier(run["dir"])
     assert state["class_names"] == ["square", "disc", "cross"]
     val = run["val"]
@@ -241,7 +240,7 @@ def test_eval_seg_recomputed_from_predictions(run, folder, key):
 def test_eval_seg_predictions_are_flip_averaged_and_crf_refined(run):
     """Each saved prediction is the label CRF's argmax over the flip-averaged softmax."""
     cfg, voc = run["cfg"], run["val"]
-    model, _ = train_seg.load_segmenter(run["dir"] / "segmenter", cfg)
+    model, _ = load_segmenter(run["dir"] / "segmenter", cfg)
     images = [voc.image(i) for i in voc.ids]
     probs = predict_probs(model, normalised_batch(images))
     mirrored = predict_probs(model, normalised_batch([image[:, ::-1] for image in images])).flip(-1)

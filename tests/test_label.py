@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from pipeline import distributed
+from pipeline.cam.seeds import seed_batch
 from pipeline.cli import main, parse
 from pipeline.config import load_config
 from pipeline.data import open_split
@@ -23,11 +24,10 @@ from pipeline.data.shapes import SHAPES, shapes_scene
 from pipeline.data.transforms import normalised_batch
 from pipeline.data.voc import VocDataset
 from pipeline.label import run_config
+from pipeline.models.checkpoints import load_classifier
+from pipeline.refine.pseudo import pseudo_mask
 from pipeline.runs import StageError, read_json
 from pipeline.stages import execute
-from pipeline.stages.cams import seed_batch
-from pipeline.stages.pseudo import pseudo_mask
-from pipeline.stages.train_cls import load_classifier
 
 COLOURS = np.array(PALETTE, np.uint8).reshape(256, 3)
 # name, mode, (height, width): every mode the label command must read, each at its own size.

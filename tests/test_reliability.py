@@ -26,10 +26,10 @@ from PIL import Image
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.data.images import read_mask, save_mask
+from pipeline.models.checkpoints import load_segmenter
 from pipeline.models.segmenter import build_segmenter
 from pipeline.runs import MANIFEST, STARTED, StageError, finish, load_manifest, read_json
 from pipeline.stages import STAGES, execute, stage_folder
-from pipeline.stages.train_seg import load_segmenter
 from pipeline.train import save_checkpoint
 
 pytestmark = pytest.mark.slow  # stages killed and rerun as subprocesses: `make test-fast` leaves it out

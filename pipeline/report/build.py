@@ -21,7 +21,7 @@ COMPOSED_NOTE = ("The built-in benchmark's scenes are composed (Fashion-MNIST it
 
 
 def _results(run_dir: Path, folder: str) -> dict | None:
-    path = run_dir / folder / "results.json"
+    path = run_dir / folder / runs.RESULTS
     return runs.read_json(path) if path.is_file() else None
 
 

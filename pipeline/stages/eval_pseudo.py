@@ -12,10 +12,8 @@ from pipeline.config import Config
 from pipeline.data import open_split
 from pipeline.data.images import read_mask, skipping
 from pipeline.metrics import PseudoTally, iou_per_class
-from pipeline.runs import progress, write_json
-from pipeline.stages.pseudo import mask_path
-
-RESULTS = "results.json"
+from pipeline.refine.pseudo import mask_path
+from pipeline.runs import RESULTS, progress, write_json
 
 
 def OUTPUT(cfg: Config) -> str:

@@ -10,15 +10,13 @@ import time
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
-
 from pipeline import distributed
-from pipeline.config import Config, PseudoConfig, to_dict
+from pipeline.cam.seeds import cam_path, load_cams
+from pipeline.config import Config, PseudoConfig
 from pipeline.data import open_split
 from pipeline.data.images import DataError, read_image, save_mask, skipping
-from pipeline.refine.pseudo import confident_mask
+from pipeline.refine.pseudo import mask_path, mask_settings, pseudo_mask
 from pipeline.runs import progress
-from pipeline.stages.cams import cam_path, load_cams
 
 
 def OUTPUT(cfg: Config) -> str:
@@ -30,28 +28,7 @@ def UPSTREAM(cfg: Config) -> list[str]:
 
 
 def SECTION(cfg: Config) -> dict:
-    return {k: v for k, v in to_dict(cfg.pseudo).items() if k != "workers"}
-
-
-def mask_path(folder: Path, image_id: str) -> Path:
-    return Path(folder) / f"{image_id}.png"
-
-
-def crf_settings(settings: PseudoConfig) -> dict:
-    """The label CRF's parameters (preset "label") that pseudo-masks are refined with."""
-    return {"gt_prob": settings.crf_gt_prob, "iterations": settings.crf_iterations,
-            "bilateral_sxy": settings.crf_bilateral_sxy, "bilateral_srgb": settings.crf_bilateral_srgb}
-
-
-def pseudo_mask(settings: PseudoConfig, image: np.ndarray, cams: np.ndarray,
-                classes: np.ndarray) -> np.ndarray:
-    """The confident pseudo-mask of one image from its (unnormalised) fused CAMs."""
-    peak = cams.max(axis=(1, 2), keepdims=True)
-    cams = cams / (peak + 1e-5)
-    high, low = ((settings.fg_threshold_high, settings.fg_threshold_low) if settings.background == "constant"
-                 else (settings.bg_alpha_high, settings.bg_alpha_low))
-    return confident_mask(image, cams, classes, high, low, background=settings.background,
-                          crf=settings.crf, **crf_settings(settings))
+    return mask_settings(cfg.pseudo)
 
 
 def _write_one(job: tuple[PseudoConfig, Path, Path, Path]) -> str | None:
