@@ -22,7 +22,8 @@ from pipeline.data.transforms import normalised_batch
 from pipeline.data.voc import VocDataset
 from pipeline.models.checkpoints import load_classifier
 from pipeline.runs import MANIFEST, read_json
-from pipeline.stages import execute, pseudo as pseudo_stage, stage_hash
+from pipeline.stages import execute, stage_hash
+from pipeline.stages import pseudo as pseudo_stage
 
 pytestmark = pytest.mark.slow  # torchrun with 2 processes: `make test-fast` leaves it out
 

@@ -15,6 +15,9 @@ from pipeline.data.transforms import image_batches
 from pipeline.models.checkpoints import load_classifier
 from pipeline.runs import progress
 
+KIND = "sharded"
+SHARD_FILES = "*.npz"
+
 
 def OUTPUT(cfg: Config) -> str:
     return "cams"
@@ -51,6 +54,6 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
                 written += 1
     bad.raise_if_any()
     seconds = time.perf_counter() - began
-    total = len(list(out.glob("*.npz")))
+    total = len(list(out.glob(SHARD_FILES)))
     return {"images": total, "written_now": written,
             "images_per_second": round(written / seconds, 1) if written else None}

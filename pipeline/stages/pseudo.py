@@ -18,6 +18,9 @@ from pipeline.data.images import DataError, read_image, save_mask, skipping
 from pipeline.refine.pseudo import mask_path, mask_settings, pseudo_mask
 from pipeline.runs import progress
 
+KIND = "sharded"
+SHARD_FILES = "*.png"
+
 
 def OUTPUT(cfg: Config) -> str:
     return "pseudo"
@@ -63,5 +66,5 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
                 bad.add(problem)
     bad.raise_if_any()
     seconds = time.perf_counter() - began
-    return {"images": len(list(out.glob("*.png"))), "written_now": len(jobs), "workers": workers,
+    return {"images": len(list(out.glob(SHARD_FILES))), "written_now": len(jobs), "workers": workers,
             "images_per_second": round(len(jobs) / seconds, 1) if jobs else None}

@@ -14,6 +14,7 @@ from pipeline.models.checkpoints import predict_scores
 from pipeline.models.classifier import build_classifier
 from pipeline.train import TrainSpec, fit, mean_average_precision, save_checkpoint, seed_everything
 
+KIND = "training"
 
 # From-scratch ResNets sit at the label prior for a while; a long warm-up (as OneCycle) got past it fastest.
 WARMUP = 0.15

@@ -20,6 +20,8 @@ from pipeline.train import TrainSpec, fit, save_checkpoint, seed_everything
 
 log = logging.getLogger("pipeline")
 
+KIND = "training"
+
 
 def OUTPUT(cfg: Config) -> str:
     return segmenter_folder(cfg)
