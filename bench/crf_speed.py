@@ -22,7 +22,7 @@ from pipeline.config import load_config
 from pipeline.data import open_split
 from pipeline.data.shapes import shapes_scene
 from pipeline.label import run_config
-from pipeline.refine.pseudo import pseudo_mask
+from pipeline.refine.masks import pseudo_mask
 from bench_out import save
 
 ROOT = Path(__file__).resolve().parent.parent

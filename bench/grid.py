@@ -31,7 +31,7 @@ from pipeline.data import open_split  # noqa: E402
 from pipeline.data.transforms import image_batches, normalised_batch  # noqa: E402
 from pipeline.metrics import PseudoTally, sweep_confusions, swept_best, thresholds  # noqa: E402
 from pipeline.models.checkpoints import load_classifier  # noqa: E402
-from pipeline.refine.pseudo import pseudo_mask  # noqa: E402
+from pipeline.refine.masks import pseudo_mask  # noqa: E402
 from pipeline.runs import git_commit  # noqa: E402
 from bench_out import save  # noqa: E402
 

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from pipeline import stages
-from pipeline.config import ConfigError, load_config
+from pipeline.config import load_config
 from pipeline.data.images import DataError
+from pipeline.errors import ConfigError
 from pipeline.label import label_folder, run_config
 from pipeline.runs import StageError
 

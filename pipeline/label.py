@@ -36,7 +36,7 @@ from pipeline.data.folder import LabelledImage, image_id, read_labels_csv
 from pipeline.data.images import IGNORE, IMAGE_SUFFIXES, PALETTE, DataError, read_image, save_mask
 from pipeline.data.transforms import normalised_batch
 from pipeline.models.checkpoints import load_classifier
-from pipeline.refine.pseudo import mask_settings, pseudo_mask
+from pipeline.refine.masks import mask_settings, pseudo_mask
 from pipeline.runs import StageError, load_manifest, progress, read_json, write_json, write_text, write_with
 from pipeline.train import load_checkpoint
 

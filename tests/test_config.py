@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from pipeline.config import Config, ConfigError, config_hash, from_dict, load_config, to_dict
+from pipeline.config import Config, config_hash, from_dict, load_config, to_dict
+from pipeline.errors import ConfigError
 
 CAM_KEYS = ["splits", "method", "layers", "fuse", "batch_size"]
 TOP_KEYS = ["run_dir", "seed", "threads", "data", "cls", "cam", "eval", "pseudo", "seg", "report"]

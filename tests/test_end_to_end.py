@@ -22,7 +22,7 @@ from pipeline.metrics import confusion, iou_per_class, mean_iou
 from pipeline.models.checkpoints import load_classifier, load_segmenter, predict_scores
 from pipeline.models.segmenter import predict_probs
 from pipeline.refine.crf import dense_crf
-from pipeline.refine.pseudo import crf_settings
+from pipeline.refine.masks import crf_settings
 from pipeline.report.build import _fmt
 from pipeline.runs import MANIFEST, STARTED, load_manifest, read_json
 from pipeline.stages import (STAGES, UPPER_BOUND, execute, execute_all, pipeline_stages, stage_folder,

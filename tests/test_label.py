@@ -25,7 +25,7 @@ from pipeline.data.transforms import normalised_batch
 from pipeline.data.voc import VocDataset
 from pipeline.label import run_config
 from pipeline.models.checkpoints import load_classifier
-from pipeline.refine.pseudo import pseudo_mask
+from pipeline.refine.masks import pseudo_mask
 from pipeline.runs import StageError, read_json
 from pipeline.stages import execute
 

@@ -4,16 +4,11 @@ The background channel is a constant threshold (IRN) or `(1 - max_c M^c)^alpha` 
 high background threshold (PSA: a low alpha) only confident foreground survives; with a low one
 (a high alpha) only confident background does. A pixel keeps its class where the high-threshold mask says foreground,
 is background where both masks say background, and is 255 (ignore) where they disagree.
-`pseudo_mask` applies the rule with a config's `pseudo` settings; the `pseudo` stage stores the
-masks as `<id>.png` (`mask_path`).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from pipeline.config import PseudoConfig, to_dict
 from pipeline.refine.crf import dense_crf
 
 IGNORE = 255
@@ -55,29 +50,3 @@ def confident_mask(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, hig
     mask[sure_foreground == 0] = IGNORE
     mask[(sure_foreground == 0) & (sure_background == 0)] = 0
     return mask
-
-
-def mask_path(folder: Path, image_id: str) -> Path:
-    return Path(folder) / f"{image_id}.png"
-
-
-def mask_settings(settings: PseudoConfig) -> dict:
-    """The `pseudo` settings a pseudo-mask depends on: all but the number of CRF workers."""
-    return {k: v for k, v in to_dict(settings).items() if k != "workers"}
-
-
-def crf_settings(settings: PseudoConfig) -> dict:
-    """The label CRF's parameters (preset "label") that pseudo-masks are refined with."""
-    return {"gt_prob": settings.crf_gt_prob, "iterations": settings.crf_iterations,
-            "bilateral_sxy": settings.crf_bilateral_sxy, "bilateral_srgb": settings.crf_bilateral_srgb}
-
-
-def pseudo_mask(settings: PseudoConfig, image: np.ndarray, cams: np.ndarray,
-                classes: np.ndarray) -> np.ndarray:
-    """The confident pseudo-mask of one image from its (unnormalised) fused CAMs."""
-    peak = cams.max(axis=(1, 2), keepdims=True)
-    cams = cams / (peak + 1e-5)
-    high, low = ((settings.fg_threshold_high, settings.fg_threshold_low) if settings.background == "constant"
-                 else (settings.bg_alpha_high, settings.bg_alpha_low))
-    return confident_mask(image, cams, classes, high, low, background=settings.background,
-                          crf=settings.crf, **crf_settings(settings))

@@ -14,7 +14,7 @@ from pipeline.cam.seeds import cam_path, load_cams  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.data import open_split  # noqa: E402
 from pipeline.data.images import IGNORE, PALETTE, read_mask  # noqa: E402
-from pipeline.refine.pseudo import pseudo_mask  # noqa: E402
+from pipeline.refine.masks import pseudo_mask  # noqa: E402
 from pipeline.runs import write_with  # noqa: E402
 
 COLOURS = np.array(PALETTE, np.uint8).reshape(256, 3)

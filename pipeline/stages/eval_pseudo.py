@@ -12,7 +12,7 @@ from pipeline.config import Config
 from pipeline.data import open_split
 from pipeline.data.images import read_mask, skipping
 from pipeline.metrics import PseudoTally, iou_per_class
-from pipeline.refine.pseudo import mask_path
+from pipeline.refine.masks import mask_path
 from pipeline.runs import RESULTS, progress, write_json
 
 

@@ -22,7 +22,7 @@ from pipeline.metrics import confusion, iou_per_class, mean_iou
 from pipeline.models.checkpoints import load_segmenter, segmenter_folder
 from pipeline.models.segmenter import predict_probs
 from pipeline.refine.crf import dense_crf
-from pipeline.refine.pseudo import crf_settings
+from pipeline.refine.masks import crf_settings
 from pipeline.runs import RESULTS, progress, write_json
 
 BATCH = 64

@@ -15,7 +15,7 @@ from pipeline.cam.seeds import cam_path, load_cams
 from pipeline.config import Config, PseudoConfig
 from pipeline.data import open_split
 from pipeline.data.images import DataError, read_image, save_mask, skipping
-from pipeline.refine.pseudo import mask_path, mask_settings, pseudo_mask
+from pipeline.refine.masks import mask_path, mask_settings, pseudo_mask
 from pipeline.runs import progress
 
 KIND = "sharded"

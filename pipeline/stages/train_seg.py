@@ -15,7 +15,7 @@ from pipeline.models.checkpoints import segmenter_folder
 from pipeline.models.frozen import DecoderOnly, EncodedSet
 from pipeline.models.seg_training import check_targets, class_weights, param_groups, segmentation_loss
 from pipeline.models.segmenter import build_segmenter, load_encoder
-from pipeline.refine.pseudo import mask_path
+from pipeline.refine.masks import mask_path
 from pipeline.train import TrainSpec, fit, save_checkpoint, seed_everything
 
 log = logging.getLogger("pipeline")
