@@ -164,8 +164,8 @@ def seeded_jobs(model: torch.nn.Module, cfg: Config, head, batches: Iterable[lis
                       else np.flatnonzero(row > cfg.label.score_threshold)
                       for item, row in zip(items, scores)]
         seeded = [row for row, labels in enumerate(label_sets) if len(labels)]
-        maps = seed_batch(model, [images[r] for r in seeded], [label_sets[r] for r in seeded],
-                                     cfg, head) if seeded else []
+        maps = seed_batch(model, [images[r] for r in seeded], [label_sets[r] for r in seeded], cfg,
+                          head) if seeded else []
         seeds = dict(zip(seeded, maps))
         for row, item in enumerate(items):
             cams = seeds[row] if row in seeds else np.zeros((0, *images[row].shape[:2]), np.float32)
