@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.cam.seeds import cam_path, load_cams
 from pipeline.config import load_config
-from pipeline.label import run_config
+from pipeline.data import open_split
 from pipeline.data.shapes import shapes_scene
-from pipeline.data.voc import open_split
-from pipeline.stages.cams import cam_path, load_cams
-from pipeline.stages.pseudo import pseudo_mask
+from pipeline.label import run_config
+from pipeline.refine.masks import pseudo_mask
 from bench_out import save
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,16 +25,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pipeline.cam import fuse_layers, normalise_max  # noqa: E402
+from pipeline.cam.seeds import cam_head, layer_batch  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
+from pipeline.data import open_split  # noqa: E402
 from pipeline.data.transforms import image_batches, normalised_batch  # noqa: E402
-from pipeline.data.voc import open_split  # noqa: E402
-from pipeline.metrics import PseudoTally, sweep_confusions  # noqa: E402
+from pipeline.metrics import PseudoTally, sweep_confusions, swept_best, thresholds  # noqa: E402
+from pipeline.models.checkpoints import load_classifier  # noqa: E402
+from pipeline.refine.masks import pseudo_mask  # noqa: E402
 from pipeline.runs import git_commit  # noqa: E402
-from pipeline.stages.cams import cam_head, layer_batch  # noqa: E402
-from pipeline.stages.compare_cams import swept_best  # noqa: E402
-from pipeline.stages.eval_cams import thresholds  # noqa: E402
-from pipeline.stages.pseudo import pseudo_mask  # noqa: E402
-from pipeline.stages.train_cls import load_classifier  # noqa: E402
 from bench_out import save  # noqa: E402
 
 LAYER_SETS = [["layer4"], ["layer3"], ["layer3", "layer4"], ["layer2", "layer3", "layer4"]]
@@ -82,7 +80,7 @@ def main() -> None:
     model, _ = load_classifier(Path(args.run))
     voc = open_split(cfg.data, cfg.eval.split)
     ids = voc.ids[:args.images]
-    grid, n = thresholds(cfg), voc.num_classes + 1
+    grid, n = thresholds(cfg.eval), voc.num_classes + 1
     rows = []
     with get_context("fork").Pool(args.workers) as pool:
         for method in cfg.eval.compare_methods:

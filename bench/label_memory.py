@@ -19,7 +19,7 @@ import numpy as np
 import skimage
 from PIL import Image
 
-from pipeline.data.voc import read_mask
+from pipeline.data.images import read_mask
 from bench_out import save
 
 

@@ -20,13 +20,13 @@ from torch.nn import functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from pipeline.config import load_config  # noqa: E402
+from pipeline.data import open_split  # noqa: E402
 from pipeline.data.transforms import ClassificationSet, SegmentationSet, train_transform  # noqa: E402
-from pipeline.data.voc import open_split  # noqa: E402
 from pipeline.models.classifier import build_classifier  # noqa: E402
 from pipeline.models.frozen import DecoderOnly, EncodedSet  # noqa: E402
+from pipeline.models.seg_training import param_groups, segmentation_loss  # noqa: E402
 from pipeline.models.segmenter import build_segmenter  # noqa: E402
 from pipeline.runs import git_commit  # noqa: E402
-from pipeline.stages.train_seg import param_groups, segmentation_loss  # noqa: E402
 from pipeline.train import to_device, train_mode  # noqa: E402
 from bench_out import save  # noqa: E402
 

@@ -10,16 +10,17 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, load_config
-from pipeline.data.voc import DataError
+from pipeline import stages
+from pipeline.config import load_config
+from pipeline.data.images import DataError
+from pipeline.errors import ConfigError
 from pipeline.label import label_folder, run_config
 from pipeline.runs import StageError
-from pipeline.stages import STAGES, execute, execute_all
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
-    parser.add_argument("stage", choices=[*STAGES, "all", "label"])
+    parser.add_argument("stage", choices=[*stages.STAGES, "all", "label"])
     parser.add_argument("--config", default="configs/default.yaml", help="YAML config file")
     parser.add_argument("--force", action="store_true", help="run even if the manifest matches")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. cam.layers=[layer3,layer4]")
@@ -48,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "label":
             return 1 if label_folder(cfg, args.run, args.images, args.labels, args.out)["failed"] else 0
         if args.stage == "all":
-            execute_all(cfg, load_config(args.config, [*args.overrides, "seg.labels=gt"]), force=args.force)
+            stages.execute_all(cfg, force=args.force)
         else:
-            execute(args.stage, cfg, force=args.force)
+            stages.execute(args.stage, cfg, force=args.force)
     except (ConfigError, StageError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

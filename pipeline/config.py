@@ -15,9 +15,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased as one line for the user."""
+from pipeline.errors import ConfigError
 
 
 @dataclass

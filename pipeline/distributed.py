@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 # Ranks wait at barriers while rank 0 alone prepares a folder or runs a stage that is not split

@@ -30,14 +30,14 @@ import torch
 from PIL import Image
 
 from pipeline import distributed
+from pipeline.cam.seeds import cam_head, seed_batch
 from pipeline.config import Config, PseudoConfig, config_hash, load_config, to_dict
 from pipeline.data.folder import LabelledImage, image_id, read_labels_csv
+from pipeline.data.images import IGNORE, IMAGE_SUFFIXES, PALETTE, DataError, read_image, save_mask
 from pipeline.data.transforms import normalised_batch
-from pipeline.data.voc import IGNORE, IMAGE_SUFFIXES, PALETTE, DataError, read_image, save_mask
+from pipeline.models.checkpoints import load_classifier
+from pipeline.refine.masks import mask_settings, pseudo_mask
 from pipeline.runs import StageError, load_manifest, progress, read_json, write_json, write_text, write_with
-from pipeline.stages import cams as cams_stage
-from pipeline.stages import pseudo as pseudo_stage
-from pipeline.stages.train_cls import load_classifier
 from pipeline.train import load_checkpoint
 
 log = logging.getLogger("pipeline")
@@ -93,7 +93,7 @@ def settings_hash(cfg: Config, run_dir: Path, labels_csv: Path | None) -> str:
     def digest(path: Path) -> str:
         with open(path, "rb") as handle:
             return hashlib.file_digest(handle, "sha256").hexdigest()
-    return config_hash({"cam": cams_stage.SECTION(cfg), "pseudo": pseudo_stage.SECTION(cfg),
+    return config_hash({"cam": to_dict(cfg.cam), "pseudo": mask_settings(cfg.pseudo),
                         "label": to_dict(cfg.label),
                         "classifier": digest(run_dir / "classifier" / "model.pt"),
                         "labels_csv": digest(labels_csv) if labels_csv else None})
@@ -164,8 +164,8 @@ def seeded_jobs(model: torch.nn.Module, cfg: Config, head, batches: Iterable[lis
                       else np.flatnonzero(row > cfg.label.score_threshold)
                       for item, row in zip(items, scores)]
         seeded = [row for row, labels in enumerate(label_sets) if len(labels)]
-        maps = cams_stage.seed_batch(model, [images[r] for r in seeded], [label_sets[r] for r in seeded],
-                                     cfg, head) if seeded else []
+        maps = seed_batch(model, [images[r] for r in seeded], [label_sets[r] for r in seeded], cfg,
+                          head) if seeded else []
         seeds = dict(zip(seeded, maps))
         for row, item in enumerate(items):
             cams = seeds[row] if row in seeds else np.zeros((0, *images[row].shape[:2]), np.float32)
@@ -181,7 +181,7 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def write_outputs(job: Job, settings: PseudoConfig, class_names: list[str], out: Path) -> None:
     """Mask, overlay, then the record that marks the image done (runs in a CRF worker)."""
     if len(job.classes):
-        mask = pseudo_stage.pseudo_mask(settings, job.image, job.cams, job.classes)
+        mask = pseudo_mask(settings, job.image, job.cams, job.classes)
     else:
         mask = np.zeros(job.image.shape[:2], np.uint8)
     image = job.image
@@ -283,7 +283,7 @@ def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path 
     written = 0
     with get_context("fork").Pool(workers) as pool:
         model.to(distributed.device(cfg.device))  # after the fork: no CRF worker inherits a CUDA context
-        head = cams_stage.cam_head(model, cfg, list(cfg.cam.layers)) if cfg.cam.method == "cam" \
+        head = cam_head(model, cfg, list(cfg.cam.layers)) if cfg.cam.method == "cam" \
             else cfg.cam.head
         work = bounded_map(pool, write_outputs, seeded_jobs(model, cfg, head, batches),
                            IN_FLIGHT_PER_WORKER * workers, cfg.pseudo, class_names, out)

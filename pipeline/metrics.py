@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.config import EvalConfig
+
 IGNORE = 255
 
 
@@ -58,6 +60,19 @@ def sweep_confusions(gt: np.ndarray, cams: np.ndarray, classes: np.ndarray, thre
     for t, threshold in enumerate(thresholds):
         out[t] = _count(gt, np.where(peak > threshold, winner, 0), num_classes)
     return out
+
+
+def thresholds(settings: EvalConfig) -> np.ndarray:
+    """The background thresholds of the seed sweep: 0 to `sweep_max` by `sweep_step`."""
+    count = int(round(settings.sweep_max / settings.sweep_step)) + 1
+    return np.round(np.arange(count) * settings.sweep_step, 4)
+
+
+def swept_best(sweep: np.ndarray, grid: np.ndarray) -> tuple[float, float]:
+    """(best mIoU, its threshold) of a stack of confusion matrices, one per threshold."""
+    mious = np.array([mean_iou(m) for m in sweep])
+    best = int(np.argmax(mious))
+    return round(float(mious[best]), 4), float(grid[best])
 
 
 def pseudo_counts(gt: np.ndarray, pseudo: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

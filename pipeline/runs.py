@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 MANIFEST = "manifest.json"
+RESULTS = "results.json"  # an evaluation stage's scores, beside its manifest
 STARTED = "started.json"
 TEMPORARY = ".tmp"  # the suffix of files being written, hidden behind a leading dot
 PACKAGES = ("torch", "torchvision", "numpy", "segmentation-models-pytorch", "albumentations",

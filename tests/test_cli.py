@@ -76,7 +76,7 @@ def test_missing_dataset_is_one_line_not_a_traceback(config_file, capsys, monkey
     ("pseudo", "pseudo.background=softmax", "pseudo.background", "constant, power"),
     ("data", "data.name=coco", "data.name", "fashion-scenes, shapes, voc, folder"),
     ("train-cls", "device=tpu", "device", "auto, cpu, cuda"),
-    ("compare-cams", "eval.compare_methods=[gradcam,hirescam]", "eval.compare_methods", "gradcam++"),
+    ("compare-cams", "eval.compare_methods=[gradcam,scorecam]", "eval.compare_methods", "gradcam++"),
 ])
 def test_a_bad_choice_stops_before_any_stage_runs(config_file, tmp_path, capsys, stage, override, key,
                                                   valid):

@@ -20,10 +20,10 @@ from pipeline import distributed, train
 from pipeline.config import load_config
 from pipeline.data.transforms import normalised_batch
 from pipeline.data.voc import VocDataset
+from pipeline.models.checkpoints import load_classifier
 from pipeline.runs import MANIFEST, read_json
 from pipeline.stages import execute, stage_hash
 from pipeline.stages import pseudo as pseudo_stage
-from pipeline.stages.train_cls import load_classifier
 
 pytestmark = pytest.mark.slow  # torchrun with 2 processes: `make test-fast` leaves it out
 

@@ -12,7 +12,8 @@ from scipy import ndimage
 from pipeline.data import fashion
 from pipeline.data.fashion import (FASHION_CLASSES, FashionMnistMissing, SceneSpec, build,
                                    compose_scene, load_fashion_mnist, load_photos, scene_rng)
-from pipeline.data.voc import VocDataset, read_mask
+from pipeline.data.images import read_mask
+from pipeline.data.voc import VocDataset
 
 PER_CLASS = 3
 GREY_MAX = 150  # brightest fake item pixel
@@ -267,7 +268,7 @@ def test_val_scenes_use_test_items(fake_mnist):
 
 def test_data_stage_builds_fashion_scenes(fake_mnist, tmp_path, monkeypatch):
     from pipeline.config import load_config
-    from pipeline.data.voc import DataError
+    from pipeline.data.images import DataError
     from pipeline.stages import execute
 
     folder, _ = fake_mnist

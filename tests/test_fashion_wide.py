@@ -10,8 +10,8 @@ from PIL import Image
 from test_fashion import fake_item, files, write_idx  # the built-in benchmark's fakes
 
 from pipeline.config import DataConfig, load_config
-from pipeline.data import fashion, fashion_wide
-from pipeline.data.voc import IGNORE, DataError, open_split, read_mask
+from pipeline.data import fashion, fashion_wide, open_split
+from pipeline.data.images import IGNORE, DataError, read_mask
 
 SIZES = {"n_train_pool": 10, "n_train": 4, "n_val": 5, "n_items": 8}
 HEIGHT = 26  # rows 1..26 of every fake item

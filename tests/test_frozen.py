@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.data.images import DataError
 from pipeline.data.shapes import build_shapes
 from pipeline.data.transforms import normalised_batch
-from pipeline.data.voc import DataError, VocDataset
+from pipeline.data.voc import VocDataset
 from pipeline.models.frozen import DecoderOnly, EncodedSet, encode
 from pipeline.models.segmenter import build_segmenter
 

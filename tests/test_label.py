@@ -14,18 +14,20 @@ import torch
 from PIL import Image
 
 from pipeline import distributed
+from pipeline.cam.seeds import seed_batch
 from pipeline.cli import main, parse
 from pipeline.config import load_config
-from pipeline.label import run_config
+from pipeline.data import open_split
 from pipeline.data.folder import FolderDataset, read_labels_csv
+from pipeline.data.images import IGNORE, PALETTE, DataError, read_image, read_mask
 from pipeline.data.shapes import SHAPES, shapes_scene
 from pipeline.data.transforms import normalised_batch
-from pipeline.data.voc import IGNORE, PALETTE, DataError, VocDataset, open_split, read_image, read_mask
+from pipeline.data.voc import VocDataset
+from pipeline.label import run_config
+from pipeline.models.checkpoints import load_classifier
+from pipeline.refine.masks import pseudo_mask
 from pipeline.runs import StageError, read_json
 from pipeline.stages import execute
-from pipeline.stages.cams import seed_batch
-from pipeline.stages.pseudo import pseudo_mask
-from pipeline.stages.train_cls import load_classifier
 
 COLOURS = np.array(PALETTE, np.uint8).reshape(256, 3)
 # name, mode, (height, width): every mode the label command must read, each at its own size.

@@ -25,11 +25,11 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.data.voc import read_mask, save_mask
+from pipeline.data.images import read_mask, save_mask
+from pipeline.models.checkpoints import load_segmenter
 from pipeline.models.segmenter import build_segmenter
 from pipeline.runs import MANIFEST, STARTED, StageError, finish, load_manifest, read_json
 from pipeline.stages import STAGES, execute, stage_folder
-from pipeline.stages.train_seg import load_segmenter
 from pipeline.train import save_checkpoint
 
 pytestmark = pytest.mark.slow  # stages killed and rerun as subprocesses: `make test-fast` leaves it out
@@ -37,7 +37,6 @@ pytestmark = pytest.mark.slow  # stages killed and rerun as subprocesses: `make 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [f"train_{i:05d}" for i in range(16)]
 VAL = [f"val_{i:05d}" for i in range(8)]
-FOLDERS = {"data": "data", "train-cls": "classifier", "cams": "cams", "pseudo": "pseudo"}
 
 
 class Runs:
@@ -78,7 +77,8 @@ def copy_run(ref: Runs, to: Path, stages: list[str], models: bool = False) -> Pa
     """A run folder holding the reference's finished `stages` (checkpoints only if `models`)."""
     ignore = None if models else shutil.ignore_patterns("*.pt")
     for stage in stages:
-        shutil.copytree(ref.dir / FOLDERS[stage], to / FOLDERS[stage], ignore=ignore)
+        folder = stage_folder(stage, ref.cfg(ref.dir))
+        shutil.copytree(folder, to / folder.relative_to(ref.dir), ignore=ignore)
     return to
 
 
@@ -158,7 +158,7 @@ def kill_midway(ref: Runs, stage: str, run_dir: Path, started: callable) -> set[
         process.wait()
     assert process.returncode == -signal.SIGKILL
     check_final_names(run_dir, checked)
-    assert load_manifest(run_dir / FOLDERS[stage]) is None  # killed before it finished
+    assert load_manifest(stage_folder(stage, ref.cfg(run_dir))) is None  # killed before it finished
     return {path for path, _ in checked}
 
 
@@ -213,7 +213,7 @@ def test_manifests_record_package_versions_and_commit(ref):
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout.strip()
     for stage in ("data", "train-cls", "cams", "pseudo"):
-        manifest = load_manifest(ref.dir / FOLDERS[stage])
+        manifest = load_manifest(stage_folder(stage, ref.cfg(ref.dir)))
         assert manifest["git_commit"] == commit, stage
         assert manifest["packages"]["torch"] == torch.__version__.split("+")[0]
         assert manifest["packages"]["numpy"] == np.__version__

@@ -7,8 +7,8 @@ import torch
 
 from torch.utils.data import TensorDataset
 
+from pipeline.models.seg_training import class_weights
 from pipeline.runs import CheckpointError
-from pipeline.stages.train_seg import class_weights
 from pipeline.train import (TrainSpec, average_precision, fit, load_checkpoint, mean_average_precision,
                             poly_lambda, save_checkpoint, training_steps)
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.voc import (IGNORE, VOC_CLASSES, DataError, VocDataset, read_image, read_mask,
-                               save_mask)
+from pipeline.data.images import IGNORE, DataError, read_image, read_mask, save_mask
+from pipeline.data.voc import VOC_CLASSES, VocDataset
 
 PHOTO_ID = "2011_000003"
 

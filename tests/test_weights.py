@@ -10,7 +10,8 @@ import torch
 import torchvision
 
 from pipeline.cli import main
-from pipeline.config import ConfigError, load_config
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
 from pipeline.models.classifier import build_classifier
 from pipeline.models.segmenter import build_segmenter, load_encoder
 from pipeline.runs import CheckpointError, StageError

@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from pipeline.data.voc import make_layout, save_mask, write_index
+from pipeline.data.images import save_mask
+from pipeline.data.voc import make_layout, write_index
 
 # Fashion-MNIST label order, with short names.
 FASHION_CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat",

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from pipeline.config import DataConfig, config_hash
 from pipeline.data import fashion
-from pipeline.data.voc import DataError, build_once
+from pipeline.data.images import DataError
+from pipeline.data.voc import build_once
 
 NAME = "fashion-wide"
 # pullover and coat are in, although the default config leaves them out as hard to tell apart:

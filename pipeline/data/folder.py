@@ -21,7 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.data.voc import IMAGE_SUFFIXES, DataError, VocDataset, read_class_names
+from pipeline.data.images import IMAGE_SUFFIXES, DataError
+from pipeline.data.split import Split
 from pipeline.runs import StageError
 
 SPLITS = ("train", "val", "all")
@@ -103,15 +104,13 @@ def split_rows(rows: list[LabelledImage], split: str, val_fraction: float,
     return [row for row in rows if (row.id in val) == (split == "val")]
 
 
-class FolderDataset(VocDataset):
-    """One split of a folder of images labelled by a CSV: VocDataset's interface, without masks."""
+class FolderDataset(Split):
+    """One split of a folder of images labelled by a CSV: image-level labels, no masks."""
 
     def __init__(self, root: str | Path, split: str, labels_csv: str | Path = "",
                  class_names: list[str] | None = None, val_fraction: float = 0.1, seed: int = 0):
-        self.root = Path(root)
-        self.split = split
+        super().__init__(root, split, class_names)
         self.labels_csv = Path(labels_csv) if labels_csv else self.root / "labels.csv"
-        self.class_names = list(class_names) if class_names else read_class_names(self.root)
         if split not in SPLITS:
             raise DataError(f"{self.labels_csv}: a folder dataset has splits {', '.join(SPLITS)}, "
                             f"not '{split}'")

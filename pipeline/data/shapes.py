@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.data.voc import make_layout, save_mask, write_index
+from pipeline.data.images import save_mask
+from pipeline.data.voc import make_layout, write_index
 
 SHAPES = ["square", "disc", "cross"]
 COLOURS = {"square": (230, 40, 40), "disc": (40, 200, 40), "cross": (40, 80, 230)}

@@ -12,13 +12,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.data.voc import IGNORE, BadImages, VocDataset
+from pipeline.data.images import IGNORE, BadImages
+from pipeline.data.split import Split
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-def crop_size(voc: VocDataset, configured: int) -> int:
+def crop_size(voc: Split, configured: int) -> int:
     """The training crop: `configured`, or at 0 the longer side of the split's first image, so a
     dataset of another image size trains at its own scale."""
     return configured or max(voc.image_shape(voc.ids[0])[:2])
@@ -56,7 +57,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 class ClassificationSet(Dataset):
     """Images with multi-hot image-level labels."""
 
-    def __init__(self, voc: VocDataset, labels: np.ndarray, transform: A.Compose):
+    def __init__(self, voc: Split, labels: np.ndarray, transform: A.Compose):
         self.voc, self.labels, self.transform = voc, labels, transform
 
     def __len__(self) -> int:
@@ -70,7 +71,7 @@ class ClassificationSet(Dataset):
 class SegmentationSet(Dataset):
     """Images with label maps read by `read_target(image_id)` (ground truth or pseudo-masks)."""
 
-    def __init__(self, voc: VocDataset, read_target, transform: A.Compose):
+    def __init__(self, voc: Split, read_target, transform: A.Compose):
         self.voc, self.read_target, self.transform = voc, read_target, transform
 
     def __len__(self) -> int:
@@ -82,7 +83,7 @@ class SegmentationSet(Dataset):
         return to_tensor(out["image"]), torch.from_numpy(out["mask"].astype(np.int64))
 
 
-def image_batches(voc: VocDataset, ids: list[str], batch_size: int, bad: BadImages | None = None):
+def image_batches(voc: Split, ids: list[str], batch_size: int, bad: BadImages | None = None):
     """(ids, uint8 images) in list order, in batches of at most `batch_size` same-sized images.
     An image that cannot be read raises, or, given `bad`, is left out and recorded there."""
     guard = bad.skip if bad is not None else nullcontext

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from pipeline.data.images import DataError
 from pipeline.data.transforms import image_batches, normalised_batch
-from pipeline.data.voc import DataError, VocDataset
+from pipeline.data.split import Split
 
 
 class DecoderOnly(nn.Module):
@@ -36,7 +37,7 @@ class DecoderOnly(nn.Module):
         return self.segmentation_head(self.decoder(features))
 
 
-def check_same_size(voc: VocDataset) -> None:
+def check_same_size(voc: Split) -> None:
     """Features are stacked, so every image must have the first one's size."""
     first = voc.image_shape(voc.ids[0])
     for image_id in voc.ids:
@@ -47,7 +48,7 @@ def check_same_size(voc: VocDataset) -> None:
 
 
 @torch.inference_mode()
-def encode(encoder: nn.Module, voc: VocDataset, mirror: bool, batch_size: int) -> list[torch.Tensor]:
+def encode(encoder: nn.Module, voc: Split, mirror: bool, batch_size: int) -> list[torch.Tensor]:
     """The encoder's features of every image (mirrored first when `mirror`), stacked per level
     in float16. The first level, the input itself, is kept as a zero-channel tensor: decoders
     read only its size."""
@@ -60,7 +61,7 @@ def encode(encoder: nn.Module, voc: VocDataset, mirror: bool, batch_size: int) -
     return [torch.cat(level) for level in zip(*batches)]
 
 
-def _images_and_weights(encoder: nn.Module, voc: VocDataset) -> tuple:
+def _images_and_weights(encoder: nn.Module, voc: Split) -> tuple:
     """What the features depend on: every image file (path, size, modification time) and the
     encoder's weights."""
     weights = hashlib.blake2b()
@@ -76,7 +77,7 @@ def _images_and_weights(encoder: nn.Module, voc: VocDataset) -> tuple:
 _LAST_ENCODED: dict = {}
 
 
-def encode_both(encoder: nn.Module, voc: VocDataset, batch_size: int) -> dict[bool, list[torch.Tensor]]:
+def encode_both(encoder: nn.Module, voc: Split, batch_size: int) -> dict[bool, list[torch.Tensor]]:
     """`encode` of every image and of its mirror, kept for the next caller that asks for the
     same images and weights (the process's last result only)."""
     key = (_images_and_weights(encoder, voc), batch_size)
@@ -91,7 +92,7 @@ class EncodedSet(Dataset):
     """(features, target map) per image; each draw takes the image or its mirror at random
     (from torch's generator, which the training loop seeds and checkpoints)."""
 
-    def __init__(self, encoder: nn.Module, voc: VocDataset, read_target, batch_size: int = 64):
+    def __init__(self, encoder: nn.Module, voc: Split, read_target, batch_size: int = 64):
         check_same_size(voc)
         encoder.eval()
         self.features = encode_both(encoder, voc, batch_size)

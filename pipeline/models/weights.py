@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 from pipeline.runs import CheckpointError, StageError
 from pipeline.train import load_checkpoint
 

@@ -9,11 +9,6 @@ from pipeline import runs
 from pipeline.config import Config
 from pipeline.report import figures
 
-STAGE_FOLDERS = {"data": "data", "train-cls": "classifier", "cams": "cams", "eval-cams": "eval/cams",
-                 "compare-cams": "eval/compare-cams", "pseudo": "pseudo", "eval-pseudo": "eval/pseudo",
-                 "train-seg": "segmenter",
-                 "eval-seg": "eval/seg", "upper-bound train-seg": "segmenter-gt",
-                 "upper-bound eval-seg": "eval/seg-gt"}
 # A class below this IoU in any stage is named in the report's warnings: it is near collapse.
 WEAK_IOU = 0.2
 COMPOSED_NOTE = ("The built-in benchmark's scenes are composed (Fashion-MNIST items pasted onto crops "
@@ -21,7 +16,7 @@ COMPOSED_NOTE = ("The built-in benchmark's scenes are composed (Fashion-MNIST it
 
 
 def _results(run_dir: Path, folder: str) -> dict | None:
-    path = run_dir / folder / "results.json"
+    path = run_dir / folder / runs.RESULTS
     return runs.read_json(path) if path.is_file() else None
 
 
@@ -74,19 +69,22 @@ def warnings(summary: dict, per_class: dict[str, dict]) -> list[str]:
     return found
 
 
-def build_summary(cfg: Config, run_dir: Path, cfg_hash: str) -> dict:
-    """The flat summary. Keys are a public contract: add new ones, never rename."""
+def stage_seconds(stage_folders: dict[str, Path]) -> dict[str, float]:
+    """The wall time of every finished stage among `stage_folders` ({name: folder})."""
+    manifests = {stage: runs.load_manifest(folder) for stage, folder in stage_folders.items()}
+    return {stage: manifest["seconds"] for stage, manifest in manifests.items() if manifest}
+
+
+def build_summary(cfg: Config, run_dir: Path, cfg_hash: str, stage_folders: dict[str, Path]) -> dict:
+    """The flat summary, with the wall time of each stage of `stage_folders` ({name: folder}).
+    Keys are a public contract: add new ones, never rename."""
     data = runs.load_manifest(run_dir / "data")["metrics"]
     cls = runs.load_manifest(run_dir / "classifier")["metrics"]
     seeds = _results(run_dir, "eval/cams")
     pseudo = _results(run_dir, "eval/pseudo")
     seg = _results(run_dir, "eval/seg")
     upper = _results(run_dir, "eval/seg-gt")
-    seconds = {}
-    for stage, folder in STAGE_FOLDERS.items():
-        manifest = runs.load_manifest(run_dir / folder)
-        if manifest:
-            seconds[stage] = manifest["seconds"]
+    seconds = stage_seconds(stage_folders)
     summary = {
         "dataset": {"name": data["name"], "seed": data["seed"], "sizes": data["sizes"]},
         "classes": data["classes"],

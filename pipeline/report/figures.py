@@ -10,8 +10,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from pipeline.cam.seeds import cam_path, load_cams  # noqa: E402
 from pipeline.config import Config  # noqa: E402
-from pipeline.data.voc import IGNORE, PALETTE, open_split, read_mask  # noqa: E402
+from pipeline.data import open_split  # noqa: E402
+from pipeline.data.images import IGNORE, PALETTE, read_mask  # noqa: E402
+from pipeline.refine.masks import pseudo_mask  # noqa: E402
 from pipeline.runs import write_with  # noqa: E402
 
 COLOURS = np.array(PALETTE, np.uint8).reshape(256, 3)
@@ -59,9 +62,6 @@ def colourise(labels: np.ndarray) -> np.ndarray:
 
 def example_grid(cfg: Config, run_dir: Path, path: Path) -> Path:
     """Rows of val images: image | fused CAM | pseudo-mask | prediction | ground truth."""
-    from pipeline.stages.cams import cam_path, load_cams
-    from pipeline.stages.pseudo import pseudo_mask
-
     voc = open_split(cfg.data, cfg.seg.val_split)
     ids = voc.ids[:cfg.report.examples]
     columns = ["image", "fused CAM", "pseudo-mask", "prediction", "ground truth"]

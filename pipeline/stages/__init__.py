@@ -1,21 +1,27 @@
 """The stage registry and the one function that runs a stage with manifests and skipping.
 
-A stage module defines:
+A stage is a module of this package, named after the stage (`train-cls`: `train_cls.py`), that
+defines:
   OUTPUT(cfg) -> str          its folder under the run directory
   UPSTREAM(cfg) -> list[str]  the stages whose outputs it reads
   SECTION(cfg) -> dict        the config it depends on (beyond what upstream manifests cover)
   run(cfg, out, run_dir) -> dict of metrics
+and, unless it is a plain stage (run on rank 0 while the other ranks wait), its KIND:
+  "training"  runs on every rank (DistributedDataParallel; rank 0 writes the checkpoints)
+  "sharded"   runs on every rank, each writing the files of its share of the images
+              (`distributed.shard`); SHARD_FILES is the pattern of the file each image gets
+  "summary"   reads every other stage's files: `all` runs it last, and its run takes a fourth
+              argument, `stage_folders(cfg)`
+Adding a stage is its module plus its name in STAGES.
 
 Under torchrun, rank 0 alone prepares a stage's folder and writes its manifest. The manifests
-(and the checkpoints, which hold the whole config) are the run's record of its settings. The trainings run
-on every rank (DistributedDataParallel; rank 0 writes the checkpoints), the per-image stages on
-every rank, each writing the files of its shard of the images; every other stage runs on rank 0
-while the other ranks wait.
+(and the checkpoints, which hold the whole config) are the run's record of its settings.
 """
 from __future__ import annotations
 
 import importlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline import distributed, runs
@@ -23,34 +29,45 @@ from pipeline.config import Config, config_hash
 
 log = logging.getLogger("pipeline")
 
-STAGES = {
-    "data": "data",
-    "train-cls": "train_cls",
-    "cams": "cams",
-    "eval-cams": "eval_cams",
-    "compare-cams": "compare_cams",
-    "pseudo": "pseudo",
-    "eval-pseudo": "eval_pseudo",
-    "train-seg": "train_seg",
-    "eval-seg": "eval_seg",
-    "report": "report",
-}
-# `python -m pipeline all`: every stage in order in one process (imports once), then the upper
-# bound's two with seg.labels=gt, then the report.
-PIPELINE = ["data", "train-cls", "cams", "eval-cams", "compare-cams", "pseudo", "eval-pseudo", "train-seg",
-            "eval-seg"]
+# Every stage, in the order `python -m pipeline all` runs them.
+STAGES = ["data", "train-cls", "cams", "eval-cams", "compare-cams", "pseudo", "eval-pseudo", "train-seg",
+          "eval-seg", "report"]
+KINDS = ("plain", "training", "sharded", "summary")
+# The fully supervised upper bound: these stages again on the same config with seg.labels=gt.
 UPPER_BOUND = ["train-seg", "eval-seg"]
-TRAININGS = {"train-cls", "train-seg"}
-# Per-image stages (they split their images with `distributed.shard`) and the file each image gets.
-SHARDED = {"cams": "*.npz", "pseudo": "*.png"}
 
 
 def module(name: str):
-    return importlib.import_module(f"pipeline.stages.{STAGES[name]}")
+    return importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
+
+
+def kind(name: str) -> str:
+    declared = getattr(module(name), "KIND", "plain")
+    if declared not in KINDS:
+        raise ValueError(f"stage '{name}': KIND '{declared}' is none of {', '.join(KINDS)}")
+    return declared
+
+
+def pipeline_stages() -> list[str]:
+    """The stages `all` runs before the upper bound, in order: every stage but the summaries."""
+    return [name for name in STAGES if kind(name) != "summary"]
+
+
+def upper_bound_config(cfg: Config) -> Config:
+    return replace(cfg, seg=replace(cfg.seg, labels="gt"))
 
 
 def stage_folder(name: str, cfg: Config) -> Path:
     return Path(cfg.run_dir) / module(name).OUTPUT(cfg)
+
+
+def stage_folders(cfg: Config) -> dict[str, Path]:
+    """The folder of every stage a summary covers, by the name it shows: the pipeline's stages,
+    then the upper bound's as "upper-bound <stage>"."""
+    folders = {name: stage_folder(name, cfg) for name in pipeline_stages()}
+    upper = upper_bound_config(cfg)
+    folders.update({f"upper-bound {name}": stage_folder(name, upper) for name in UPPER_BOUND})
+    return folders
 
 
 def stage_hash(name: str, cfg: Config) -> str:
@@ -68,12 +85,15 @@ def stage_hash(name: str, cfg: Config) -> str:
 
 def run_on_ranks(name: str, cfg: Config, folder: Path) -> dict | None:
     """The stage's metrics, run on the ranks it uses; None on ranks that only wait."""
-    if name not in TRAININGS and name not in SHARDED:
-        return module(name).run(cfg, folder, Path(cfg.run_dir)) if distributed.is_main() else None
-    metrics = module(name).run(cfg, folder, Path(cfg.run_dir))
-    if name in SHARDED and distributed.world_size() > 1:
+    stage, how, args = module(name), kind(name), (cfg, folder, Path(cfg.run_dir))
+    if how in ("plain", "summary"):
+        if not distributed.is_main():
+            return None
+        return stage.run(*args, stage_folders(cfg)) if how == "summary" else stage.run(*args)
+    metrics = stage.run(*args)
+    if how == "sharded" and distributed.world_size() > 1:
         per_rank = distributed.gather(metrics)  # returns once every rank has written its files
-        metrics = {"images": len(list(folder.glob(SHARDED[name]))), "ranks": per_rank}
+        metrics = {"images": len(list(folder.glob(stage.SHARD_FILES))), "ranks": per_rank}
     return metrics
 
 
@@ -114,11 +134,11 @@ def execute(name: str, cfg: Config, force: bool = False) -> dict:
     return manifest
 
 
-def execute_all(cfg: Config, upper_bound: Config, force: bool = False) -> dict[str, dict]:
-    """Every stage of `cfg` (each skipped when up to date), the upper bound's on `upper_bound`
-    (the same config with seg.labels=gt), then the report; their manifests by stage name, the
-    upper bound's as "<stage> gt"."""
-    manifests = {name: execute(name, cfg, force) for name in PIPELINE}
-    manifests.update({f"{name} gt": execute(name, upper_bound, force) for name in UPPER_BOUND})
-    manifests["report"] = execute("report", cfg, force)
+def execute_all(cfg: Config, force: bool = False) -> dict[str, dict]:
+    """Every stage of `cfg` (each skipped when up to date), the upper bound's, then the summaries;
+    their manifests by stage name, the upper bound's as "<stage> gt"."""
+    manifests = {name: execute(name, cfg, force) for name in pipeline_stages()}
+    upper = upper_bound_config(cfg)
+    manifests.update({f"{name} gt": execute(name, upper, force) for name in UPPER_BOUND})
+    manifests.update({name: execute(name, cfg, force) for name in STAGES if kind(name) == "summary"})
     return manifests

@@ -13,14 +13,13 @@ import numpy as np
 
 from pipeline import distributed
 from pipeline.cam import fuse_layers, normalise_max
+from pipeline.cam.seeds import cam_head, layer_batch
 from pipeline.config import Config, to_dict
+from pipeline.data import open_split
 from pipeline.data.transforms import image_batches, normalised_batch
-from pipeline.data.voc import open_split
-from pipeline.metrics import mean_iou, sweep_confusions
-from pipeline.runs import progress, write_json
-from pipeline.stages.cams import cam_head, layer_batch
-from pipeline.stages.eval_cams import RESULTS, thresholds
-from pipeline.stages.train_cls import load_classifier
+from pipeline.metrics import sweep_confusions, swept_best, thresholds
+from pipeline.models.checkpoints import load_classifier
+from pipeline.runs import RESULTS, progress, write_json
 
 EVAL_KEYS = ("split", "sweep_max", "sweep_step", "compare_methods", "compare_layer_sets", "compare_images")
 
@@ -36,13 +35,6 @@ def UPSTREAM(cfg: Config) -> list[str]:
 def SECTION(cfg: Config) -> dict:
     evaluation = to_dict(cfg.eval)
     return {"cam": to_dict(cfg.cam), "eval": {key: evaluation[key] for key in EVAL_KEYS}}
-
-
-def swept_best(sweep: np.ndarray, grid: np.ndarray) -> tuple[float, float]:
-    """(best mIoU, its threshold) of a stack of confusion matrices, one per threshold."""
-    mious = np.array([mean_iou(m) for m in sweep])
-    best = int(np.argmax(mious))
-    return round(float(mious[best]), 4), float(grid[best])
 
 
 def compare_settings(cfg: Config, run_dir: Path, voc, grid: np.ndarray) -> list[dict]:
@@ -82,7 +74,7 @@ def compare_settings(cfg: Config, run_dir: Path, voc, grid: np.ndarray) -> list[
 
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     voc = open_split(cfg.data, cfg.eval.split)
-    rows = compare_settings(cfg, run_dir, voc, thresholds(cfg)) if cfg.eval.compare_images > 0 else []
+    rows = compare_settings(cfg, run_dir, voc, thresholds(cfg.eval)) if cfg.eval.compare_images > 0 else []
     results = {"split": cfg.eval.split, "images": min(len(voc), cfg.eval.compare_images),
                "scales": list(cfg.cam.scales), "flip": cfg.cam.flip, "fuse": cfg.cam.fuse, "rows": rows}
     write_json(out / RESULTS, results)

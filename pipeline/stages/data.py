@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 
 from pipeline.config import Config, config_hash, to_dict
-from pipeline.data import fashion
+from pipeline.data import fashion, open_split
+from pipeline.data.images import DataError
 from pipeline.data.shapes import build_shapes
-from pipeline.data.voc import DataError, build_once, open_split
+from pipeline.data.voc import build_once
 
 READER_KEYS = ("fashion_mnist_dir", "class_names", "image_dir", "mask_dir", "labels_csv", "val_fraction")
 

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cam import normalise_max
+from pipeline.cam.seeds import cam_path, load_cams
 from pipeline.config import Config, to_dict
-from pipeline.data.voc import open_split, skipping
-from pipeline.metrics import confusion, iou_per_class, mean_iou, sweep_confusions
-from pipeline.runs import progress, write_json
-from pipeline.stages.cams import cam_path, load_cams
-
-RESULTS = "results.json"
+from pipeline.data import open_split
+from pipeline.data.images import skipping
+from pipeline.metrics import confusion, iou_per_class, mean_iou, sweep_confusions, thresholds
+from pipeline.runs import RESULTS, progress, write_json
 
 
 def OUTPUT(cfg: Config) -> str:
@@ -31,17 +30,12 @@ def SECTION(cfg: Config) -> dict:
     return to_dict(cfg.eval)
 
 
-def thresholds(cfg: Config) -> np.ndarray:
-    count = int(round(cfg.eval.sweep_max / cfg.eval.sweep_step)) + 1
-    return np.round(np.arange(count) * cfg.eval.sweep_step, 4)
-
-
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     import torch
 
     voc = open_split(cfg.data, cfg.eval.split)
     n = voc.num_classes + 1
-    grid = thresholds(cfg)
+    grid = thresholds(cfg.eval)
     sweep = np.zeros((len(grid), n, n), np.int64)
     background = np.zeros((n, n), np.int64)
     fill = np.zeros((n, n), np.int64)

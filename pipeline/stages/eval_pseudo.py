@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Config
-from pipeline.data.voc import open_split, read_mask, skipping
+from pipeline.data import open_split
+from pipeline.data.images import read_mask, skipping
 from pipeline.metrics import PseudoTally, iou_per_class
-from pipeline.runs import progress, write_json
-from pipeline.stages.pseudo import mask_path
-
-RESULTS = "results.json"
+from pipeline.refine.masks import mask_path
+from pipeline.runs import RESULTS, progress, write_json
 
 
 def OUTPUT(cfg: Config) -> str:

@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Config
+from pipeline.data import open_split
+from pipeline.data.images import save_mask, skipping
 from pipeline.data.transforms import image_batches, normalised_batch
-from pipeline.data.voc import open_split, save_mask, skipping
 from pipeline.metrics import confusion, iou_per_class, mean_iou
+from pipeline.models.checkpoints import load_segmenter, segmenter_folder
 from pipeline.models.segmenter import predict_probs
 from pipeline.refine.crf import dense_crf
-from pipeline.runs import progress, write_json
-from pipeline.stages import train_seg
-from pipeline.stages.pseudo import crf_settings
+from pipeline.refine.masks import crf_settings
+from pipeline.runs import RESULTS, progress, write_json
 
-RESULTS = "results.json"
 BATCH = 64
 
 
@@ -66,7 +66,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     # The workers run the CRF alone (no torch), so forking from a process with torch threads is safe.
     pool = get_context("fork").Pool(cfg.pseudo.workers or os.cpu_count() or 1) if cfg.seg.eval_crf else None
     with pool or nullcontext():
-        model, _ = train_seg.load_segmenter(run_dir / train_seg.OUTPUT(cfg), cfg)
+        model, _ = load_segmenter(run_dir / segmenter_folder(cfg), cfg)
         for ids, images, predictions in progress(label_batches(cfg, model, voc, bad, pool), desc="eval-seg"):
             for image_id, image, pred in zip(ids, images, predictions):
                 save_mask(out / "predictions" / f"{image_id}.png", pred)

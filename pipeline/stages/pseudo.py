@@ -10,14 +10,16 @@ import time
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
-
 from pipeline import distributed
-from pipeline.config import Config, PseudoConfig, to_dict
-from pipeline.data.voc import DataError, open_split, read_image, save_mask, skipping
-from pipeline.refine.pseudo import confident_mask
-from pipeline.stages.cams import cam_path, load_cams
+from pipeline.cam.seeds import cam_path, load_cams
+from pipeline.config import Config, PseudoConfig
+from pipeline.data import open_split
+from pipeline.data.images import DataError, read_image, save_mask, skipping
+from pipeline.refine.masks import mask_path, mask_settings, pseudo_mask
 from pipeline.runs import progress
+
+KIND = "sharded"
+SHARD_FILES = "*.png"
 
 
 def OUTPUT(cfg: Config) -> str:
@@ -29,28 +31,7 @@ def UPSTREAM(cfg: Config) -> list[str]:
 
 
 def SECTION(cfg: Config) -> dict:
-    return {k: v for k, v in to_dict(cfg.pseudo).items() if k != "workers"}
-
-
-def mask_path(folder: Path, image_id: str) -> Path:
-    return Path(folder) / f"{image_id}.png"
-
-
-def crf_settings(settings: PseudoConfig) -> dict:
-    """The label CRF's parameters (preset "label") that pseudo-masks are refined with."""
-    return {"gt_prob": settings.crf_gt_prob, "iterations": settings.crf_iterations,
-            "bilateral_sxy": settings.crf_bilateral_sxy, "bilateral_srgb": settings.crf_bilateral_srgb}
-
-
-def pseudo_mask(settings: PseudoConfig, image: np.ndarray, cams: np.ndarray,
-                classes: np.ndarray) -> np.ndarray:
-    """The confident pseudo-mask of one image from its (unnormalised) fused CAMs."""
-    peak = cams.max(axis=(1, 2), keepdims=True)
-    cams = cams / (peak + 1e-5)
-    high, low = ((settings.fg_threshold_high, settings.fg_threshold_low) if settings.background == "constant"
-                 else (settings.bg_alpha_high, settings.bg_alpha_low))
-    return confident_mask(image, cams, classes, high, low, background=settings.background,
-                          crf=settings.crf, **crf_settings(settings))
+    return mask_settings(cfg.pseudo)
 
 
 def _write_one(job: tuple[PseudoConfig, Path, Path, Path]) -> str | None:
@@ -85,5 +66,5 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
                 bad.add(problem)
     bad.raise_if_any()
     seconds = time.perf_counter() - began
-    return {"images": len(list(out.glob("*.png"))), "written_now": len(jobs), "workers": workers,
+    return {"images": len(list(out.glob(SHARD_FILES))), "written_now": len(jobs), "workers": workers,
             "images_per_second": round(len(jobs) / seconds, 1) if jobs else None}

@@ -7,6 +7,7 @@ from pipeline import runs
 from pipeline.config import Config, config_hash, to_dict
 from pipeline.report.build import build_summary, write_report
 
+KIND = "summary"
 UPPER_BOUND = "eval/seg-gt"
 
 
@@ -24,7 +25,7 @@ def SECTION(cfg: Config) -> dict:
     return {"report": to_dict(cfg.report), "upper_bound": upper["hash"] if upper else None}
 
 
-def run(cfg: Config, out: Path, run_dir: Path) -> dict:
-    summary = build_summary(cfg, run_dir, config_hash(to_dict(cfg)))
+def run(cfg: Config, out: Path, run_dir: Path, stage_folders: dict[str, Path]) -> dict:
+    summary = build_summary(cfg, run_dir, config_hash(to_dict(cfg)), stage_folders)
     write_report(cfg, run_dir, out, summary)
     return {key: summary[key] for key in ("seed_miou_best", "pseudo_miou", "seg_miou", "cls_map")}

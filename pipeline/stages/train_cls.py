@@ -3,19 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
 from pipeline.config import Config, to_dict
-from pipeline.data.transforms import (ClassificationSet, crop_size, image_batches, normalised_batch,
-                                       train_transform)
-from pipeline.data.voc import DataError, open_split
+from pipeline.data import open_split
+from pipeline.data.images import DataError
+from pipeline.data.transforms import ClassificationSet, crop_size, train_transform
+from pipeline.models.checkpoints import predict_scores
 from pipeline.models.classifier import build_classifier
-from pipeline.runs import check_recorded
-from pipeline.train import (TrainSpec, fit, load_checkpoint, mean_average_precision, save_checkpoint,
-                            seed_everything)
+from pipeline.train import TrainSpec, fit, mean_average_precision, save_checkpoint, seed_everything
 
+KIND = "training"
 
 # From-scratch ResNets sit at the label prior for a while; a long warm-up (as OneCycle) got past it fastest.
 WARMUP = 0.15
@@ -31,35 +30,6 @@ def UPSTREAM(cfg: Config) -> list[str]:
 
 def SECTION(cfg: Config) -> dict:
     return {"cls": to_dict(cfg.cls), "seed": cfg.seed}
-
-
-def read_checkpoint(path: Path, expected: dict) -> dict:
-    """A checkpoint's contents, refused in one line naming the file when it would run code on
-    loading or was made for other settings than `expected` (which its keys must equal)."""
-    state = load_checkpoint(path)
-    check_recorded(path, state, expected)
-    return state
-
-
-def load_classifier(run_dir: Path, cfg: Config | None = None) -> tuple[torch.nn.Module, dict]:
-    """The trained classifier of a run, in eval mode, and its checkpoint's metadata. Given the
-    run's `cfg`, a checkpoint trained for other classes or another architecture is refused."""
-    expected = {} if cfg is None else {
-        "class_names": open_split(cfg.data, cfg.cls.split).class_names,
-        "arch": cfg.cls.arch, "last_stride": cfg.cls.last_stride}
-    state = read_checkpoint(Path(run_dir) / "classifier" / "model.pt", expected)
-    model = build_classifier(state["arch"], len(state["class_names"]), state["last_stride"])
-    model.load_state_dict(state["model"])
-    return model.eval(), state
-
-
-@torch.inference_mode()
-def predict_scores(model: torch.nn.Module, voc, batch_size: int = 128) -> np.ndarray:
-    """Sigmoid scores [N, C] over a split, in its list order."""
-    scores = []
-    for _, images in image_batches(voc, voc.ids, batch_size):
-        scores.append(torch.sigmoid(model(normalised_batch(images))).numpy())
-    return np.concatenate(scores)
 
 
 def single_label_loss(logits: torch.Tensor, multi_hot: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,99 @@
+"""Seeds: the fused CAMs of every present class of a batch of images, and their files.
+
+A seed file `<id>.npz` holds `cams` (float16 [K, H, W] at image size: every layer's raw map
+summed over the test-time augmentations, max-normalised, upsampled, then fused), `classes` (the
+K class indices, 0-based), `layers`, `method` and, with `cam.save_layers`, `layer.<name>`: that
+layer's raw summed maps [K, h, w]. Plain arrays, no pickles.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.cam import augmented_cams, fit_cam_heads, fuse_layers
+from pipeline.config import CamConfig, Config
+from pipeline.data import open_split
+from pipeline.data.transforms import image_batches, normalised_batch
+from pipeline.runs import write_bytes
+
+
+def cam_path(folder: Path, image_id: str) -> Path:
+    return Path(folder) / f"{image_id}.npz"
+
+
+def save_cams(path: Path, cams: np.ndarray, classes: np.ndarray, settings: CamConfig,
+              layer_maps: dict[str, np.ndarray]) -> None:
+    """One image's seeds; `layer_maps` (raw, per layer) are stored as `layer.<name>` when given."""
+    buffer = io.BytesIO()
+    extra = {f"layer.{name}": maps.astype(np.float16) for name, maps in layer_maps.items()}
+    np.savez(buffer, cams=cams.astype(np.float16), classes=classes.astype(np.int64),
+             layers=np.array(list(settings.layers)), method=np.array(settings.method), **extra)
+    write_bytes(path, buffer.getvalue())
+
+
+def load_cams(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 [K, H, W] fused maps, [K] class indices) of one image."""
+    with np.load(path, allow_pickle=False) as data:
+        return data["cams"].astype(np.float32), data["classes"]
+
+
+def padded_classes(label_sets: list[np.ndarray]) -> torch.Tensor:
+    """[N, K_max] class indices; short rows repeat their first class (the extra maps are dropped)."""
+    width = max(len(labels) for labels in label_sets)
+    rows = [np.concatenate([labels, np.full(width - len(labels), labels[0])]) for labels in label_sets]
+    return torch.from_numpy(np.stack(rows)).long()
+
+
+def multi_hot(label_sets: list[np.ndarray], num_classes: int) -> torch.Tensor:
+    targets = torch.zeros(len(label_sets), num_classes)
+    for row, labels in enumerate(label_sets):
+        targets[row, torch.from_numpy(labels)] = 1.0
+    return targets
+
+
+def cam_head(model: torch.nn.Module, cfg: Config, layers: list[str]) -> dict[str, torch.nn.Module]:
+    """The `head` argument of `compute_cams` for method "cam": the classifier's own linear head for
+    `cam.head_layer`, and heads fitted on pooled features of `cam.head_images` images of
+    `cls.split` for every other layer (CAM's original recipe)."""
+    heads = {name: dict(model.named_modules())[cfg.cam.head]
+             for name in layers if name == cfg.cam.head_layer}
+    others = [name for name in layers if name != cfg.cam.head_layer]
+    if others:
+        voc = open_split(cfg.data, cfg.cls.split)
+        ids = voc.ids[:cfg.cam.head_images]
+        targets = multi_hot([voc.labels(i) for i in ids], voc.num_classes)
+        batches = (normalised_batch(images) for _, images in image_batches(voc, ids, cfg.cam.batch_size))
+        heads.update(fit_cam_heads(model, batches, targets, others))
+    return heads
+
+
+def layer_batch(model, batch: torch.Tensor, label_sets: list[np.ndarray], settings: CamConfig,
+                head: str | dict = "fc", layers: list[str] | None = None,
+                method: str | None = None) -> dict[str, torch.Tensor]:
+    """Raw maps {layer: [N, K_max, h, w]} with the configured test-time augmentation, computed on
+    the model's device and returned on the CPU."""
+    device = next(model.parameters()).device
+    maps = augmented_cams(model, batch.to(device), list(layers or settings.layers), method or settings.method,
+                          padded_classes(label_sets).to(device), settings.scales, settings.flip, head)
+    return {name: layer_maps.cpu() for name, layer_maps in maps.items()}
+
+
+def seeds_and_layers(model, images: list[np.ndarray], label_sets: list[np.ndarray], cfg: Config,
+                     head: str | dict = "fc") -> tuple[list[np.ndarray], list[dict[str, np.ndarray]]]:
+    """Per image of a batch of same-sized images: fused [K_i, H, W] maps, and {layer: raw maps}."""
+    batch = normalised_batch(images)
+    maps = layer_batch(model, batch, label_sets, cfg.cam, head)
+    fused = fuse_layers(maps, tuple(batch.shape[-2:]), cfg.cam.fuse).numpy()
+    per_layer = [{name: m[row, :len(labels)].numpy() for name, m in maps.items()}
+                 for row, labels in enumerate(label_sets)]
+    return [fused[row, :len(labels)] for row, labels in enumerate(label_sets)], per_layer
+
+
+def seed_batch(model, images: list[np.ndarray], label_sets: list[np.ndarray], cfg: Config,
+               head: str | dict = "fc") -> list[np.ndarray]:
+    """Fused [K_i, H, W] maps for a batch of same-sized images (for method "cam", pass
+    `head=cam_head(model, cfg, cfg.cam.layers)`, computed once)."""
+    return seeds_and_layers(model, images, label_sets, cfg, head)[0]

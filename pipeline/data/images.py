@@ -1,0 +1,139 @@
+"""Image and mask files, as every dataset reader and stage reads and writes them: any image as
+uint8 RGB, label masks as VOC palette PNGs (0 = background, 255 = ignore), and the one-line
+errors bad files raise."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.runs import write_with
+
+IGNORE = 255
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class DataError(ValueError):
+    """Bad input data; the message is one line naming the file and the problem."""
+
+
+class BadImagesError(DataError):
+    """Several bad images at once: a summary line, then one line per bad file."""
+
+
+class BadImages:
+    """Collects the DataErrors of single images, so that a pass over a split goes on past a bad
+    image and then names every bad file at once instead of stopping at the first:
+
+        bad = BadImages(f"{list_file}: invalid labels")
+        for image_id in ids:
+            with bad.skip():
+                ...
+        bad.raise_if_any()
+    """
+
+    def __init__(self, summary: str):
+        self.summary = summary
+        self.problems: list[str] = []
+
+    @contextmanager
+    def skip(self):
+        try:
+            yield
+        except DataError as error:
+            self.problems.append(str(error))
+
+    def add(self, problem: str) -> None:
+        """Record a problem reported from elsewhere (a worker process)."""
+        self.problems.append(problem)
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            count = f"{len(self.problems)} image{'s' if len(self.problems) > 1 else ''}"
+            raise BadImagesError("\n".join([f"{self.summary} ({count}):", *self.problems]))
+
+
+def skipping(stage: str) -> BadImages:
+    """The collector of a per-image stage. The stage writes every good image and then fails, so
+    that it has no manifest: downstream stages wait, and a rerun resumes with just the fixed images."""
+    return BadImages(f"{stage}: skipped bad images and wrote every other one; "
+                     f"fix them or drop them from the split list, then rerun")
+
+
+def palette() -> list[int]:
+    """The VOC colour map: label i gets the colour built from the bits of i."""
+    colours = []
+    for label in range(256):
+        r = g = b = 0
+        value = label
+        for bit in range(8):
+            r |= ((value >> 0) & 1) << (7 - bit)
+            g |= ((value >> 1) & 1) << (7 - bit)
+            b |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        colours.extend((r, g, b))
+    return colours
+
+
+PALETTE = palette()
+
+
+def save_mask(path: Path, labels: np.ndarray) -> None:
+    """Write a uint8 label map as a VOC palette PNG, atomically."""
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    image.putpalette(PALETTE)
+    write_with(Path(path), lambda tmp: image.save(tmp, format="PNG"))
+
+
+def to_rgb(image: Image.Image, path: Path) -> np.ndarray:
+    """Any PIL image (grey, RGBA, palette, 16-bit) as uint8 RGB [H, W, 3]."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if values.max(initial=0) > 255 else 255.0
+        grey = np.clip(values / top * 255.0, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise DataError(f"{path}: unsupported image mode {image.mode}")
+    return array
+
+
+def read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image, path)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        raise DataError(f"{path}: cannot read image ({error})") from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the image file's header, without decoding its pixels."""
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+        raise DataError(f"{path}: cannot read image ({error})") from None
+
+
+def read_mask(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L"):
+                raise DataError(f"{path}: mask must be a palette or grey PNG of label ids, "
+                                f"not mode {image.mode}")
+            return np.asarray(image, dtype=np.uint8).copy()
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise DataError(f"{path}: cannot read mask ({error})") from None
+
+
+def check_fits(path: Path, mask: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
+    """`mask` (read from `path`) itself, if its size is `image_shape`, its image's."""
+    if mask.shape != tuple(image_shape[:2]):
+        raise DataError(f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} "
+                        f"differs from its image's {image_shape[1]}x{image_shape[0]}")
+    return mask

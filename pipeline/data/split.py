@@ -1,0 +1,74 @@
+"""What a stage reads of a dataset split, whichever reader gives it (`open_split` in
+`pipeline.data` picks the reader a config names)."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.images import BadImages, DataError, check_fits, image_size, read_image
+
+
+def read_class_names(root: Path) -> list[str]:
+    path = Path(root) / "classes.txt"
+    if path.is_file():
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return names[1:] if names and names[0] == "background" else names
+    raise DataError(f"{path}: no class list; write one or set data.class_names in the config")
+
+
+class Split(ABC):
+    """One split of a dataset: image ids in list order, class names, images, image-level labels
+    and masks. A reader sets `ids` and says where an image is, which classes it shows and where
+    its mask is (or that it has none)."""
+
+    ids: list[str]
+
+    def __init__(self, root: str | Path, split: str, class_names: list[str] | None):
+        self.root = Path(root)
+        self.split = split
+        self.class_names = list(class_names) if class_names else read_class_names(self.root)
+
+    @abstractmethod
+    def image_path(self, image_id: str) -> Path: ...
+
+    @abstractmethod
+    def labels(self, image_id: str) -> np.ndarray:
+        """Foreground class indices 0..C-1 present in the image."""
+
+    @abstractmethod
+    def mask_path(self, image_id: str) -> Path: ...
+
+    @abstractmethod
+    def mask(self, image_id: str) -> np.ndarray:
+        """The ground-truth label map, checked against the class list."""
+
+    @property
+    def num_classes(self) -> int:
+        """Foreground classes; label ids run 1..num_classes."""
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image(self, image_id: str) -> np.ndarray:
+        return read_image(self.image_path(image_id))
+
+    def image_shape(self, image_id: str) -> tuple[int, int]:
+        """(height, width) from the image file's header, without decoding its pixels."""
+        return image_size(self.image_path(image_id))
+
+    def checked_mask(self, image_id: str, image_shape: tuple[int, ...]) -> np.ndarray:
+        """The ground-truth mask, which must have the size `image_shape` of its image."""
+        return check_fits(self.mask_path(image_id), self.mask(image_id), image_shape)
+
+    def label_matrix(self) -> np.ndarray:
+        """Multi-hot [N, C] image-level labels for the whole split; raises naming every bad image."""
+        matrix = np.zeros((len(self.ids), self.num_classes), np.float32)
+        bad = BadImages(f"{self.root}: split '{self.split}' has invalid image-level labels")
+        for row, image_id in enumerate(self.ids):
+            with bad.skip():
+                matrix[row, self.labels(image_id)] = 1.0
+        bad.raise_if_any()
+        return matrix
