@@ -172,10 +172,18 @@ def seeded_jobs(model: torch.nn.Module, cfg: Config, head, batches: Iterable[lis
             yield Job(item, names[row], images[row], cams, label_sets[row], scores[row], full_sizes[row])
 
 
-def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The image with every non-background pixel (255 unsure included) blended with its colour."""
-    blended = (1 - OVERLAY_ALPHA) * image + OVERLAY_ALPHA * COLOURS[mask]
-    return np.where((mask != 0)[..., None], np.rint(blended), image).astype(np.uint8)
+def overlay(image: np.ndarray, mask: np.ndarray, rows: int = 256) -> np.ndarray:
+    """The image with every non-background pixel (255 unsure included) blended with its colour.
+    Blended a band of `rows` at a time in float32 (exact for uint8 halves), so a 24-megapixel
+    photo needs no full-size float copies."""
+    out = image.copy()
+    for top in range(0, image.shape[0], rows):
+        band, labels = out[top:top + rows], mask[top:top + rows]
+        shown = labels != 0
+        blended = ((1 - OVERLAY_ALPHA) * band[shown].astype(np.float32)
+                   + OVERLAY_ALPHA * COLOURS[labels[shown]].astype(np.float32))
+        band[shown] = np.rint(blended).astype(np.uint8)
+    return out
 
 
 def write_outputs(job: Job, settings: PseudoConfig, class_names: list[str], out: Path) -> None:

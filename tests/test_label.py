@@ -375,3 +375,12 @@ def test_shards_of_two_ranks_write_the_files_of_one_process(run, odd_folder, pre
     summary = read_json(out / "summary.json")
     assert summary["written"] == len(ODD) and summary["written_now"] == 3  # rank 0's share of 6
     assert summary["per_image"] == predicted["summary"]["per_image"]
+
+
+def test_overlay_blends_band_by_band_as_in_one_piece():
+    from pipeline.label import overlay
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (37, 23, 3), dtype=np.uint8)
+    mask = rng.choice(np.array([0, 1, 2, 255], np.uint8), (37, 23))
+    whole = np.where((mask != 0)[..., None], np.rint(0.5 * image + 0.5 * COLOURS[mask]), image)
+    np.testing.assert_array_equal(overlay(image, mask, rows=5), whole.astype(np.uint8))
