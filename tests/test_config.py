@@ -162,3 +162,12 @@ def test_quick_config_is_the_default_recipe_on_fewer_scenes():
     assert quick.cam == default.cam and quick.pseudo == default.pseudo
     assert quick.seg.decoder_channels == default.seg.decoder_channels
     assert quick.data.n_train_pool < default.data.n_train_pool
+
+
+def test_editing_the_comparison_reruns_compare_cams_only():
+    from pipeline.stages import compare_cams, eval_cams
+    base = load_config(None)
+    edited = load_config(None, ["eval.compare_images=7", "eval.compare_methods=[gradcam]"])
+    assert eval_cams.SECTION(edited) == eval_cams.SECTION(base)
+    assert compare_cams.SECTION(edited) != compare_cams.SECTION(base)
+    assert eval_cams.SECTION(load_config(None, ["eval.bg_threshold=0.3"])) != eval_cams.SECTION(base)

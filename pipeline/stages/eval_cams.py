@@ -27,7 +27,8 @@ def UPSTREAM(cfg: Config) -> list[str]:
 
 
 def SECTION(cfg: Config) -> dict:
-    return to_dict(cfg.eval)
+    # the side-by-side comparison's keys belong to compare-cams: editing them reruns only it
+    return {k: v for k, v in to_dict(cfg.eval).items() if not k.startswith("compare_")}
 
 
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
