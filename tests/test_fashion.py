@@ -275,7 +275,7 @@ def test_data_stage_builds_fashion_scenes(fake_mnist, tmp_path, monkeypatch):
     monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
     overrides = [f"run_dir={tmp_path}/run", f"data.root={tmp_path}/scenes", "data.image_size=48",
                  "data.n_train_pool=6", "data.n_train=4", "data.n_val=3", "data.item_size_min=20",
-                 "data.item_size_max=30", "cls.split=train"]
+                 "data.item_size_max=30", "data.n_items=5", "cls.split=train"]
     missing = load_config(None, overrides + [f"data.fashion_mnist_dir={tmp_path}/nothing"])
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         execute("data", missing)
