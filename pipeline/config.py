@@ -6,6 +6,7 @@ catch it and re-raise it as one line that names the key and, for unknown keys, t
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -282,10 +283,12 @@ def _choices() -> dict[str, tuple[str, ...]]:
             "seg.labels": SEG_LABELS, "seg.arch": tuple(SEGMENTERS), "device": DEVICES}
 
 
-def _layer_names(cfg: "Config") -> tuple[str, ...]:
-    """The classifier's module names (conv1, layer1, ..., layer4.1.conv2, ...) that CAMs can hook."""
+@functools.lru_cache(maxsize=None)
+def _layer_names(arch: str, last_stride: int) -> tuple[str, ...]:
+    """The classifier's module names (conv1, layer1, ..., layer4.1.conv2, ...) that CAMs can hook;
+    built once per architecture, since every config load checks them."""
     from pipeline.models.classifier import build_classifier
-    model = build_classifier(cfg.cls.arch, 1, cfg.cls.last_stride)
+    model = build_classifier(arch, 1, last_stride)
     return tuple(name for name, _ in model.named_modules() if name)
 
 
@@ -310,7 +313,7 @@ def check_choices(cfg: "Config") -> None:
                           f"(seg.encoder_lr_scale=0, not {cfg.seg.encoder_lr_scale})")
     layers = {"cam.layers": cfg.cam.layers, "cam.head_layer": [cfg.cam.head_layer],
               "eval.compare_layer_sets": [n for group in cfg.eval.compare_layer_sets for n in group]}
-    names = _layer_names(cfg)
+    names = _layer_names(cfg.cls.arch, cfg.cls.last_stride)
     for key, wanted in layers.items():
         unknown = [name for name in wanted if name not in names]
         if unknown:
