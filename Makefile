@@ -82,12 +82,13 @@ bench: install fashion-mnist ## the whole pipeline at 3 seeds (mean, std, worst 
 	HF_HUB_OFFLINE=1 $(PY) bench/seeds.py --config $(CONFIG) --run $(RUN) $(ARGS)
 	HF_HUB_OFFLINE=1 $(PY) bench/grid.py --config $(CONFIG) --run $(RUN)
 
-bench-speed: bench-cam bench-crf ## CAM, CRF, data loading and training speed, tiny-map convolutions, per-image stages' memory at 1k/4k images, RUN's stage times, label's memory on a 6000 x 4000 photo
+bench-speed: bench-cam bench-crf ## CAM, CRF, data loading and training speed, tiny-map convolutions, per-image stages' memory at 1k/4k images, RUN's stage times, label's memory on a 6000 x 4000 photo, faithfulness scores
 	HF_HUB_OFFLINE=1 $(PY) bench/train_speed.py --config $(CONFIG)
 	$(PY) bench/small_maps.py
 	HF_HUB_OFFLINE=1 $(PY) bench/memory.py
 	$(PY) bench/stages.py --run $(RUN)
 	HF_HUB_OFFLINE=1 $(PY) bench/label_memory.py --run $(RUN)
+	HF_HUB_OFFLINE=1 $(PY) bench/faithfulness_speed.py
 
 bench-cam: install ## CAM throughput: ours vs pytorch-grad-cam vs forward only (a benchmark, not a test)
 	HF_HUB_OFFLINE=1 $(PY) bench/cam_speed.py
