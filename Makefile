@@ -14,7 +14,7 @@ export FASHION_MNIST_DIR
 
 .DEFAULT_GOAL := all
 .PHONY: all help install fashion-mnist data train-cls cams eval-cams compare-cams pseudo eval-pseudo train-seg \
-        eval-seg upper-bound report quick test test-fast bench bench-speed bench-cam bench-crf bench-rw label clean
+        eval-seg upper-bound report quick test test-fast bench bench-speed bench-cam bench-crf bench-rw bench-faith label clean
 
 all: install fashion-mnist ## set up and run every stage (upper bound included) on CONFIG in one process, then print where the report is
 	$(STAGE) all $(STAGE_ARGS)
@@ -94,6 +94,9 @@ bench-cam: install ## CAM throughput: ours vs pytorch-grad-cam vs forward only (
 
 bench-crf: install ## CRF ms per image at 64 px and images/s with 1 vs 2 pool workers (a benchmark, not a test)
 	$(PY) bench/crf_speed.py
+
+bench-faith: install ## faithfulness scores (average drop / increase, ROAD) timed beside pytorch-grad-cam's (minutes)
+	HF_HUB_OFFLINE=1 $(PY) bench/faithfulness_speed.py
 
 bench-rw: install ## the random walk of affinity refinement, ours (sparse) vs IRN's dense one at 64 px and 500 x 375, one thread (the dense one takes minutes)
 	$(PY) bench/random_walk.py
