@@ -137,7 +137,9 @@ class PseudoConfig:
 
 @dataclass
 class SegConfig:
-    labels: str = "pseudo"  # "pseudo" or "gt" (the fully supervised upper bound)
+    # "pseudo" (the pseudo stage's masks), "affinity" (the random walk's, pseudo-aff) or "gt"
+    # (the fully supervised upper bound)
+    labels: str = "pseudo"
     split: str = "train"
     val_split: str = "val"
     arch: str = "unet"
@@ -164,6 +166,31 @@ class SegConfig:
     # the pseudo-masks' label CRF (pseudo.crf_* parameters).
     eval_flip: bool = False
     eval_crf: bool = False
+
+
+@dataclass
+class AffinityConfig:
+    # Inter-pixel affinity (IRN, Ahn et al. 2019): a class-boundary head on the frozen
+    # classifier's features learns which pixel pairs of the confident pseudo-masks (pseudo
+    # stage) share a class; the seeds then spread by a random walk along its affinities.
+    split: str = "train"  # the head learns from this split's pseudo-masks
+    stride: int = 4  # the finest feature level the head reads (deeper ones too): its output's stride
+    width: int = 32  # channels per level (IRN's edge branch)
+    train_radius: int = 10  # pairs within this radius (at `stride`) train the head (IRN: 10)
+    samples: int = 0  # images seen in training; 0 = `epochs` passes
+    epochs: int = 3  # IRN: 3
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_minutes: float = 0.0
+    workers: int = 0
+    # The walk (IRN's semantic-segmentation inference): affinities within `radius`, raised to
+    # `beta`, 2^exp_times steps. The walked seeds then become pseudo-masks as the seeds do in
+    # the pseudo stage (its thresholds, CRF and confidence band).
+    radius: int = 5
+    beta: float = 10.0
+    exp_times: int = 8
+    flip: bool = True  # the boundary logits averaged with the mirrored image's (IRN)
 
 
 @dataclass
@@ -194,6 +221,7 @@ class Config:
     cam: CamConfig = field(default_factory=CamConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    affinity: AffinityConfig = field(default_factory=AffinityConfig)
     seg: SegConfig = field(default_factory=SegConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
@@ -268,7 +296,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-SEG_LABELS = ("pseudo", "gt")
+SEG_LABELS = ("pseudo", "affinity", "gt")
 DATASETS = ("fashion-scenes", "shapes", "voc", "folder")
 
 

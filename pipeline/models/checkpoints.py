@@ -19,7 +19,7 @@ from pipeline.train import load_checkpoint
 def segmenter_folder(cfg: Config) -> str:
     """The run folder of the segmenter `cfg` trains: on pseudo-masks, or on ground truth for the
     fully supervised upper bound."""
-    return "segmenter" if cfg.seg.labels == "pseudo" else "segmenter-gt"
+    return "segmenter-gt" if cfg.seg.labels == "gt" else "segmenter"
 
 
 def read_checkpoint(path: Path, expected: dict) -> dict:

@@ -1,13 +1,17 @@
-"""Pseudo-masks as a run makes them: `confident_mask` with a config's `pseudo` settings, and
-the files the `pseudo` stage stores them in (`<id>.png`, palette PNG, 0 background, 255 ignore)."""
+"""Pseudo-masks as a run makes them: `confident_mask` with a config's `pseudo` settings (on the
+seeds, or on the seeds `walked_cams` spread along a run's affinities), and the files the `pseudo` and `pseudo-aff` stages
+store them in (`<id>.png`, palette PNG, 0 background, 255 ignore)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.nn import functional as F
 
-from pipeline.config import PseudoConfig, to_dict
+from pipeline.config import AffinityConfig, PseudoConfig, to_dict
 from pipeline.refine.pseudo import confident_mask
+from pipeline.refine.random_walk import propagate
 
 
 def mask_path(folder: Path, image_id: str) -> Path:
@@ -34,3 +38,16 @@ def pseudo_mask(settings: PseudoConfig, image: np.ndarray, cams: np.ndarray,
                  else (settings.bg_alpha_high, settings.bg_alpha_low))
     return confident_mask(image, cams, classes, high, low, background=settings.background,
                           crf=settings.crf, **crf_settings(settings))
+
+
+def walked_cams(settings: AffinityConfig, boundary: torch.Tensor, cams: np.ndarray) -> np.ndarray:
+    """float32 [K, H, W]: one image's fused CAMs walked along the affinities of its boundary map
+    [h, w] (IRN), each class max-normalised: the CAMs are resized to the boundary's size, walked,
+    and resized back (bilinear, as IRN upsamples)."""
+    size = cams.shape[1:]
+    small = F.interpolate(torch.from_numpy(cams)[None].float(), size=tuple(boundary.shape),
+                          mode="bilinear", antialias=True, align_corners=False)[0]
+    small = small / small.amax(dim=(1, 2), keepdim=True).clamp_min(1e-5)
+    walked = propagate(small, boundary, settings.radius, settings.beta, settings.exp_times)
+    walked = F.interpolate(walked[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    return (walked / walked.amax(dim=(1, 2), keepdim=True).clamp_min(1e-5)).numpy()

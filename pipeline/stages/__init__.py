@@ -30,8 +30,8 @@ from pipeline.config import Config, config_hash
 log = logging.getLogger("pipeline")
 
 # Every stage, in the order `python -m pipeline all` runs them.
-STAGES = ["data", "train-cls", "cams", "eval-cams", "compare-cams", "pseudo", "eval-pseudo", "train-seg",
-          "eval-seg", "report"]
+STAGES = ["data", "train-cls", "cams", "eval-cams", "compare-cams", "pseudo", "train-aff", "pseudo-aff",
+          "eval-pseudo", "train-seg", "eval-seg", "report"]
 KINDS = ("plain", "training", "sharded", "summary")
 # The fully supervised upper bound: these stages again on the same config with seg.labels=gt.
 UPPER_BOUND = ["train-seg", "eval-seg"]

@@ -1,7 +1,8 @@
 """Stage `eval-pseudo`: pseudo-mask mIoU (255 counted as background, as IRN scores them) and the
 precision and coverage of the confident (non-255) pixels, on `eval.split`, and on the
-segmenter's val split too when the pseudo stage made masks for it: those are what the segmenter
-must beat on the images it is scored on."""
+segmenter's val split too when the pseudo stages made masks for it: those are what the segmenter
+must beat on the images it is scored on. The pseudo stage's masks are scored at the top level of
+the results, the random walk's (pseudo-aff) under "affinity"."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,7 +22,7 @@ def OUTPUT(cfg: Config) -> str:
 
 
 def UPSTREAM(cfg: Config) -> list[str]:
-    return ["pseudo"]
+    return ["pseudo", "pseudo-aff"]
 
 
 def SECTION(cfg: Config) -> dict:
@@ -34,13 +35,13 @@ def val_split(cfg: Config) -> str | None:
     return split if split in cfg.pseudo.splits and split != cfg.eval.split else None
 
 
-def score_split(cfg: Config, run_dir: Path, split: str) -> dict:
+def score_split(cfg: Config, folder: Path, split: str) -> dict:
     voc = open_split(cfg.data, split)
     tally = PseudoTally(voc.num_classes + 1)
     bad = skipping("eval-pseudo")
     for image_id in progress(voc.ids, desc=f"eval-pseudo {split}"):
         with bad.skip():  # both reads come first: a bad image adds nothing to the counts
-            pseudo = read_mask(mask_path(run_dir / "pseudo", image_id))
+            pseudo = read_mask(mask_path(folder, image_id))
             tally.add(voc.checked_mask(image_id, pseudo.shape), pseudo)  # a pseudo-mask has its image's size
     bad.raise_if_any()
     names = ["background", *voc.class_names]
@@ -48,12 +49,22 @@ def score_split(cfg: Config, run_dir: Path, split: str) -> dict:
             "per_class_iou": dict(zip(names, np.round(iou_per_class(tally.matrix), 4).tolist()))}
 
 
-def run(cfg: Config, out: Path, run_dir: Path) -> dict:
-    results = score_split(cfg, run_dir, cfg.eval.split)
+def score_folder(cfg: Config, folder: Path) -> dict:
+    results = score_split(cfg, folder, cfg.eval.split)
     if val_split(cfg):
-        results["val"] = score_split(cfg, run_dir, val_split(cfg))
-    write_json(out / RESULTS, results)
-    metrics = {k: v for k, v in results.items() if k not in ("per_class_iou", "val")}
+        results["val"] = score_split(cfg, folder, val_split(cfg))
+    return results
+
+
+def headline(results: dict) -> dict:
+    metrics = {k: v for k, v in results.items() if k not in ("per_class_iou", "val", "affinity")}
     if "val" in results:
         metrics["val_miou"] = results["val"]["miou"]
     return metrics
+
+
+def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+    results = score_folder(cfg, run_dir / "pseudo")
+    results["affinity"] = score_folder(cfg, run_dir / "pseudo-aff")
+    write_json(out / RESULTS, results)
+    return {**headline(results), "affinity": headline(results["affinity"])}

@@ -29,7 +29,7 @@ BATCH = 64
 
 
 def OUTPUT(cfg: Config) -> str:
-    return "eval/seg" if cfg.seg.labels == "pseudo" else "eval/seg-gt"
+    return "eval/seg-gt" if cfg.seg.labels == "gt" else "eval/seg"
 
 
 def UPSTREAM(cfg: Config) -> list[str]:

@@ -1,5 +1,6 @@
-"""Stage `train-seg`: the segmenter on pseudo-masks (`seg.labels=pseudo`) or, for the fully
-supervised upper bound, on ground-truth masks (`seg.labels=gt`) with the same budget and seed."""
+"""Stage `train-seg`: the segmenter on pseudo-masks (`seg.labels=pseudo`: the pseudo stage's,
+`affinity`: the random walk's) or, for the fully supervised upper bound, on ground-truth masks
+(`seg.labels=gt`) with the same budget and seed."""
 from __future__ import annotations
 
 import logging
@@ -21,6 +22,8 @@ from pipeline.train import TrainSpec, fit, save_checkpoint, seed_everything
 log = logging.getLogger("pipeline")
 
 KIND = "training"
+# The stage whose masks each `seg.labels` but "gt" trains on (its folder has the same name).
+PSEUDO_MASKS = {"pseudo": "pseudo", "affinity": "pseudo-aff"}
 
 
 def OUTPUT(cfg: Config) -> str:
@@ -28,7 +31,7 @@ def OUTPUT(cfg: Config) -> str:
 
 
 def UPSTREAM(cfg: Config) -> list[str]:
-    upstream = ["pseudo"] if cfg.seg.labels == "pseudo" else ["data"]
+    upstream = [PSEUDO_MASKS.get(cfg.seg.labels, "data")]
     if cfg.seg.encoder_weights == "classifier":
         upstream.append("train-cls")
     return upstream
@@ -43,7 +46,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     if cfg.seg.labels == "gt":
         read_target, target_path = voc.mask, voc.mask_path
     else:
-        target_path = lambda image_id: mask_path(run_dir / "pseudo", image_id)
+        target_path = lambda image_id: mask_path(run_dir / PSEUDO_MASKS[cfg.seg.labels], image_id)
         read_target = lambda image_id: read_mask(target_path(image_id))
     pixel_counts = check_targets(voc, read_target, target_path)
     seed_everything(cfg.seed)  # the initial weights too

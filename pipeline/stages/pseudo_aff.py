@@ -1,0 +1,68 @@
+"""Stage `pseudo-aff`: pseudo-masks `pseudo-aff/<id>.png` from the seeds walked along the trained
+affinities (IRN), for every split of `pseudo.splits`, made from the walked seeds exactly as the
+pseudo stage makes them from the seeds (its thresholds, CRF and confidence band). Boundary maps
+and walks run here in batches; the CRF runs in a process pool, one batch at a time, so memory
+does not grow with the dataset. Images already written are skipped."""
+from __future__ import annotations
+
+import os
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import distributed
+from pipeline.cam.seeds import cam_path, load_cams
+from pipeline.config import Config, PseudoConfig, to_dict
+from pipeline.data import open_split
+from pipeline.data.images import save_mask, skipping
+from pipeline.data.transforms import image_batches, normalised_batch
+from pipeline.models.affinity_net import boundary_maps, classifier_encoder, load_affinity_net
+from pipeline.refine.masks import mask_path, mask_settings, pseudo_mask, walked_cams
+from pipeline.runs import progress
+
+KIND = "sharded"
+SHARD_FILES = "*.png"
+SETTINGS = ("radius", "beta", "exp_times", "flip")
+
+
+def OUTPUT(cfg: Config) -> str:
+    return "pseudo-aff"
+
+
+def UPSTREAM(cfg: Config) -> list[str]:
+    return ["train-aff", "cams"]
+
+
+def SECTION(cfg: Config) -> dict:
+    affinity = to_dict(cfg.affinity)
+    return {"affinity": {key: affinity[key] for key in SETTINGS}, "pseudo": mask_settings(cfg.pseudo)}
+
+
+def _write_one(job: tuple[PseudoConfig, np.ndarray, np.ndarray, np.ndarray, Path]) -> None:
+    settings, image, walked, classes, out_file = job
+    save_mask(out_file, pseudo_mask(settings, image, walked, classes))
+
+
+def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+    encoder = classifier_encoder(cfg.cls.arch, run_dir / "classifier" / "model.pt")
+    net = load_affinity_net(run_dir / "affinity", encoder)
+    bad = skipping("pseudo-aff")
+    written = 0
+    workers = cfg.pseudo.workers or os.cpu_count() or 1
+    with get_context("fork").Pool(workers) as pool:
+        for split in cfg.pseudo.splits:
+            voc = open_split(cfg.data, split)
+            todo = [i for i in distributed.shard(voc.ids) if not mask_path(out, i).is_file()]
+            for ids, images in progress(image_batches(voc, todo, cfg.cam.batch_size, bad),
+                                        desc=f"pseudo-aff {split}"):
+                boundaries = boundary_maps(encoder, net, normalised_batch(images), cfg.affinity.flip)
+                jobs = []
+                for image_id, image, boundary in zip(ids, images, boundaries):
+                    cams, classes = load_cams(cam_path(run_dir / "cams", image_id))
+                    jobs.append((cfg.pseudo, image, walked_cams(cfg.affinity, boundary, cams), classes,
+                                 mask_path(out, image_id)))
+                pool.map(_write_one, jobs, chunksize=max(1, len(jobs) // workers))
+                written += len(jobs)
+    bad.raise_if_any()
+    return {"images": len(list(out.glob(SHARD_FILES))), "written_now": written, "workers": workers}

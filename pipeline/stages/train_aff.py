@@ -1,0 +1,60 @@
+"""Stage `train-aff`: IRN's class-boundary head on the frozen classifier's features, trained on
+the pixel pairs of the confident pseudo-masks of `affinity.split` (same class, different class;
+pairs touching a 255 pixel are ignored)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline.config import Config, to_dict
+from pipeline.data import open_split
+from pipeline.data.images import read_mask
+from pipeline.data.transforms import SegmentationSet, crop_size, train_transform
+from pipeline.models.affinity_net import Backbone, boundary_loss, build_affinity_net, classifier_encoder
+from pipeline.models.frozen import EncodedSet
+from pipeline.refine.masks import mask_path
+from pipeline.train import TrainSpec, fit, save_checkpoint, seed_everything
+
+log = logging.getLogger("pipeline")
+
+KIND = "training"
+SETTINGS = ("split", "stride", "width", "train_radius", "samples", "epochs", "batch_size", "lr",
+            "weight_decay", "max_minutes", "workers")
+
+
+def OUTPUT(cfg: Config) -> str:
+    return "affinity"
+
+
+def UPSTREAM(cfg: Config) -> list[str]:
+    return ["pseudo", "train-cls"]
+
+
+def SECTION(cfg: Config) -> dict:
+    affinity = to_dict(cfg.affinity)
+    return {"affinity": {key: affinity[key] for key in SETTINGS},
+            "cache_features": cfg.seg.cache_features, "crop_size": cfg.seg.crop_size, "seed": cfg.seed}
+
+
+def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+    settings = cfg.affinity
+    voc = open_split(cfg.data, settings.split)
+    read_target = lambda image_id: read_mask(mask_path(run_dir / "pseudo", image_id))
+    encoder = classifier_encoder(cfg.cls.arch, run_dir / "classifier" / "model.pt")
+    seed_everything(cfg.seed)  # the head's initial weights too
+    net = build_affinity_net(encoder, settings)
+    if cfg.seg.cache_features:
+        dataset, trained = EncodedSet(encoder, voc, read_target), net
+    else:
+        transform = train_transform(crop_size(voc, cfg.seg.crop_size))
+        dataset, trained = SegmentationSet(voc, read_target, transform), Backbone(encoder, net)
+    spec = TrainSpec(settings.epochs, settings.batch_size, settings.lr, settings.weight_decay,
+                     settings.max_minutes, settings.workers, cfg.seed, samples=settings.samples)
+    config = to_dict(cfg)
+    history = fit(trained, dataset, boundary_loss(settings.train_radius), spec, out / "last.pt", config,
+                  "train-aff")
+    save_checkpoint(out / "model.pt", {"model": net.state_dict(), "arch": cfg.cls.arch,
+                                       "stride": settings.stride, "width": settings.width,
+                                       "config": config})
+    (out / "last.pt").unlink(missing_ok=True)
+    return history
