@@ -156,7 +156,8 @@ def compute_method_cams(model: nn.Module, images: torch.Tensor, layers: list[str
     if "cam" in methods:
         if classes is None:
             raise ValueError("method 'cam' needs `classes` (it reads the head's class weights)")
-        given = head if isinstance(head, Mapping) else dict.fromkeys(layers, dict(model.named_modules())[head])
+        given = head if isinstance(head, Mapping) else dict.fromkeys(layers,
+                                                                      dict(model.named_modules())[head])
         lacking = [name for name in layers if name not in given]
         if lacking:
             raise ValueError(f"method 'cam' has no head for layer(s) {lacking}")
