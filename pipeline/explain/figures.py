@@ -72,11 +72,12 @@ def _caption(result: Explanation, method: str, layer: str, index: int, target: i
 def overlay_figure(image: np.ndarray, result: Explanation, index: int = 0, target: int = 0,
                    name: str = "") -> Figure:
     """The grid of image `index` of `result` for its target `target`: a row per method, a column
-    per layer and one for the fused map, each panel that map's heat blended over `image` (the
-    picture itself, uint8 RGB of any size), a colour bar, and the target and score as title
-    (after `name`, the image's name, when given)."""
+    per layer that some method has maps of and one for the fused map, each panel that map's heat
+    blended over `image` (the picture itself, uint8 RGB of any size), a colour bar, and the
+    target and score as title (after `name`, the image's name, when given)."""
     picture = display_image(image)
-    columns = [*result.layers, "fused"]
+    drawn = [layer for layer in result.layers if any(layer in maps for maps in result.maps.values())]
+    columns = [*drawn, "fused"]
     panel_height = PANEL * picture.shape[0] / picture.shape[1]
     rows = len(result.methods)
     width = LEFT + len(columns) * (PANEL + GAP) + RIGHT
