@@ -41,13 +41,14 @@ def gradcam_weights(grads: torch.Tensor, activations: torch.Tensor) -> torch.Ten
 
 def gradcam_pp_weights(grads: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
     """Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19):
-    alpha_ij = g^2 / (2 g^2 + sum_ab A_ab g^3), 0 where g = 0;  w_k = sum_ij alpha_ij ReLU(g_ij)."""
-    g2 = grads.pow(2)
-    g3 = g2 * grads
-    denominator = 2 * g2 + activations.sum(dim=(-2, -1), keepdim=True) * g3
-    safe = torch.where(denominator != 0, denominator, torch.ones_like(denominator))
-    alpha = torch.where((grads != 0) & (denominator != 0), g2 / safe, torch.zeros_like(grads))
-    return (alpha * F.relu(grads)).sum(dim=(-2, -1))
+    alpha_ij = g^2 / (2 g^2 + sum_ab A_ab g^3), 0 where g = 0;  w_k = sum_ij alpha_ij ReLU(g_ij).
+    Where g != 0 the powers of g cancel: alpha = 1 / (2 + sum_ab A_ab g), and where g <= 0 ReLU(g)
+    is 0, so w_k = sum_ij ReLU(g_ij) / (2 + sum_ab A_ab g_ij), 0 where that denominator is: the
+    same weights in half the passes over the gradients, the largest tensors of the engine."""
+    denominator = grads * activations.sum(dim=(-2, -1), keepdim=True)
+    denominator += 2
+    terms = F.relu(grads) / denominator
+    return terms.masked_fill_(denominator == 0, 0).sum(dim=(-2, -1))
 
 
 def xgradcam_weights(grads: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
