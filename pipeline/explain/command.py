@@ -17,7 +17,7 @@ import io
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +68,7 @@ class Plan:
     size: int
     layers: list[str]
     methods: list[str]
-    heads: dict = field(repr=False)
+    heads: dict  # {layer: linear head} of the layers CAM can use
     classes: list[int] | None
 
 

@@ -2,7 +2,7 @@
 and one backward (`pipeline.cam.layer_gradients`), with the fused map of each method."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -40,7 +40,7 @@ class Explanation:
     class_names: list[str] | None = None
     score_kind: str = "softmax"
     fuse: str = "max"
-    input_size: tuple[int, int] = field(default=(0, 0))
+    input_size: tuple[int, int] = (0, 0)
 
     def heat(self, method: str, layer: str, index: int, target: int) -> torch.Tensor | None:
         """One map divided by its max, [h, w] in [0, 1] (the fused one for layer "fused"), or
