@@ -14,8 +14,8 @@ export FASHION_MNIST_DIR
 
 .DEFAULT_GOAL := all
 .PHONY: all help install fashion-mnist data train-cls cams eval-cams compare-cams pseudo eval-pseudo train-seg \
-        eval-seg upper-bound report quick test test-fast bench bench-speed bench-cam bench-crf bench-explain \
-        label explain clean
+        eval-seg upper-bound report quick test test-fast bench bench-speed bench-cam bench-crf bench-rw bench-faith \
+        bench-explain label explain clean
 
 all: install fashion-mnist ## set up and run every stage (upper bound included) on CONFIG in one process, then print where the report is
 	$(STAGE) all $(STAGE_ARGS)
@@ -98,6 +98,12 @@ bench-explain: install ## explain's maps vs pytorch-grad-cam doing the same work
 
 bench-crf: install ## CRF ms per image at 64 px and images/s with 1 vs 2 pool workers (a benchmark, not a test)
 	$(PY) bench/crf_speed.py
+
+bench-faith: install ## faithfulness scores (average drop / increase, ROAD) timed beside pytorch-grad-cam's (minutes)
+	HF_HUB_OFFLINE=1 $(PY) bench/faithfulness_speed.py
+
+bench-rw: install ## the random walk of affinity refinement, ours (sparse) vs IRN's dense one at 64 px and 500 x 375, one thread (the dense one takes minutes)
+	$(PY) bench/random_walk.py
 
 label: install ## pseudo-label a folder with RUN's classifier: make label IMAGES=dir OUT=dir [LABELS=csv]
 	@test -n "$(IMAGES)" -a -n "$(OUT)" || { echo "usage: make label IMAGES=<folder> OUT=<folder> [LABELS=<csv>] [RUN=$(RUN)] [ARGS='key=value ...']"; exit 2; }

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from pipeline import stages
+from pipeline.cam.engine import FUSIONS
 from pipeline.config import load_config
 from pipeline.data.images import DataError
 from pipeline.errors import ConfigError
@@ -63,7 +64,7 @@ def parse_explain(argv: list[str]) -> ExplainRequest:
     parser.add_argument("--size", type=int, help="input size (default: the weights' crop, 224, or the run's "
                                                  "training size)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--fuse", choices=["max", "mean"], default="max", help="fusion of the layers' maps")
+    parser.add_argument("--fuse", choices=FUSIONS, default="max", help="fusion of the layers' maps")
     parser.add_argument("--faithfulness", action="store_true",
                         help="also score every method and layer (average drop / increase, ROAD): slow")
     parser.add_argument("--percentiles", type=lambda text: [int(p) for p in _names(text)],

@@ -81,7 +81,8 @@ class CamConfig:
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
     method: str = "gradcam"  # "cam", "gradcam", "gradcam++", "xgradcam", "hirescam" or "layercam"
     layers: list[str] = field(default_factory=lambda: ["layer4"])
-    fuse: str = "max"  # across layers, after each layer's maps are max-normalised: "max" or "mean"
+    fuse: str = "max"  # across layers, after each layer's maps are max-normalised: "max", "mean" or
+    # "layercam" (LayerCAM: shallow layers tanh-scaled, then max)
     # Test-time augmentation: raw maps at these input scales (1.0 must be one) and, with `flip`,
     # of their mirror images, are summed (IRN uses 1.0, 0.5, 1.5, 2.0 and flip).
     scales: list[float] = field(default_factory=lambda: [1.0])

@@ -446,6 +446,29 @@ def test_cam_with_a_fitted_head_is_its_weights_times_the_activations(net, images
             torch.testing.assert_close(maps[n, k], expected.detach(), atol=ATOL, rtol=1e-5)
 
 
+def test_layercam_fusion_scales_only_the_shallow_layers():
+    # The same two layers as above: a (2x2) is the deepest, b (4x4) the shallow one, in either order.
+    a = torch.tensor([[0.0, 4.0], [0.0, 4.0]])[None, None]
+    b = torch.zeros(1, 1, 4, 4)
+    b[0, 0, 0, 0] = 2.0
+    b[0, 0, 3, 3] = 1.0
+    up_a = np.tile([0.0, 0.25, 0.75, 1.0], (4, 1))
+    scaled_b = np.tanh(2.0 * b[0, 0].numpy() / 2)  # tanh(gamma M / max M), gamma 2
+    expected = np.maximum(up_a, scaled_b)
+    for order in ({"a": a, "b": b}, {"b": b, "a": a}):
+        fused = fuse_layers(order, (4, 4), "layercam")[0, 0].numpy()
+        np.testing.assert_allclose(fused, expected, atol=1e-4)
+    # b alone is the deepest of one layer: max-normalised, not scaled.
+    np.testing.assert_allclose(fuse_layers({"b": b}, (4, 4), "layercam")[0, 0].numpy(),
+                               b[0, 0].numpy() / 2, atol=1e-4)
+    # A shallow peak of 0.3 after normalisation becomes tanh(0.6) = 0.537 where a is 0.
+    c = torch.zeros(1, 1, 4, 4)
+    c[0, 0, 0, 0], c[0, 0, 1, 0] = 1.0, 0.3
+    fused = fuse_layers({"c": c, "a": a}, (4, 4), "layercam")[0, 0].numpy()
+    assert fused[1, 0] == pytest.approx(np.tanh(0.6), abs=1e-4)
+    assert fused[0, 0] == pytest.approx(np.tanh(2.0), abs=1e-4)
+
+
 def test_several_methods_share_one_forward_and_one_backward(net, images, monkeypatch):
     """compute_method_cams gives each method's compute_cams maps from a single pass."""
     methods = ["cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]

@@ -26,7 +26,7 @@ from pipeline.data.images import read_image
 from pipeline.explain import explain, inspect_model, overlay_figure, preprocess
 from pipeline.explain.figures import ALPHA_COLD, ALPHA_HOT, COLOUR_MAP, display_image
 from pipeline.explain.models import torchvision_classifier
-from pipeline.explain.ranking import MODULE, faithfulness_scores
+from pipeline.explain.ranking import MODULE, FaithfulnessTotals, faithfulness_scores
 from pipeline.models.classifier import build_classifier
 from pipeline.runs import read_json
 
@@ -388,7 +388,7 @@ def stand_in_faithfulness(calls: list) -> types.ModuleType:
         return {"drop": maps.mean(dim=(-2, -1)) * 100, "increase": (maps.mean(dim=(-2, -1)) > 0.5).float()}
 
     def road(model, images, maps, classes, percentiles=(10, 20, 30, 40, 50, 60, 70, 80, 90),
-             score=module.softmax_scores, batch_size=64):
+             score=module.softmax_scores, batch_size=64, *, noise=0.01, generator=None):
         calls.append(("road", percentiles))
         mean = maps.mean(dim=(-2, -1))
         return {"morf": mean, "lerf": 1 - mean, "combined": 1 - 2 * mean}
@@ -429,12 +429,40 @@ def test_without_the_faithfulness_module_the_option_is_one_line_and_exit_2(photo
 
 
 def test_faithfulness_scores_from_the_real_module(resnet18):
-    pytest.importorskip(MODULE, reason="pipeline.cam.faithfulness has not landed yet")
-    images = preprocess([data.chelsea(), data.coffee()], 32)
+    pytest.importorskip(MODULE, reason="pipeline.cam.faithfulness is missing")
+    images = preprocess([data.chelsea()], SIZE)
     result = explain(resnet18, images, layers=["layer3.1", "layer4.1"], methods=["gradcam", "cam"], top_k=2)
     scores = faithfulness_scores(resnet18, images, result, percentiles=(20, 60))
     assert set(scores) == {("gradcam", "layer3.1"), ("gradcam", "layer4.1"), ("gradcam", "fused"),
                            ("cam", "layer4.1"), ("cam", "fused")}
     for metrics in scores.values():
         assert set(metrics) == {"average_drop", "increase", "road_morf", "road_lerf", "road_combined"}
-        assert all(values.shape == (2, 2) and torch.isfinite(values).all() for values in metrics.values())
+        assert all(values.shape == (1, 2) and torch.isfinite(values).all() for values in metrics.values())
+    again = faithfulness_scores(resnet18, images, result, percentiles=(20, 60))
+    assert torch.equal(again["gradcam", "fused"]["road_morf"], scores["gradcam", "fused"]["road_morf"])
+
+
+def test_faithfulness_means_leave_out_undefined_drops():
+    totals = FaithfulnessTotals()
+    totals.add({("gradcam", "layer4.1"): {"road_combined": torch.tensor([[0.2, 0.4]]),
+                                          "average_drop": torch.tensor([[10.0, torch.nan]])}})
+    totals.add({("gradcam", "layer4.1"): {"road_combined": torch.tensor([[0.6, 0.8]]),
+                                          "average_drop": torch.tensor([[30.0, 20.0]])}})
+    totals.add({("cam", "fused"): {"road_combined": torch.tensor([[0.9]]),
+                                   "average_drop": torch.tensor([[torch.nan]])}})
+    assert totals.ranking() == [
+        {"method": "cam", "layer": "fused", "road_combined": 0.9, "average_drop": None},
+        {"method": "gradcam", "layer": "layer4.1", "road_combined": 0.5, "average_drop": 20.0}]
+
+
+def test_the_command_with_the_real_faithfulness_module(photos, tmp_path):
+    pytest.importorskip(MODULE, reason="pipeline.cam.faithfulness is missing")
+    out = tmp_path / "out"
+    assert explain_cli("--images", photos[0] / "coffee-rgba.png", "--model", "resnet18", "--out", out,
+                       "--size", 32, "--top-k", 1, "--methods", "gradcam", "--layers", "layer3.1",
+                       "--faithfulness", "--percentiles", "30,70") == 0
+    ranking = read_json(out / "summary.json")["faithfulness"]["ranking"]
+    assert [(row["method"], row["layer"]) for row in ranking] in (
+        [("gradcam", "layer3.1"), ("gradcam", "fused")], [("gradcam", "fused"), ("gradcam", "layer3.1")])
+    assert all(row["road_combined"] == pytest.approx((row["road_lerf"] - row["road_morf"]) / 2, abs=1e-3)
+               for row in ranking)

@@ -14,7 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 
 METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
-FUSIONS = ("max", "mean")
+FUSIONS = ("max", "mean", "layercam")
+LAYERCAM_GAMMA = 2.0  # LayerCAM (Jiang et al. 2021) eq. 9
 
 
 def _capture(model: nn.Module, layers: list[str], run: Callable[[], torch.Tensor]):
@@ -190,11 +191,27 @@ def normalise_max(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return maps / (peak + eps)
 
 
+def deepest_layer(maps: dict[str, torch.Tensor]) -> str:
+    """The layer whose maps have the fewest positions (the last such one given)."""
+    return min(reversed(list(maps)), key=lambda name: maps[name].shape[-2] * maps[name].shape[-1])
+
+
+def layercam_scaled(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """LayerCAM's fusion input (Jiang et al. 2021, eq. 9): each shallow layer's max-normalised map
+    M becomes tanh(gamma * M), lifting its weak but precise responses before the max; the deepest
+    layer keeps M. (torchcam scales every layer, which makes the fusion a monotone function of
+    plain max fusion and so changes nothing but the threshold.)"""
+    deepest = deepest_layer(maps)
+    return {name: normalise_max(m) if name == deepest else torch.tanh(LAYERCAM_GAMMA * normalise_max(m))
+            for name, m in maps.items()}
+
+
 def fuse_layers(maps: dict[str, torch.Tensor], size: tuple[int, int], mode: str = "max") -> torch.Tensor:
-    """Max-normalise each layer's maps, upsample to `size` and fuse them by `max` or `mean`."""
+    """Max-normalise each layer's maps, upsample to `size` and fuse them by `max`, `mean` or
+    `layercam` (shallow layers tanh-scaled, then max)."""
     if mode not in FUSIONS:
-        raise ValueError(f"unknown fusion '{mode}' (choose max or mean)")
-    resized = [F.interpolate(normalise_max(m), size=size, mode="bilinear", align_corners=False)
-               for m in maps.values()]
+        raise ValueError(f"unknown fusion '{mode}' (choose from {', '.join(FUSIONS)})")
+    scaled = layercam_scaled(maps) if mode == "layercam" else {name: normalise_max(m) for name, m in maps.items()}
+    resized = [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in scaled.values()]
     stacked = torch.stack(resized)
-    return stacked.amax(0) if mode == "max" else stacked.mean(0)
+    return stacked.mean(0) if mode == "mean" else stacked.amax(0)

@@ -16,7 +16,7 @@ from pipeline.explain.maps import Explanation
 # (summary key, column heading, the better direction): ROAD combined first, the ranking's key.
 METRICS = (("road_combined", "ROAD combined", "higher"), ("road_morf", "ROAD MoRF", "lower"),
            ("road_lerf", "ROAD LeRF", "higher"), ("average_drop", "average drop %", "lower"),
-           ("increase", "increase in confidence", "higher"))
+           ("increase", "share of increased confidence", "higher"))
 RANKED_BY = METRICS[0][0]
 MODULE = "pipeline.cam.faithfulness"
 
@@ -40,7 +40,8 @@ def faithfulness_scores(model: nn.Module, images: torch.Tensor, result: Explanat
                         batch_size: int = 64) -> dict[tuple[str, str], dict[str, torch.Tensor]]:
     """{(method, layer or "fused"): {metric: [N, K]}} for the maps of `result`, computed from
     `images` (the normalised batch they were made from) on `model` with `result`'s score
-    (softmax or sigmoid). `percentiles` are ROAD's removal levels (its default when None)."""
+    (softmax or sigmoid). `percentiles` are ROAD's removal levels (its default when None); its
+    imputation noise is seeded, so a rerun gives the same scores."""
     if result.classes is None:
         raise ValueError("faithfulness scores a class's confidence: a callable target has none")
     faith = faithfulness_module()
@@ -53,7 +54,8 @@ def faithfulness_scores(model: nn.Module, images: torch.Tensor, result: Explanat
         for layer in [*result.maps[method], "fused"]:
             maps = image_size_heat(result, method, layer).to(device)
             change = faith.confidence_change(model, images, maps, classes, score=score, batch_size=batch_size)
-            road = faith.road(model, images, maps, classes, score=score, batch_size=batch_size, **road_levels)
+            road = faith.road(model, images, maps, classes, score=score, batch_size=batch_size,
+                              generator=torch.Generator().manual_seed(0), **road_levels)
             scores[method, layer] = {
                 "average_drop": change["drop"], "increase": change["increase"], "road_morf": road["morf"],
                 "road_lerf": road["lerf"], "road_combined": road["combined"]}
@@ -61,22 +63,29 @@ def faithfulness_scores(model: nn.Module, images: torch.Tensor, result: Explanat
 
 
 class FaithfulnessTotals:
-    """Sums of every metric over the batches of a command, for means over images and targets."""
+    """Sums and counts of every metric over the batches of a command, for means over images and
+    targets; NaN (an average drop where the score on the image was not positive) is left out."""
 
     def __init__(self):
         self.sums: dict[tuple[str, str], dict[str, float]] = {}
-        self.counts: dict[tuple[str, str], int] = {}
+        self.counts: dict[tuple[str, str], dict[str, int]] = {}
 
     def add(self, scores: dict[tuple[str, str], dict[str, torch.Tensor]]) -> None:
         for key, metrics in scores.items():
             sums = self.sums.setdefault(key, dict.fromkeys(metrics, 0.0))
+            counts = self.counts.setdefault(key, dict.fromkeys(metrics, 0))
             for name, values in metrics.items():
-                sums[name] += float(values.double().sum())
-            self.counts[key] = self.counts.get(key, 0) + next(iter(metrics.values())).numel()
+                known = values[~values.isnan()]
+                sums[name] += float(known.double().sum())
+                counts[name] += known.numel()
 
     def ranking(self) -> list[dict]:
-        """One row per method and layer, {"method", "layer", metric: mean}, best ROAD combined first."""
-        rows = [{"method": method, "layer": layer,
-                 **{name: round(total / self.counts[method, layer], 4) for name, total in sums.items()}}
-                for (method, layer), sums in self.sums.items()]
-        return sorted(rows, key=lambda row: -row[RANKED_BY])
+        """One row per method and layer, {"method", "layer", metric: mean or None}, best ROAD
+        combined first."""
+        rows = []
+        for (method, layer), sums in self.sums.items():
+            counts = self.counts[method, layer]
+            rows.append({"method": method, "layer": layer,
+                         **{name: round(total / counts[name], 4) if counts[name] else None
+                            for name, total in sums.items()}})
+        return sorted(rows, key=lambda row: (row[RANKED_BY] is None, -(row[RANKED_BY] or 0.0)))
