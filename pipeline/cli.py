@@ -1,7 +1,9 @@
 """Command line: `python -m pipeline <stage> --config FILE [key=value ...]` (stage `all`: every
-stage and the upper bound in one process), and
+stage and the upper bound in one process),
 `python -m pipeline label --images DIR [--labels CSV] --run RUN --out DIR [key=value ...]`
-(the settings the run's seeds and pseudo-masks were made with, then the overrides)."""
+(the settings the run's seeds and pseudo-masks were made with, then the overrides), and
+`python -m pipeline explain --images PATH... --out DIR (--run RUN | --model NAME) [...]`
+(`python -m pipeline explain --help` lists its options)."""
 from __future__ import annotations
 
 import argparse
@@ -11,16 +13,18 @@ import sys
 from pathlib import Path
 
 from pipeline import stages
+from pipeline.cam.engine import FUSIONS
 from pipeline.config import load_config
 from pipeline.data.images import DataError
 from pipeline.errors import ConfigError
+from pipeline.explain.command import ExplainRequest, explain_images
 from pipeline.label import label_folder, run_config
 from pipeline.runs import StageError
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
-    parser.add_argument("stage", choices=[*stages.STAGES, "all", "label"])
+    parser.add_argument("stage", choices=[*stages.STAGES, "all", "label", "explain"])
     parser.add_argument("--config", default="configs/default.yaml", help="YAML config file")
     parser.add_argument("--force", action="store_true", help="run even if the manifest matches")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. cam.layers=[layer3,layer4]")
@@ -35,12 +39,54 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def parse_explain(argv: list[str]) -> ExplainRequest:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline explain",
+        description="Heatmaps of what a classifier looked at: per image and target a grid of methods x "
+                    "layers over the image, raw maps (.npz), summary.json and index.html in --out.")
+    parser.add_argument("--images", type=Path, nargs="+", required=True,
+                        help="image files and folders (a folder's image files, in name order)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the outputs")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="a camseg run folder: its classifier and classes")
+    source.add_argument("--model", help="a torchvision classification model, e.g. resnet50")
+    parser.add_argument("--weights", default="none",
+                        help="--model's weights: none (random), a torchvision name (IMAGENET1K_V2) or a file")
+    parser.add_argument("--methods", type=_names, help="comma-separated (default: every method that works)")
+    parser.add_argument("--layers", type=_names, help="comma-separated module names (default: the last "
+                                                      "block of each stage)")
+    parser.add_argument("--top-k", type=int, default=3, help="each image's k best classes (default 3)")
+    parser.add_argument("--classes", type=_names, help="comma-separated class names or indices instead")
+    parser.add_argument("--size", type=int, help="input size (default: the weights' crop, 224, or the run's "
+                                                 "training size)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--fuse", choices=FUSIONS, default="max", help="fusion of the layers' maps")
+    parser.add_argument("--faithfulness", action="store_true",
+                        help="also score every method and layer (average drop / increase, ROAD): slow")
+    parser.add_argument("--percentiles", type=lambda text: [int(p) for p in _names(text)],
+                        help="ROAD's removal percentiles, comma-separated (default: its own)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    args = parser.parse_args(argv)
+    for name in ("top_k", "size", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return ExplainRequest(**vars(args))
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    args = parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    explaining = argv[:1] == ["explain"]  # options of its own: no config, no overrides
+    args = parse_explain(argv[1:]) if explaining else parse(argv)
     try:
+        if explaining:
+            return 1 if explain_images(args)["failed"] else 0
         cfg = (run_config(args.run, args.overrides) if args.stage == "label"
                else load_config(args.config, args.overrides))
         if cfg.threads > 0:

@@ -32,10 +32,10 @@ from PIL import Image
 from pipeline import distributed
 from pipeline.cam.seeds import cam_head, seed_batch
 from pipeline.config import Config, PseudoConfig, config_hash, load_config, to_dict
-from pipeline.data.folder import LabelledImage, image_id, read_labels_csv
-from pipeline.data.images import IGNORE, IMAGE_SUFFIXES, PALETTE, DataError, read_image, save_mask
-from pipeline.data.transforms import normalised_batch
-from pipeline.models.checkpoints import load_classifier
+from pipeline.data.folder import LabelledImage, folder_images, read_labels_csv
+from pipeline.data.images import IGNORE, PALETTE, read_image, read_or_skip, save_mask
+from pipeline.data.transforms import normalised_batch, same_size_batches
+from pipeline.models.checkpoints import classifier_checkpoint, load_classifier, training_size
 from pipeline.refine.masks import mask_settings, pseudo_mask
 from pipeline.runs import StageError, load_manifest, progress, read_json, write_json, write_text, write_with
 from pipeline.train import load_checkpoint
@@ -73,19 +73,7 @@ def listed_images(images_dir: Path, labels_csv: Path | None, class_names: list[s
     with no classes yet (the classifier will predict them)."""
     if labels_csv is not None:
         return read_labels_csv(labels_csv, images_dir, class_names)
-    if not images_dir.is_dir():
-        raise DataError(f"{images_dir}: image folder not found")
-    files = sorted(p for p in images_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DataError(f"{images_dir}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    items, seen = [], {}
-    for path in files:
-        key = image_id(path.name)
-        if key in seen:
-            raise DataError(f"{images_dir}: {seen[key]} and {path.name} would both be written as {key}.png")
-        seen[key] = path.name
-        items.append(LabelledImage(key, path, None))
-    return items
+    return folder_images(images_dir)
 
 
 def settings_hash(cfg: Config, run_dir: Path, labels_csv: Path | None) -> str:
@@ -129,24 +117,9 @@ def readable(items: Iterable[LabelledImage], images_dir: Path, failed: list[dict
     follows the working size, not the photo's."""
     for item in items:
         name = item.path.relative_to(images_dir).as_posix()
-        try:
-            image = read_image(item.path)
+        image = read_or_skip(item.path, name, failed)
+        if image is not None:
             yield item, name, image.shape[:2], at_working_size(image, max_side)
-        except DataError as error:
-            log.warning("skipped: %s", error)
-            failed.append({"image": name, "error": str(error)})
-
-
-def same_size_batches(entries: Iterable[tuple], size: int) -> Iterator[list[tuple]]:
-    """Consecutive entries whose images (the last field) share a shape, at most `size` at a time."""
-    batch: list[tuple] = []
-    for entry in entries:
-        if batch and (len(batch) == size or entry[-1].shape != batch[0][-1].shape):
-            yield batch
-            batch = []
-        batch.append(entry)
-    if batch:
-        yield batch
 
 
 @torch.inference_mode()
@@ -239,18 +212,6 @@ def write_summary(out: Path, items: list[LabelledImage], failed: list[dict], wri
         "score_threshold": cfg.label.score_threshold, "per_image": {r["image"]: r for r in records}}
     write_json(out / "summary.json", summary)
     return summary
-
-
-def training_size(state: dict) -> int:
-    """The classifier's training image size: recorded in its checkpoint, else its crop size."""
-    return state.get("train_size") or state["config"]["cls"]["crop_size"]
-
-
-def classifier_checkpoint(run_dir: Path) -> Path:
-    checkpoint = Path(run_dir) / "classifier" / "model.pt"
-    if not checkpoint.is_file():
-        raise StageError(f"{checkpoint}: no trained classifier; run train-cls for this run first")
-    return checkpoint
 
 
 # The stages whose settings make a label command's masks, and the config section each recorded.

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.cam import compute_cams, fuse_layers, normalise_max
+from pipeline.cam import compute_cams, compute_method_cams, fuse_layers, normalise_max
 
 ATOL = 1e-5
 CLASSES = torch.tensor([[0, 2], [1, 2]])  # K = 2 different classes for each of N = 2 images
@@ -467,3 +467,17 @@ def test_layercam_fusion_scales_only_the_shallow_layers():
     fused = fuse_layers({"c": c, "a": a}, (4, 4), "layercam")[0, 0].numpy()
     assert fused[1, 0] == pytest.approx(np.tanh(0.6), abs=1e-4)
     assert fused[0, 0] == pytest.approx(np.tanh(2.0), abs=1e-4)
+
+
+def test_several_methods_share_one_forward_and_one_backward(net, images, monkeypatch):
+    """compute_method_cams gives each method's compute_cams maps from a single pass."""
+    methods = ["cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
+    alone = {method: compute_cams(net, images, ["block2"], method, CLASSES) for method in methods}
+    calls, forwards = [], []
+    original = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or original(*a, **k))
+    net.register_forward_hook(lambda *_: forwards.append(1))
+    shared = compute_method_cams(net, images, ["block2"], methods, CLASSES)
+    assert calls == [1] and forwards == [1]
+    for method in methods:
+        assert torch.allclose(shared[method]["block2"], alone[method]["block2"], atol=ATOL), method

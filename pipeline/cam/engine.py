@@ -6,7 +6,8 @@ layer's own resolution.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -41,13 +42,14 @@ def gradcam_weights(grads: torch.Tensor, activations: torch.Tensor) -> torch.Ten
 
 def gradcam_pp_weights(grads: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
     """Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19):
-    alpha_ij = g^2 / (2 g^2 + sum_ab A_ab g^3), 0 where g = 0;  w_k = sum_ij alpha_ij ReLU(g_ij)."""
-    g2 = grads.pow(2)
-    g3 = g2 * grads
-    denominator = 2 * g2 + activations.sum(dim=(-2, -1), keepdim=True) * g3
-    safe = torch.where(denominator != 0, denominator, torch.ones_like(denominator))
-    alpha = torch.where((grads != 0) & (denominator != 0), g2 / safe, torch.zeros_like(grads))
-    return (alpha * F.relu(grads)).sum(dim=(-2, -1))
+    alpha_ij = g^2 / (2 g^2 + sum_ab A_ab g^3), 0 where g = 0;  w_k = sum_ij alpha_ij ReLU(g_ij).
+    Where g != 0 the powers of g cancel: alpha = 1 / (2 + sum_ab A_ab g), and where g <= 0 ReLU(g)
+    is 0, so w_k = sum_ij ReLU(g_ij) / (2 + sum_ab A_ab g_ij), 0 where that denominator is: the
+    same weights in half the passes over the gradients, the largest tensors of the engine."""
+    denominator = grads * activations.sum(dim=(-2, -1), keepdim=True)
+    denominator += 2
+    terms = F.relu(grads) / denominator
+    return terms.masked_fill_(denominator == 0, 0).sum(dim=(-2, -1))
 
 
 def xgradcam_weights(grads: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
@@ -84,6 +86,89 @@ def class_targets(classes: torch.Tensor) -> Callable[[torch.Tensor], torch.Tenso
     return lambda logits: logits.gather(1, classes.to(logits.device))
 
 
+@dataclass
+class LayerGradients:
+    """What one forward and one batched backward leave, detached: the model's output, the K
+    target scores [N, K], and per layer its activations [N, C, h, w] and the gradients of every
+    target's score with respect to them [K, N, C, h, w] (None when no backward was asked for)."""
+    output: torch.Tensor
+    scores: torch.Tensor
+    activations: dict[str, torch.Tensor]
+    grads: dict[str, torch.Tensor] | None
+
+
+def layer_gradients(model: nn.Module, images: torch.Tensor, layers: list[str],
+                    target: Callable[[torch.Tensor], torch.Tensor], backward: bool = True) -> LayerGradients:
+    """One forward with hooks on `layers` and, when `backward`, one backward for all K scores
+    `target(output)` [N, K] and all layers (`is_grads_batched`); parameters' `.grad` are left
+    untouched. `target` sees the output with its graph, so it may pick classes from it (top-k)."""
+    if not backward:
+        with torch.no_grad():
+            output, activations = _capture(model, layers, lambda: model(images))
+            return LayerGradients(output, target(output), dict(zip(layers, activations)), None)
+    with torch.enable_grad():
+        # A leaf that needs grad keeps a graph even when every parameter is frozen.
+        inputs = images.detach().requires_grad_(True)
+        output, activations = _capture(model, layers, lambda: model(inputs))
+        scores = target(output)
+        n, k = scores.shape
+        one_hot = torch.eye(k, dtype=scores.dtype, device=scores.device)[:, None, :].expand(k, n, k)
+        grads = torch.autograd.grad(scores, activations, grad_outputs=one_hot, is_grads_batched=True)
+    return LayerGradients(output.detach(), scores.detach(),
+                          {name: act.detach() for name, act in zip(layers, activations)},
+                          dict(zip(layers, grads)))
+
+
+def gradient_cam(method: str, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """[N, K, h, w] maps of a gradient method from one layer's activations and gradients."""
+    if method in PIXEL_WEIGHTS:
+        combined = torch.einsum("knchw,nchw->nkhw", PIXEL_WEIGHTS[method](grads), activations)
+    else:
+        weights = GRADIENT_WEIGHTS[method](grads, activations.unsqueeze(0))
+        combined = torch.einsum("knc,nchw->nkhw", weights, activations)
+    return F.relu(combined)
+
+
+def head_cam(head: nn.Module, classes: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """CAM (Zhou et al. 2016): M^c = ReLU(sum_k w_ck A^k) with the linear head's class weights."""
+    return F.relu(torch.einsum("nkc,nchw->nkhw", head_weights(head, classes, activations), activations))
+
+
+def cams_from(passed: LayerGradients, method: str, classes: torch.Tensor | None = None,
+              heads: Mapping[str, nn.Module] | None = None) -> dict[str, torch.Tensor]:
+    """Raw maps {layer: [N, K, h, w]} of `method` from one pass: for "cam", of the layers that
+    `heads` gives a linear head, for `classes`; for a gradient method, of every layer."""
+    if method == "cam":
+        return {name: head_cam(head, classes, passed.activations[name]) for name, head in heads.items()}
+    return {name: gradient_cam(method, act, passed.grads[name]) for name, act in passed.activations.items()}
+
+
+def compute_method_cams(model: nn.Module, images: torch.Tensor, layers: list[str], methods: Sequence[str],
+                        classes: torch.Tensor | None = None,
+                        target: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                        head: str | Mapping[str, nn.Module] = "fc") -> dict[str, dict[str, torch.Tensor]]:
+    """Raw maps {method: {layer: [N, K, h, w]}} of several methods from one forward and, unless
+    only "cam" is asked for, one backward: `compute_cams` for many methods at the cost of one."""
+    unknown = [method for method in methods if method not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown CAM method '{unknown[0]}' (choose from {', '.join(METHODS)})")
+    if (classes is None) == (target is None):
+        raise ValueError("give exactly one of `classes` or `target`")
+    heads = None
+    if "cam" in methods:
+        if classes is None:
+            raise ValueError("method 'cam' needs `classes` (it reads the head's class weights)")
+        given = head if isinstance(head, Mapping) else dict.fromkeys(layers,
+                                                                      dict(model.named_modules())[head])
+        lacking = [name for name in layers if name not in given]
+        if lacking:
+            raise ValueError(f"method 'cam' has no head for layer(s) {lacking}")
+        heads = {name: given[name] for name in layers}
+    passed = layer_gradients(model, images, layers, target or class_targets(classes),
+                             backward=any(method != "cam" for method in methods))
+    return {method: cams_from(passed, method, classes, heads) for method in methods}
+
+
 def compute_cams(model: nn.Module, images: torch.Tensor, layers: list[str], method: str = "gradcam",
                  classes: torch.Tensor | None = None,
                  target: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -95,39 +180,9 @@ def compute_cams(model: nn.Module, images: torch.Tensor, layers: list[str], meth
     one backward for all K targets and all layers (`is_grads_batched`); parameters' `.grad` are
     left untouched. "cam" needs `classes` and uses the weights of the linear layer named `head`,
     which must follow global average pooling of the layers asked for; for other layers pass
-    `head={layer: linear}` with heads fitted on their pooled features (`fit_cam_head`).
+    `head={layer: linear}` with heads fitted on their pooled features (`fit_cam_heads`).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown CAM method '{method}' (choose from {', '.join(METHODS)})")
-    if (classes is None) == (target is None):
-        raise ValueError("give exactly one of `classes` or `target`")
-    if method == "cam":
-        if classes is None:
-            raise ValueError("method 'cam' needs `classes` (it reads the head's class weights)")
-        with torch.no_grad():
-            _, activations = _capture(model, layers, lambda: model(images))
-        heads = head if isinstance(head, Mapping) else {name: dict(model.named_modules())[head]
-                                                        for name in layers}
-        return {name: F.relu(torch.einsum("nkc,nchw->nkhw", head_weights(heads[name], classes, act), act))
-                for name, act in zip(layers, activations)}
-    score = target or class_targets(classes)
-    with torch.enable_grad():
-        # A leaf that needs grad keeps a graph even when every parameter is frozen.
-        inputs = images.detach().requires_grad_(True)
-        output, activations = _capture(model, layers, lambda: model(inputs))
-        scores = score(output)
-        n, k = scores.shape
-        one_hot = torch.eye(k, dtype=scores.dtype, device=scores.device)[:, None, :].expand(k, n, k)
-        grads = torch.autograd.grad(scores, activations, grad_outputs=one_hot, is_grads_batched=True)
-    maps = {}
-    for name, act, grad in zip(layers, activations, grads):
-        act = act.detach()
-        if method in PIXEL_WEIGHTS:
-            combined = torch.einsum("knchw,nchw->nkhw", PIXEL_WEIGHTS[method](grad), act)
-        else:
-            combined = torch.einsum("knc,nchw->nkhw", GRADIENT_WEIGHTS[method](grad, act.unsqueeze(0)), act)
-        maps[name] = F.relu(combined)
-    return maps
+    return compute_method_cams(model, images, layers, [method], classes, target, head)[method]
 
 
 def normalise_max(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -46,6 +46,29 @@ def find_image(root: Path, name: str) -> Path | None:
     return next((path for path in candidates if path.is_file()), None)
 
 
+def check_unique_ids(items: list[LabelledImage], where: Path | str) -> None:
+    """Refuse two images with one id: their outputs, named by the id, would overwrite each other."""
+    seen: dict[str, Path] = {}
+    for item in items:
+        if item.id in seen:
+            raise DataError(f"{where}: {seen[item.id]} and {item.path} would both be written as "
+                            f"{item.id}.*")
+        seen[item.id] = item.path
+
+
+def folder_images(images_dir: Path) -> list[LabelledImage]:
+    """Every image file directly in `images_dir`, sorted by name, with no classes yet."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise DataError(f"{images_dir}: image folder not found")
+    files = sorted(p for p in images_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{images_dir}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    items = [LabelledImage(image_id(path.name), path, None) for path in files]
+    check_unique_ids(items, images_dir)
+    return items
+
+
 def _cells(csv_path: Path) -> Iterator[tuple[int, str, str]]:
     """(line number, image, labels) of every non-blank row; a first row `image,labels` is a header."""
     columns = (0, 1)

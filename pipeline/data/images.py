@@ -3,6 +3,7 @@ uint8 RGB, label masks as VOC palette PNGs (0 = background, 255 = ignore), and t
 errors bad files raise."""
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.runs import write_with
+
+log = logging.getLogger("pipeline")
 
 IGNORE = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -109,6 +112,17 @@ def read_image(path: Path) -> np.ndarray:
             return to_rgb(image, path)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
         raise DataError(f"{path}: cannot read image ({error})") from None
+
+
+def read_or_skip(path: Path, name: str, failed: list[dict]) -> np.ndarray | None:
+    """The image at `path` as uint8 RGB, or None for a file that cannot be read: the commands that
+    take a user's images (label, explain) name it in the log and in `failed`, and go on."""
+    try:
+        return read_image(path)
+    except DataError as error:
+        log.warning("skipped: %s", error)
+        failed.append({"image": name, "error": str(error)})
+        return None
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from itertools import groupby
 
@@ -95,6 +96,18 @@ def image_batches(voc: Split, ids: list[str], batch_size: int, bad: BadImages | 
         for _, group in groupby(chunk, key=lambda item: item[1].shape):
             group = list(group)
             yield [item[0] for item in group], [item[1] for item in group]
+
+
+def same_size_batches(entries: Iterable[tuple], size: int) -> Iterator[list[tuple]]:
+    """Consecutive entries whose images (the last field) share a shape, at most `size` at a time."""
+    batch: list[tuple] = []
+    for entry in entries:
+        if batch and (len(batch) == size or entry[-1].shape != batch[0][-1].shape):
+            yield batch
+            batch = []
+        batch.append(entry)
+    if batch:
+        yield batch
 
 
 def normalised_batch(images: list[np.ndarray]) -> torch.Tensor:

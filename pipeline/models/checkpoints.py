@@ -12,7 +12,7 @@ from pipeline.data import open_split
 from pipeline.data.transforms import image_batches, normalised_batch
 from pipeline.models.classifier import build_classifier
 from pipeline.models.segmenter import build_segmenter
-from pipeline.runs import check_recorded
+from pipeline.runs import StageError, check_recorded
 from pipeline.train import load_checkpoint
 
 
@@ -28,6 +28,18 @@ def read_checkpoint(path: Path, expected: dict) -> dict:
     state = load_checkpoint(path)
     check_recorded(path, state, expected)
     return state
+
+
+def training_size(state: dict) -> int:
+    """The classifier's training image size: recorded in its checkpoint, else its crop size."""
+    return state.get("train_size") or state["config"]["cls"]["crop_size"]
+
+
+def classifier_checkpoint(run_dir: Path) -> Path:
+    checkpoint = Path(run_dir) / "classifier" / "model.pt"
+    if not checkpoint.is_file():
+        raise StageError(f"{checkpoint}: no trained classifier; run train-cls for this run first")
+    return checkpoint
 
 
 def load_classifier(run_dir: Path, cfg: Config | None = None) -> tuple[torch.nn.Module, dict]:

@@ -1,8 +1,8 @@
 """Backbone weights named in the config (`cls.weights`, `seg.encoder_weights`): a local state dict
 (torchvision's layout; our checkpoints keep it under `model`), or one of torchvision's weight
 names for the architecture (`IMAGENET1K_V1`, `ResNet50_Weights.IMAGENET1K_V2`), read from torch's
-hub cache and downloaded there only when it is missing. The head (`fc.`) is never loaded: its
-classes are ImageNet's, not the run's."""
+hub cache and downloaded there only when it is missing. A backbone for a run leaves the head
+(`fc.`) out: its classes are ImageNet's, not the run's; `explain` keeps it (`keep_head`)."""
 from __future__ import annotations
 
 import os
@@ -57,9 +57,9 @@ def cached_state(weights: torchvision.models.WeightsEnum, arch: str, key: str) -
                          f"({reason}): put {path.name} at {path} (or set TORCH_HOME)") from None
 
 
-def resolve_weights(arch: str, value: str | Path, key: str) -> tuple[dict, Path]:
-    """The backbone tensors (no `fc.`) that the config value `value` of `key` names for the
-    torchvision architecture `arch`, and the file they came from."""
+def resolve_weights(arch: str, value: str | Path, key: str, keep_head: bool = False) -> tuple[dict, Path]:
+    """The tensors (without `fc.` unless `keep_head`) that the config value `value` of `key` names
+    for the torchvision architecture `arch`, and the file they came from."""
     path = Path(value)
     if path.is_file():
         state = load_checkpoint(path)
@@ -69,14 +69,14 @@ def resolve_weights(arch: str, value: str | Path, key: str) -> tuple[dict, Path]
     else:
         raise ConfigError(f"{key}: {path}: weights file not found")
     state = state.get("model", state)
-    return {name: tensor for name, tensor in state.items() if not name.startswith("fc.")}, path
+    return {name: tensor for name, tensor in state.items() if keep_head or not name.startswith("fc.")}, path
 
 
 def load_weights(module: nn.Module, arch: str, value: str | Path, key: str,
-                 untouched: tuple[str, ...] = ()) -> None:
+                 untouched: tuple[str, ...] = (), keep_head: bool = False) -> None:
     """Load the weights `value` names into `module`; only parameters under the `untouched`
     prefixes (a head of our own) may be left as they are."""
-    state, path = resolve_weights(arch, value, key)
+    state, path = resolve_weights(arch, value, key, keep_head)
     own = module.state_dict()
     problems = {"other shapes": [name for name in state
                                  if name in own and state[name].shape != own[name].shape]}

@@ -1,0 +1,63 @@
+"""The classifiers `explain` takes: any torchvision classification model by name, with weights
+by torchvision name, from a local file or none (random), or a camseg run's classifier; each with
+its class names, input size, normalisation and score (softmax or sigmoid)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torchvision
+from torch import nn
+
+from pipeline.data.transforms import MEAN, STD
+from pipeline.errors import ConfigError
+from pipeline.models.checkpoints import classifier_checkpoint, load_classifier, training_size
+from pipeline.models.weights import load_weights, torchvision_weights
+
+TORCHVISION_SIZE = 224  # torchvision's ImageNet models are evaluated at 224 px (most of them)
+RANDOM = "none"
+
+
+@dataclass
+class Classifier:
+    model: nn.Module  # in eval mode
+    name: str  # "resnet50", or "runs/default (resnet18)"
+    weights: str  # a torchvision weight name, a file, or RANDOM
+    class_names: list[str] | None
+    size: int  # the square input size the model is explained at
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    scores: str  # "softmax" (one label per image) or "sigmoid" (multi-label)
+
+
+def classification_models() -> list[str]:
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def torchvision_classifier(name: str, weights: str = RANDOM) -> Classifier:
+    """torchvision's `name` (1000 ImageNet outputs) with `weights`: its class names and
+    normalisation from the weights' metadata (the architecture's default weights' for a file or
+    none), its size the named weights' evaluation crop, else 224."""
+    models = classification_models()
+    if name not in models:
+        examples = ", ".join(model for model in models if model.startswith(("resnet", "efficientnet_b")))
+        raise ConfigError(f"--model: torchvision has no classification model '{name}' (e.g. {examples}; "
+                          f"all: torchvision.models.list_models())")
+    model = torchvision.models.get_model(name, weights=None)
+    named = weights != RANDOM and not Path(weights).is_file()
+    if weights != RANDOM:
+        load_weights(model, name, weights, "--weights", keep_head=True)
+    meta = torchvision_weights(name, weights, "--weights") if named else \
+        torchvision.models.get_model_weights(name).DEFAULT
+    transform = meta.transforms()
+    return Classifier(model.eval(), name, weights, list(meta.meta["categories"]),
+                      transform.crop_size[0] if named else TORCHVISION_SIZE,
+                      tuple(transform.mean), tuple(transform.std), "softmax")
+
+
+def run_classifier(run_dir: Path) -> Classifier:
+    """A camseg run's trained classifier, at its training size, with its classes (multi-label)."""
+    checkpoint = classifier_checkpoint(run_dir)
+    model, state = load_classifier(run_dir)
+    return Classifier(model, f"{run_dir} ({state['arch']})", str(checkpoint), list(state["class_names"]),
+                      training_size(state), MEAN, STD, "sigmoid")
