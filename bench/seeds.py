@@ -20,9 +20,10 @@ from pipeline.runs import git_commit, read_json
 from bench_out import save
 
 # Higher is better for each, so a seed's worst is its minimum.
-HEADLINE = ["cls_map", "seed_miou_best", "pseudo_miou", "pseudo_val_miou", "seg_miou",
+HEADLINE = ["cls_map", "seed_miou_best", "pseudo_miou", "pseudo_val_miou", "pseudo_aff_miou",
+            "pseudo_aff_val_miou", "seg_miou",
             "seg_upper_bound_miou", "seg_ratio", "seg_minus_val_pseudo", "seg_min_class_iou",
-            "pseudo_min_class_iou"]
+            "pseudo_min_class_iou", "pseudo_aff_min_class_iou"]
 
 
 def seed_run(run: Path, seed: int) -> Path:
@@ -47,9 +48,11 @@ def lowest_class_iou(results: dict) -> float:
 def seed_numbers(run: Path) -> dict:
     summary = read_json(run / "report" / "summary.json")
     numbers = {key: summary.get(key) for key in HEADLINE}
-    numbers["seg_minus_val_pseudo"] = round(summary["seg_miou"] - summary["pseudo_val_miou"], 4)
+    numbers["seg_minus_val_pseudo"] = round(summary["seg_miou"] - summary["seg_pseudo_val_miou"], 4)
     numbers["seg_min_class_iou"] = lowest_class_iou(read_json(run / "eval" / "seg" / "results.json"))
-    numbers["pseudo_min_class_iou"] = lowest_class_iou(read_json(run / "eval" / "pseudo" / "results.json"))
+    pseudo = read_json(run / "eval" / "pseudo" / "results.json")
+    numbers["pseudo_min_class_iou"] = lowest_class_iou(pseudo)
+    numbers["pseudo_aff_min_class_iou"] = lowest_class_iou(pseudo["affinity"])
     numbers["warnings"] = summary.get("warnings", [])
     return numbers
 

@@ -172,7 +172,9 @@ class SegConfig:
 class AffinityConfig:
     # Inter-pixel affinity (IRN, Ahn et al. 2019): a class-boundary head on the frozen
     # classifier's features learns which pixel pairs of the confident pseudo-masks (pseudo
-    # stage) share a class; the seeds then spread by a random walk along its affinities.
+    # stage) share a class; the seeds then spread by a random walk along its affinities
+    # (stages train-aff and pseudo-aff, run by `all` when `enabled`).
+    enabled: bool = False
     split: str = "train"  # the head learns from this split's pseudo-masks
     stride: int = 4  # the finest feature level the head reads (deeper ones too): its output's stride
     width: int = 32  # channels per level (IRN's edge branch)
@@ -337,6 +339,9 @@ def check_choices(cfg: "Config") -> None:
             if value not in valid:
                 raise ConfigError(f"config key '{key}': '{value}' is not a valid choice "
                                   f"(valid: {', '.join(valid)})")
+    if cfg.seg.labels == "affinity" and not cfg.affinity.enabled:
+        raise ConfigError("config key 'seg.labels': 'affinity' needs the affinity stages "
+                          "(affinity.enabled=true)")
     if cfg.seg.cache_features and cfg.seg.encoder_lr_scale != 0:
         raise ConfigError(f"config key 'seg.cache_features': needs a frozen encoder "
                           f"(seg.encoder_lr_scale=0, not {cfg.seg.encoder_lr_scale})")

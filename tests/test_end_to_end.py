@@ -35,7 +35,9 @@ def overrides(tmp):
     return [f"run_dir={tmp}/run", "data.name=shapes", f"data.root={tmp}/data", "data.image_size=32",
             "data.n_train=64", "data.n_val=16", "cls.split=train", "cls.crop_size=32", "cls.epochs=3",
             "cls.batch_size=16", "cam.layers=[layer3,layer4]", "cam.batch_size=16", "pseudo.workers=1",
-            "pseudo.splits=[train,val]", "seg.eval_flip=true", "seg.eval_crf=true", "seg.crop_size=32", "seg.epochs=1", "seg.batch_size=8", "report.examples=2"]
+            "pseudo.splits=[train,val]", "seg.eval_flip=true", "seg.eval_crf=true", "seg.crop_size=32", "seg.epochs=1", "seg.batch_size=8", "report.examples=2",
+            "affinity.enabled=true", "affinity.epochs=1", "affinity.batch_size=8", "affinity.train_radius=3",
+            "affinity.exp_times=1"]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,7 @@ def test_summary_has_every_key_in_range(run):
     assert re.fullmatch(r"[0-9a-f]{16}", s["config_hash"])
     assert s["seg_upper_bound_miou"] > 0
     assert s["seg_ratio"] == round(s["seg_miou"] / s["seg_upper_bound_miou"], 4)
-    manifests = {**{stage: run["manifests"][stage] for stage in pipeline_stages()},
+    manifests = {**{stage: run["manifests"][stage] for stage in pipeline_stages(run["cfg"])},
                  **{f"upper-bound {stage}": run["manifests"][f"{stage} gt"] for stage in UPPER_BOUND}}
     assert s["stage_seconds"] == {stage: manifest["seconds"] for stage, manifest in manifests.items()}
     # the total is rounded once more, so it may differ from the rounded parts' sum by that rounding
@@ -179,11 +181,12 @@ def test_saved_layers_are_the_raw_maps_the_fused_seeds_come_from(run, tmp_path):
         np.testing.assert_allclose(fused, again, atol=2e-3)
 
 
-def test_pseudo_masks(run):
+@pytest.mark.parametrize("folder", ["pseudo", "pseudo-aff"])
+def test_pseudo_masks(run, folder):
     voc = run["train"]
-    assert len(list((run["dir"] / "pseudo").glob("*.png"))) == 64 + 16  # pseudo.splits: train and val
+    assert len(list((run["dir"] / folder).glob("*.png"))) == 64 + 16  # pseudo.splits: train and val
     for image_id in voc.ids:
-        mask = read_mask(run["dir"] / "pseudo" / f"{image_id}.png")
+        mask = read_mask(run["dir"] / folder / f"{image_id}.png")
         assert mask.shape == (32, 32)
         values = set(np.unique(mask).tolist())
         assert values <= {0, 1, 2, 3, 255}
@@ -191,29 +194,32 @@ def test_pseudo_masks(run):
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
-def test_eval_pseudo_recomputed(run, split):
+@pytest.mark.parametrize("folder, section", [("pseudo", None), ("pseudo-aff", "affinity")])
+def test_eval_pseudo_recomputed(run, split, folder, section):
     voc, n = run[split], 4
     matrix = np.zeros((n, n), np.int64)
     correct = confident = labelled = 0
     for image_id in voc.ids:
         gt = voc.mask(image_id)
-        pseudo = read_mask(run["dir"] / "pseudo" / f"{image_id}.png")
+        pseudo = read_mask(run["dir"] / folder / f"{image_id}.png")
         valid, sure = gt != 255, pseudo != 255
         labelled += valid.sum()
         confident += (valid & sure).sum()
         correct += (valid & sure & (pseudo == gt)).sum()
         matrix += confusion(gt, np.where(sure, pseudo, 0), n)
     got = results(run, "eval/pseudo")
+    got = got[section] if section else got
     got = got if split == "train" else got["val"]
     assert got["split"] == split and got["images"] == len(voc.ids)
     assert got["precision"] == round(correct / confident, 4)
     assert got["coverage"] == round(confident / labelled, 4)
     assert got["miou"] == round(mean_iou(matrix), 4)
+    prefix = "pseudo_aff" if section else "pseudo"
     if split == "train":
-        assert run["summary"]["pseudo_precision"] == got["precision"]
-        assert run["summary"]["pseudo_miou"] == got["miou"]
+        assert run["summary"][f"{prefix}_precision"] == got["precision"]
+        assert run["summary"][f"{prefix}_miou"] == got["miou"]
     else:
-        assert run["summary"]["pseudo_val_miou"] == got["miou"]
+        assert run["summary"][f"{prefix}_val_miou"] == got["miou"]
 
 
 @pytest.mark.parametrize("folder, key", [("eval/seg", "seg_miou"), ("eval/seg-gt", "seg_upper_bound_miou")])

@@ -58,7 +58,7 @@ def test_a_registered_stage_runs_with_a_manifest_and_is_skipped_while_up_to_date
 def test_a_registered_stage_is_where_the_registry_consumers_look(toy_runs, tmp_path):
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}"])
     assert parse(["toy"]).stage == "toy"
-    assert stages.pipeline_stages()[-1] == "toy"  # `all` runs it before the upper bound and the report
+    assert stages.pipeline_stages(cfg)[-1] == "toy"  # `all` runs it before the upper bound and the report
     assert stages.stage_folders(cfg)["toy"] == tmp_path / "run" / "toy"
     manifest = stages.execute("toy", cfg)
     assert stage_seconds(stages.stage_folders(cfg)) == {"toy": manifest["seconds"]}

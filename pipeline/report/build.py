@@ -48,9 +48,12 @@ def comparison_table(compare: dict | None) -> tuple[list[str], list[dict]]:
 
 def per_class_iou(run_dir: Path) -> dict[str, dict]:
     """Each scored stage's IoU per class (background included), by stage label."""
+    pseudo = _results(run_dir, "eval/pseudo")
     per_class = {"seeds (best threshold)": _results(run_dir, "eval/cams")["per_class_iou_best"],
-                 "pseudo-masks": _results(run_dir, "eval/pseudo")["per_class_iou"],
-                 "segmenter": _results(run_dir, "eval/seg")["per_class_iou"]}
+                 "pseudo-masks": pseudo["per_class_iou"]}
+    if "affinity" in pseudo:
+        per_class["affinity pseudo-masks"] = pseudo["affinity"]["per_class_iou"]
+    per_class["segmenter"] = _results(run_dir, "eval/seg")["per_class_iou"]
     upper = _results(run_dir, "eval/seg-gt")
     if upper:
         per_class["upper bound"] = upper["per_class_iou"]
@@ -63,10 +66,23 @@ def warnings(summary: dict, per_class: dict[str, dict]) -> list[str]:
     found = [f"{name}: IoU {iou:.3f} in the {stage} (below {WEAK_IOU})"
              for stage, values in per_class.items() for name, iou in values.items()
              if iou is not None and iou < WEAK_IOU]
-    if summary["pseudo_val_miou"] is not None and summary["seg_miou"] <= summary["pseudo_val_miou"]:
+    learnt_from = summary["seg_pseudo_val_miou"]
+    if learnt_from is not None and summary["seg_miou"] <= learnt_from:
         found.append(f"the segmenter's val mIoU {summary['seg_miou']:.3f} does not beat its val "
-                     f"pseudo-masks' {summary['pseudo_val_miou']:.3f}")
+                     f"pseudo-masks' ({summary['seg_labels']}) {learnt_from:.3f}")
     return found
+
+
+def val_miou(results: dict | None) -> float | None:
+    return results["val"]["miou"] if results and "val" in results else None
+
+
+def affinity_scores(results: dict | None) -> dict:
+    """The summary keys of the affinity pseudo-masks (None where the run has none)."""
+    return {"pseudo_aff_miou": results["miou"] if results else None,
+            "pseudo_aff_precision": results["precision"] if results else None,
+            "pseudo_aff_coverage": results["coverage"] if results else None,
+            "pseudo_aff_val_miou": val_miou(results)}
 
 
 def stage_seconds(stage_folders: dict[str, Path]) -> dict[str, float]:
@@ -101,7 +117,10 @@ def build_summary(cfg: Config, run_dir: Path, cfg_hash: str, stage_folders: dict
         "pseudo_miou": pseudo["miou"],
         "pseudo_precision": pseudo["precision"],
         "pseudo_coverage": pseudo["coverage"],
-        "pseudo_val_miou": pseudo["val"]["miou"] if "val" in pseudo else None,
+        "pseudo_val_miou": val_miou(pseudo),
+        **affinity_scores(pseudo.get("affinity")),
+        "seg_labels": cfg.seg.labels,
+        "seg_pseudo_val_miou": val_miou(pseudo.get("affinity") if cfg.seg.labels == "affinity" else pseudo),
         "seg_miou": seg["miou"],
         "seg_upper_bound_miou": upper["miou"] if upper else None,
         "seg_ratio": round(seg["miou"] / upper["miou"], 4) if upper and upper["miou"] > 0 else None,

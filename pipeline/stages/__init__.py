@@ -12,6 +12,9 @@ and, unless it is a plain stage (run on rank 0 while the other ranks wait), its 
               (`distributed.shard`); SHARD_FILES is the pattern of the file each image gets
   "summary"   reads every other stage's files: `all` runs it last, and its run takes a fourth
               argument, `stage_folders(cfg)`
+and, if the config can switch it off, SWITCH: the dotted key of the boolean that does (e.g.
+"affinity.enabled"); `all` and the report leave out a stage that is off, and running it alone
+is refused.
 Adding a stage is its module plus its name in STAGES.
 
 Under torchrun, rank 0 alone prepares a stage's folder and writes its manifest. The manifests
@@ -48,9 +51,24 @@ def kind(name: str) -> str:
     return declared
 
 
-def pipeline_stages() -> list[str]:
-    """The stages `all` runs before the upper bound, in order: every stage but the summaries."""
-    return [name for name in STAGES if kind(name) != "summary"]
+def switch(name: str) -> str | None:
+    return getattr(module(name), "SWITCH", None)
+
+
+def enabled(name: str, cfg: Config) -> bool:
+    key = switch(name)
+    if key is None:
+        return True
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return bool(value)
+
+
+def pipeline_stages(cfg: Config) -> list[str]:
+    """The stages `all` runs before the upper bound, in order: every enabled stage but the
+    summaries."""
+    return [name for name in STAGES if kind(name) != "summary" and enabled(name, cfg)]
 
 
 def upper_bound_config(cfg: Config) -> Config:
@@ -64,7 +82,7 @@ def stage_folder(name: str, cfg: Config) -> Path:
 def stage_folders(cfg: Config) -> dict[str, Path]:
     """The folder of every stage a summary covers, by the name it shows: the pipeline's stages,
     then the upper bound's as "upper-bound <stage>"."""
-    folders = {name: stage_folder(name, cfg) for name in pipeline_stages()}
+    folders = {name: stage_folder(name, cfg) for name in pipeline_stages(cfg)}
     upper = upper_bound_config(cfg)
     folders.update({f"upper-bound {name}": stage_folder(name, upper) for name in UPPER_BOUND})
     return folders
@@ -100,6 +118,8 @@ def run_on_ranks(name: str, cfg: Config, folder: Path) -> dict | None:
 def execute(name: str, cfg: Config, force: bool = False) -> dict:
     """Run one stage unless its manifest already matches; returns the stage's manifest (under
     torchrun, on every rank, the one rank 0 wrote)."""
+    if not enabled(name, cfg):
+        raise runs.StageError(f"stage '{name}' is off in this config; run it with {switch(name)}=true")
     distributed.init(cfg.device)
     stage = module(name)
     folder = stage_folder(name, cfg)
@@ -137,7 +157,7 @@ def execute(name: str, cfg: Config, force: bool = False) -> dict:
 def execute_all(cfg: Config, force: bool = False) -> dict[str, dict]:
     """Every stage of `cfg` (each skipped when up to date), the upper bound's, then the summaries;
     their manifests by stage name, the upper bound's as "<stage> gt"."""
-    manifests = {name: execute(name, cfg, force) for name in pipeline_stages()}
+    manifests = {name: execute(name, cfg, force) for name in pipeline_stages(cfg)}
     upper = upper_bound_config(cfg)
     manifests.update({f"{name} gt": execute(name, upper, force) for name in UPPER_BOUND})
     manifests.update({name: execute(name, cfg, force) for name in STAGES if kind(name) == "summary"})

@@ -2,7 +2,7 @@
 precision and coverage of the confident (non-255) pixels, on `eval.split`, and on the
 segmenter's val split too when the pseudo stages made masks for it: those are what the segmenter
 must beat on the images it is scored on. The pseudo stage's masks are scored at the top level of
-the results, the random walk's (pseudo-aff) under "affinity"."""
+the results, the random walk's (pseudo-aff, with `affinity.enabled`) under "affinity"."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,7 +22,7 @@ def OUTPUT(cfg: Config) -> str:
 
 
 def UPSTREAM(cfg: Config) -> list[str]:
-    return ["pseudo", "pseudo-aff"]
+    return ["pseudo", "pseudo-aff"] if cfg.affinity.enabled else ["pseudo"]
 
 
 def SECTION(cfg: Config) -> dict:
@@ -65,6 +65,9 @@ def headline(results: dict) -> dict:
 
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     results = score_folder(cfg, run_dir / "pseudo")
+    if not cfg.affinity.enabled:
+        write_json(out / RESULTS, results)
+        return headline(results)
     results["affinity"] = score_folder(cfg, run_dir / "pseudo-aff")
     write_json(out / RESULTS, results)
     return {**headline(results), "affinity": headline(results["affinity"])}

@@ -21,6 +21,7 @@ from pipeline.models.affinity_net import boundary_maps, classifier_encoder, load
 from pipeline.refine.masks import mask_path, mask_settings, pseudo_mask, walked_cams
 from pipeline.runs import progress
 
+SWITCH = "affinity.enabled"
 KIND = "sharded"
 SHARD_FILES = "*.png"
 SETTINGS = ("radius", "beta", "exp_times", "flip")

@@ -17,6 +17,7 @@ from pipeline.train import TrainSpec, fit, save_checkpoint, seed_everything
 
 log = logging.getLogger("pipeline")
 
+SWITCH = "affinity.enabled"
 KIND = "training"
 SETTINGS = ("split", "stride", "width", "train_radius", "samples", "epochs", "batch_size", "lr",
             "weight_decay", "max_minutes", "workers")
