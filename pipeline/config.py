@@ -323,7 +323,7 @@ def _layer_names(arch: str, last_stride: int) -> tuple[str, ...]:
     return tuple(name for name, _ in model.named_modules() if name)
 
 
-def _get(cfg: "Config", dotted: str) -> Any:
+def dotted_value(cfg: "Config", dotted: str) -> Any:
     value = cfg
     for part in dotted.split("."):
         value = getattr(value, part)
@@ -334,7 +334,7 @@ def check_choices(cfg: "Config") -> None:
     """Every choice (method, fusion, background, labels, arch, device, dataset kind, layer names)
     is one of its valid values: a typo stops here, in one line, before any stage does work."""
     for key, valid in _choices().items():
-        values = _get(cfg, key)
+        values = dotted_value(cfg, key)
         for value in values if isinstance(values, list) else [values]:
             if value not in valid:
                 raise ConfigError(f"config key '{key}': '{value}' is not a valid choice "

@@ -79,10 +79,9 @@ def val_miou(results: dict | None) -> float | None:
 
 def affinity_scores(results: dict | None) -> dict:
     """The summary keys of the affinity pseudo-masks (None where the run has none)."""
-    return {"pseudo_aff_miou": results["miou"] if results else None,
-            "pseudo_aff_precision": results["precision"] if results else None,
-            "pseudo_aff_coverage": results["coverage"] if results else None,
-            "pseudo_aff_val_miou": val_miou(results)}
+    scores = {f"pseudo_aff_{key}": results[key] if results else None
+              for key in ("miou", "precision", "coverage")}
+    return {**scores, "pseudo_aff_val_miou": val_miou(results)}
 
 
 def stage_seconds(stage_folders: dict[str, Path]) -> dict[str, float]:

@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline import distributed, runs
-from pipeline.config import Config, config_hash
+from pipeline.config import Config, config_hash, dotted_value
 
 log = logging.getLogger("pipeline")
 
@@ -57,12 +57,7 @@ def switch(name: str) -> str | None:
 
 def enabled(name: str, cfg: Config) -> bool:
     key = switch(name)
-    if key is None:
-        return True
-    value = cfg
-    for part in key.split("."):
-        value = getattr(value, part)
-    return bool(value)
+    return key is None or bool(dotted_value(cfg, key))
 
 
 def pipeline_stages(cfg: Config) -> list[str]:

@@ -57,7 +57,7 @@ def score_folder(cfg: Config, folder: Path) -> dict:
 
 
 def headline(results: dict) -> dict:
-    metrics = {k: v for k, v in results.items() if k not in ("per_class_iou", "val", "affinity")}
+    metrics = {k: v for k, v in results.items() if k not in ("per_class_iou", "val")}
     if "val" in results:
         metrics["val_miou"] = results["val"]["miou"]
     return metrics
@@ -65,9 +65,9 @@ def headline(results: dict) -> dict:
 
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     results = score_folder(cfg, run_dir / "pseudo")
-    if not cfg.affinity.enabled:
-        write_json(out / RESULTS, results)
-        return headline(results)
-    results["affinity"] = score_folder(cfg, run_dir / "pseudo-aff")
+    metrics = headline(results)
+    if cfg.affinity.enabled:
+        results["affinity"] = score_folder(cfg, run_dir / "pseudo-aff")
+        metrics["affinity"] = headline(results["affinity"])
     write_json(out / RESULTS, results)
-    return {**headline(results), "affinity": headline(results["affinity"])}
+    return metrics
