@@ -52,7 +52,7 @@ def seed_numbers(run: Path) -> dict:
     numbers["seg_min_class_iou"] = lowest_class_iou(read_json(run / "eval" / "seg" / "results.json"))
     pseudo = read_json(run / "eval" / "pseudo" / "results.json")
     numbers["pseudo_min_class_iou"] = lowest_class_iou(pseudo)
-    numbers["pseudo_aff_min_class_iou"] = lowest_class_iou(pseudo["affinity"])
+    numbers["pseudo_aff_min_class_iou"] = lowest_class_iou(pseudo["affinity"]) if "affinity" in pseudo else None
     numbers["warnings"] = summary.get("warnings", [])
     return numbers
 
@@ -89,7 +89,9 @@ def main() -> None:
     numbers = {seed: seed_numbers(seed_run(run, seed)) for seed in seeds}
     result = {"seeds": seeds, "config": args.config, "overrides": args.overrides, "run": str(run),
               "commit": git_commit(),
-              "spread": {key: spread([numbers[s][key] for s in seeds]) for key in HEADLINE},
+              # keys a config does not produce (the affinity ones with its stages off) are left out
+              "spread": {key: spread([numbers[s][key] for s in seeds]) for key in HEADLINE
+                         if all(numbers[s][key] is not None for s in seeds)},
               "warnings": {seed: numbers[seed]["warnings"] for seed in seeds}}
     text = table(result)
     print(text)
