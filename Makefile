@@ -13,7 +13,7 @@ STAGE_ARGS = --config $(CONFIG) run_dir=$(RUN) $(ARGS)
 export FASHION_MNIST_DIR
 
 .DEFAULT_GOAL := all
-.PHONY: all help install fashion-mnist data train-cls cams eval-cams compare-cams pseudo eval-pseudo train-seg \
+.PHONY: all help install fashion-mnist data train-cls cams eval-cams compare-cams pseudo train-aff pseudo-aff eval-pseudo train-seg \
         eval-seg upper-bound report quick test test-fast bench bench-speed bench-cam bench-crf bench-rw bench-faith \
         bench-explain label explain clean
 
@@ -58,6 +58,10 @@ compare-cams: install ## score CAM, Grad-CAM and Grad-CAM++ from several layer s
 	$(STAGE) compare-cams $(STAGE_ARGS)
 pseudo: install ## turn seeds into confident pseudo-masks (threshold + dense CRF)
 	$(STAGE) pseudo $(STAGE_ARGS)
+train-aff: install ## learn IRN's class-boundary head from the pseudo-masks (needs affinity.enabled, e.g. CONFIG=configs/affinity.yaml)
+	$(STAGE) train-aff $(STAGE_ARGS)
+pseudo-aff: install ## pseudo-masks from the seeds walked along the learnt affinities (needs affinity.enabled)
+	$(STAGE) pseudo-aff $(STAGE_ARGS)
 eval-pseudo: install ## score pseudo-masks: mIoU, precision and coverage
 	$(STAGE) eval-pseudo $(STAGE_ARGS)
 train-seg: install ## train the segmenter on the pseudo-masks
