@@ -14,7 +14,7 @@ export FASHION_MNIST_DIR
 
 .DEFAULT_GOAL := all
 .PHONY: all help install fashion-mnist data train-cls cams eval-cams compare-cams pseudo train-aff pseudo-aff eval-pseudo train-seg \
-        eval-seg upper-bound report quick test test-fast bench bench-speed bench-cam bench-crf bench-rw bench-faith \
+        eval-seg pseudo-r2 round2 upper-bound report quick test test-fast bench bench-speed bench-cam bench-crf bench-rw bench-faith \
         bench-explain label explain clean
 
 all: install fashion-mnist ## set up and run every stage (upper bound included) on CONFIG in one process, then print where the report is
@@ -68,6 +68,12 @@ train-seg: install ## train the segmenter on the pseudo-masks
 	$(STAGE) train-seg $(STAGE_ARGS)
 eval-seg: install ## score the segmenter on val and write its predictions
 	$(STAGE) eval-seg $(STAGE_ARGS)
+pseudo-r2: install ## the second round's pseudo-masks, from the segmenter's predictions (needs round2.enabled, e.g. CONFIG=configs/round2.yaml)
+	$(STAGE) pseudo-r2 $(STAGE_ARGS)
+round2: install ## score the second round's pseudo-masks, then train and score its segmenter on them (after pseudo-r2)
+	$(STAGE) eval-pseudo $(STAGE_ARGS) seg.labels=round2
+	$(STAGE) train-seg $(STAGE_ARGS) seg.labels=round2
+	$(STAGE) eval-seg $(STAGE_ARGS) seg.labels=round2
 upper-bound: install ## the same segmenter, budget and seed trained on ground truth, scored on val
 	$(STAGE) train-seg $(STAGE_ARGS) seg.labels=gt
 	$(STAGE) eval-seg $(STAGE_ARGS) seg.labels=gt

@@ -21,9 +21,71 @@ from bench_out import save
 
 # Higher is better for each, so a seed's worst is its minimum.
 HEADLINE = ["cls_map", "seed_miou_best", "pseudo_miou", "pseudo_val_miou", "pseudo_aff_miou",
-            "pseudo_aff_val_miou", "seg_miou",
-            "seg_upper_bound_miou", "seg_ratio", "seg_minus_val_pseudo", "seg_min_class_iou",
-            "pseudo_min_class_iou", "pseudo_aff_min_class_iou"]
+            "pseudo_aff_val_miou", "seg_miou", "pseudo_r2_miou", "pseudo_r2_val_miou", "seg_r2_miou",
+            "seg_upper_bound_miou", "seg_ratio", "seg_r2_ratio", "seg_minus_val_pseudo", "seg_min_class_iou",
+            "pseudo_min_class_iou", "pseudo_aff_min_class_iou", "pseudo_r2_min_class_iou",
+            "seg_r2_min_class_iou"]
+
+
+def optional_lowest(path: Path, section: str | None = None) -> float | None:
+    """`lowest_class_iou` of a results file (or of one of its sections) the run may lack."""
+    if not path.is_file():
+        return None
+    results = read_json(path)
+    if section is not None:
+        results = results.get(section)
+    return lowest_class_iou(results) if results else None
+
+
+# The pipeline's steps, each scored per class: (name, results folder under eval/, section of its
+# results or None, the step its gain is measured from or None). Seeds and pseudo-masks are
+# scored on the train split, segmenters on val.
+STEPS = [("seeds, best threshold (oracle)", "cams", None, None),
+         ("pseudo-masks: seeds + CRF + band", "pseudo", None, "seeds, best threshold (oracle)"),
+         ("affinity pseudo-masks: walked seeds + CRF + band", "pseudo", "affinity", "pseudo-masks: seeds + CRF + band"),
+         ("round-2 pseudo-masks: segmenter, known classes + CRF + band", "pseudo-r2", None,
+          "pseudo-masks: seeds + CRF + band"),
+         ("segmenter", "seg", None, None),
+         ("round-2 segmenter", "seg-r2", None, "segmenter"),
+         ("upper bound", "seg-gt", None, None)]
+
+
+def step_scores(run: Path) -> dict[str, dict]:
+    """Each step's mIoU and per-class IoU in one seed's run, by step name (steps it lacks left out)."""
+    found = {}
+    for name, folder, section, _ in STEPS:
+        path = run / "eval" / folder / "results.json"
+        results = read_json(path) if path.is_file() else None
+        results = results.get(section) if results and section else results
+        if results:
+            per_class = results.get("per_class_iou") or results["per_class_iou_best"]
+            found[name] = {"miou": results.get("miou", results.get("best_miou")), **per_class}
+    return found
+
+
+def signed(value: float | None) -> str:
+    return "" if value is None else f"{value:+.3f}"
+
+
+def step_table(per_seed: list[dict[str, dict]]) -> tuple[dict, str]:
+    """Per step, the mean over seeds of its mIoU and of each class's IoU, the worst seed's, and
+    the mean gain over the step it follows; as data and as a Markdown table."""
+    steps = [step for step in STEPS if all(step[0] in scores for scores in per_seed)]
+    keys = list(per_seed[0][steps[0][0]]) if steps else []
+    data = {}
+    for name, _, _, previous in steps:
+        values = {key: [scores[name][key] for scores in per_seed] for key in keys}
+        gains = ([scores[name]["miou"] - scores[previous]["miou"] for scores in per_seed]
+                 if previous in {step[0] for step in steps} else None)
+        data[name] = {"mean": {k: round(statistics.mean(v), 4) for k, v in values.items()},
+                      "worst": {k: min(v) for k, v in values.items()},
+                      "gain": round(statistics.mean(gains), 4) if gains else None}
+    header = ["step", "gain", *keys]
+    rows = [f"| {name} | {signed(row['gain'])} | "
+            + " | ".join(f"{row['mean'][k]:.3f} ({row['worst'][k]:.3f})" for k in keys) + " |"
+            for name, row in data.items()]
+    text = "\n".join([f"| {' | '.join(header)} |", "|" + "---|" * len(header), *rows])
+    return data, text
 
 
 def seed_run(run: Path, seed: int) -> Path:
@@ -49,10 +111,12 @@ def seed_numbers(run: Path) -> dict:
     summary = read_json(run / "report" / "summary.json")
     numbers = {key: summary.get(key) for key in HEADLINE}
     numbers["seg_minus_val_pseudo"] = round(summary["seg_miou"] - summary["seg_pseudo_val_miou"], 4)
-    numbers["seg_min_class_iou"] = lowest_class_iou(read_json(run / "eval" / "seg" / "results.json"))
-    pseudo = read_json(run / "eval" / "pseudo" / "results.json")
-    numbers["pseudo_min_class_iou"] = lowest_class_iou(pseudo)
-    numbers["pseudo_aff_min_class_iou"] = lowest_class_iou(pseudo["affinity"]) if "affinity" in pseudo else None
+    scores = run / "eval"
+    numbers["seg_min_class_iou"] = lowest_class_iou(read_json(scores / "seg" / "results.json"))
+    numbers["pseudo_min_class_iou"] = lowest_class_iou(read_json(scores / "pseudo" / "results.json"))
+    numbers["pseudo_aff_min_class_iou"] = optional_lowest(scores / "pseudo" / "results.json", "affinity")
+    numbers["pseudo_r2_min_class_iou"] = optional_lowest(scores / "pseudo-r2" / "results.json")
+    numbers["seg_r2_min_class_iou"] = optional_lowest(scores / "seg-r2" / "results.json")
     numbers["warnings"] = summary.get("warnings", [])
     return numbers
 
@@ -89,11 +153,13 @@ def main() -> None:
     numbers = {seed: seed_numbers(seed_run(run, seed)) for seed in seeds}
     result = {"seeds": seeds, "config": args.config, "overrides": args.overrides, "run": str(run),
               "commit": git_commit(),
-              # keys a config does not produce (the affinity ones with its stages off) are left out
+              # keys a config does not produce (those of stages it has off) are left out
               "spread": {key: spread([numbers[s][key] for s in seeds]) for key in HEADLINE
                          if all(numbers[s][key] is not None for s in seeds)},
               "warnings": {seed: numbers[seed]["warnings"] for seed in seeds}}
-    text = table(result)
+    result["steps"], steps = step_table([step_scores(seed_run(run, seed)) for seed in seeds])
+    text = table(result) + ("\n\nPer step, mean over seeds (worst seed); gain: mean mIoU over the step "
+                            "it follows:\n\n" + steps if result["steps"] else "")
     print(text)
     name = Path(args.config).stem
     save(f"seeds-{name}.json", result)

@@ -137,8 +137,9 @@ class PseudoConfig:
 
 @dataclass
 class SegConfig:
-    # "pseudo" (the pseudo stage's masks), "affinity" (the random walk's, pseudo-aff) or "gt"
-    # (the fully supervised upper bound)
+    # "pseudo" (the pseudo stage's masks), "affinity" (the random walk's, pseudo-aff), "round2"
+    # (the second round's, pseudo-r2: set by `all` with round2.enabled) or "gt" (the fully
+    # supervised upper bound)
     labels: str = "pseudo"
     split: str = "train"
     val_split: str = "val"
@@ -196,6 +197,16 @@ class AffinityConfig:
 
 
 @dataclass
+class RoundTwoConfig:
+    # Self-training, the second round: the first segmenter's predictions (flip-averaged when
+    # `flip`), restricted to each image's known classes and made into pseudo-masks as the seeds
+    # are (stage pseudo-r2, the `pseudo` section's CRF and confidence band); then eval-pseudo,
+    # train-seg and eval-seg run again with seg.labels=round2, which `all` does when `enabled`.
+    enabled: bool = False
+    flip: bool = True
+
+
+@dataclass
 class LabelConfig:
     # `python -m pipeline label` without a labels CSV: an image's classes are those whose sigmoid
     # score exceeds this (a score is 0.5 where the logit is 0, the decision boundary BCE trains).
@@ -225,6 +236,7 @@ class Config:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
     seg: SegConfig = field(default_factory=SegConfig)
+    round2: RoundTwoConfig = field(default_factory=RoundTwoConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
 
@@ -298,7 +310,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-SEG_LABELS = ("pseudo", "affinity", "gt")
+SEG_LABELS = ("pseudo", "affinity", "round2", "gt")
+# The switch of the stages that make the masks of these `seg.labels`.
+LABEL_SWITCHES = {"affinity": "affinity.enabled", "round2": "round2.enabled"}
 DATASETS = ("fashion-scenes", "shapes", "voc", "folder")
 
 
@@ -339,9 +353,10 @@ def check_choices(cfg: "Config") -> None:
             if value not in valid:
                 raise ConfigError(f"config key '{key}': '{value}' is not a valid choice "
                                   f"(valid: {', '.join(valid)})")
-    if cfg.seg.labels == "affinity" and not cfg.affinity.enabled:
-        raise ConfigError("config key 'seg.labels': 'affinity' needs the affinity stages "
-                          "(affinity.enabled=true)")
+    switch = LABEL_SWITCHES.get(cfg.seg.labels)
+    if switch and not dotted_value(cfg, switch):
+        raise ConfigError(f"config key 'seg.labels': '{cfg.seg.labels}' needs the stages that make "
+                          f"those masks ({switch}=true)")
     if cfg.seg.cache_features and cfg.seg.encoder_lr_scale != 0:
         raise ConfigError(f"config key 'seg.cache_features': needs a frozen encoder "
                           f"(seg.encoder_lr_scale=0, not {cfg.seg.encoder_lr_scale})")

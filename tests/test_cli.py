@@ -70,7 +70,7 @@ def test_missing_dataset_is_one_line_not_a_traceback(config_file, capsys, monkey
 
 @pytest.mark.parametrize("stage, override, key, valid", [
     ("cams", "cam.method=scorecam", "cam.method", "cam, gradcam, gradcam++"),
-    ("all", "seg.labels=gtt", "seg.labels", "pseudo, affinity, gt"),
+    ("all", "seg.labels=gtt", "seg.labels", "pseudo, affinity, round2, gt"),
     ("compare-cams", "cam.fuse=median", "cam.fuse", "max, mean"),
     ("train-cls", "cls.arch=resnet19", "cls.arch", "resnet18, resnet34, resnet50"),
     ("pseudo", "pseudo.background=softmax", "pseudo.background", "constant, power"),
@@ -89,8 +89,10 @@ def test_a_bad_choice_stops_before_any_stage_runs(config_file, tmp_path, capsys,
 @pytest.mark.parametrize("argv, expected", [
     (["train-aff"], "stage 'train-aff' is off in this config; run it with affinity.enabled=true"),
     (["pseudo-aff"], "stage 'pseudo-aff' is off in this config; run it with affinity.enabled=true"),
-    (["all", "seg.labels=affinity"], "'seg.labels': 'affinity' needs the affinity stages (affinity.enabled=true)")])
-def test_the_affinity_stages_and_their_masks_need_them_switched_on(config_file, tmp_path, capsys, argv,
+    (["pseudo-r2"], "stage 'pseudo-r2' is off in this config; run it with round2.enabled=true"),
+    (["all", "seg.labels=affinity"], "'seg.labels': 'affinity' needs the stages that make those masks (affinity.enabled=true)"),
+    (["all", "seg.labels=round2"], "'seg.labels': 'round2' needs the stages that make those masks (round2.enabled=true)")])
+def test_switched_off_stages_and_their_masks_need_them_switched_on(config_file, tmp_path, capsys, argv,
                                                                    expected):
     assert main([argv[0], "--config", str(config_file), *argv[1:]]) == 2
     lines = capsys.readouterr().err.strip().splitlines()

@@ -23,10 +23,11 @@ from pipeline.models.checkpoints import load_classifier, load_segmenter, predict
 from pipeline.models.segmenter import predict_probs
 from pipeline.refine.crf import dense_crf
 from pipeline.refine.masks import crf_settings
+from pipeline.refine.pseudo import confident_mask
 from pipeline.report.build import _fmt
 from pipeline.runs import MANIFEST, STARTED, load_manifest, read_json
-from pipeline.stages import (STAGES, UPPER_BOUND, execute, execute_all, pipeline_stages, stage_folder,
-                             upper_bound_config)
+from pipeline.stages import (ROUND_TWO, STAGES, UPPER_BOUND, execute, execute_all, pipeline_stages,
+                             round_two_config, stage_folder, upper_bound_config)
 from pipeline.train import load_checkpoint
 
 pytestmark = pytest.mark.slow  # every stage on a small dataset: `make test-fast` leaves it out
@@ -37,7 +38,7 @@ def overrides(tmp):
             "cls.batch_size=16", "cam.layers=[layer3,layer4]", "cam.batch_size=16", "pseudo.workers=1",
             "pseudo.splits=[train,val]", "seg.eval_flip=true", "seg.eval_crf=true", "seg.crop_size=32", "seg.epochs=1", "seg.batch_size=8", "report.examples=2",
             "affinity.enabled=true", "affinity.epochs=1", "affinity.batch_size=8", "affinity.train_radius=3",
-            "affinity.exp_times=1"]
+            "affinity.exp_times=1", "round2.enabled=true"]
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +46,10 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     torch.manual_seed(0)
     cfg = load_config(None, overrides(tmp))
-    gt_cfg = upper_bound_config(cfg)
+    gt_cfg, r2_cfg = upper_bound_config(cfg), round_two_config(cfg)
     manifests = execute_all(cfg)  # what `python -m pipeline all` (and `make`) runs
     run_dir = tmp / "run"
-    return {"tmp": tmp, "cfg": cfg, "gt_cfg": gt_cfg, "dir": run_dir, "manifests": manifests,
+    return {"tmp": tmp, "cfg": cfg, "gt_cfg": gt_cfg, "r2_cfg": r2_cfg, "dir": run_dir, "manifests": manifests,
             "summary": read_json(run_dir / "report" / "summary.json"),
             "train": VocDataset(tmp / "data", "train"), "val": VocDataset(tmp / "data", "val")}
 
@@ -95,7 +96,9 @@ def test_summary_has_every_key_in_range(run):
     assert re.fullmatch(r"[0-9a-f]{16}", s["config_hash"])
     assert s["seg_upper_bound_miou"] > 0
     assert s["seg_ratio"] == round(s["seg_miou"] / s["seg_upper_bound_miou"], 4)
+    assert s["seg_r2_ratio"] == round(s["seg_r2_miou"] / s["seg_upper_bound_miou"], 4)
     manifests = {**{stage: run["manifests"][stage] for stage in pipeline_stages(run["cfg"])},
+                 **{f"round-2 {stage}": run["manifests"][f"{stage} r2"] for stage in ROUND_TWO},
                  **{f"upper-bound {stage}": run["manifests"][f"{stage} gt"] for stage in UPPER_BOUND}}
     assert s["stage_seconds"] == {stage: manifest["seconds"] for stage, manifest in manifests.items()}
     # the total is rounded once more, so it may differ from the rounded parts' sum by that rounding
@@ -181,7 +184,7 @@ def test_saved_layers_are_the_raw_maps_the_fused_seeds_come_from(run, tmp_path):
         np.testing.assert_allclose(fused, again, atol=2e-3)
 
 
-@pytest.mark.parametrize("folder", ["pseudo", "pseudo-aff"])
+@pytest.mark.parametrize("folder", ["pseudo", "pseudo-aff", "pseudo-r2"])
 def test_pseudo_masks(run, folder):
     voc = run["train"]
     assert len(list((run["dir"] / folder).glob("*.png"))) == 64 + 16  # pseudo.splits: train and val
@@ -194,8 +197,9 @@ def test_pseudo_masks(run, folder):
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
-@pytest.mark.parametrize("folder, section", [("pseudo", None), ("pseudo-aff", "affinity")])
-def test_eval_pseudo_recomputed(run, split, folder, section):
+@pytest.mark.parametrize("folder, section, prefix", [("pseudo", None, "pseudo"), ("pseudo-aff", "affinity", "pseudo_aff"),
+                                                     ("pseudo-r2", None, "pseudo_r2")])
+def test_eval_pseudo_recomputed(run, split, folder, section, prefix):
     voc, n = run[split], 4
     matrix = np.zeros((n, n), np.int64)
     correct = confident = labelled = 0
@@ -207,14 +211,13 @@ def test_eval_pseudo_recomputed(run, split, folder, section):
         confident += (valid & sure).sum()
         correct += (valid & sure & (pseudo == gt)).sum()
         matrix += confusion(gt, np.where(sure, pseudo, 0), n)
-    got = results(run, "eval/pseudo")
+    got = results(run, "eval/pseudo-r2" if folder == "pseudo-r2" else "eval/pseudo")
     got = got[section] if section else got
     got = got if split == "train" else got["val"]
     assert got["split"] == split and got["images"] == len(voc.ids)
     assert got["precision"] == round(correct / confident, 4)
     assert got["coverage"] == round(confident / labelled, 4)
     assert got["miou"] == round(mean_iou(matrix), 4)
-    prefix = "pseudo_aff" if section else "pseudo"
     if split == "train":
         assert run["summary"][f"{prefix}_precision"] == got["precision"]
         assert run["summary"][f"{prefix}_miou"] == got["miou"]
@@ -222,7 +225,8 @@ def test_eval_pseudo_recomputed(run, split, folder, section):
         assert run["summary"][f"{prefix}_val_miou"] == got["miou"]
 
 
-@pytest.mark.parametrize("folder, key", [("eval/seg", "seg_miou"), ("eval/seg-gt", "seg_upper_bound_miou")])
+@pytest.mark.parametrize("folder, key", [("eval/seg", "seg_miou"), ("eval/seg-r2", "seg_r2_miou"),
+                                         ("eval/seg-gt", "seg_upper_bound_miou")])
 def test_eval_seg_recomputed_from_predictions(run, folder, key):
     voc, n = run["val"], 4
     matrix = np.zeros((n, n), np.int64)
@@ -251,9 +255,37 @@ def test_eval_seg_predictions_are_flip_averaged_and_crf_refined(run):
         assert np.array_equal(saved, expected)
 
 
+def test_round_two_masks_are_the_segmenters_known_class_predictions_refined(run):
+    """Each second-round mask is the confident mask of the first segmenter's flip-averaged softmax,
+    renormalised over the background and the image's labelled classes, their channels taking
+    the seeds' place."""
+    cfg, voc = run["cfg"], run["val"]
+    model, _ = load_segmenter(run["dir"] / "segmenter", cfg)
+    images = [voc.image(i) for i in voc.ids]
+    probs = predict_probs(model, normalised_batch(images))
+    mirrored = predict_probs(model, normalised_batch([image[:, ::-1] for image in images])).flip(-1)
+    for image_id, image, p in zip(voc.ids, images, ((probs + mirrored) / 2).numpy()):
+        classes = voc.labels(image_id)
+        known = p[[0, *(classes + 1)]] / p[[0, *(classes + 1)]].sum(0)
+        seeds = known[1:] / (known[1:].max(axis=(1, 2), keepdims=True) + 1e-5)
+        expected = confident_mask(image, np.ascontiguousarray(seeds, np.float32), classes,
+                                  cfg.pseudo.fg_threshold_high, cfg.pseudo.fg_threshold_low,
+                                  **crf_settings(cfg.pseudo))
+        saved = read_mask(run["dir"] / "pseudo-r2" / f"{image_id}.png")
+        assert np.array_equal(saved, expected)
+
+
+def test_the_second_round_trains_on_its_masks(run):
+    state = load_checkpoint(run["dir"] / "segmenter-r2" / "model.pt")
+    assert state["labels"] == "round2" and state["config"]["seg"]["labels"] == "round2"
+    assert run["manifests"]["train-seg r2"]["upstream"] == ["pseudo-r2"]  # the segmenter starts from no weights here
+    assert run["manifests"]["pseudo-r2"]["upstream"] == ["train-seg"]
+
+
 def test_every_stage_has_a_manifest(run):
     versions = run["manifests"]["data"]["packages"]
     folders = [*(stage_folder(stage, run["cfg"]) for stage in STAGES),
+               *(stage_folder(stage, run["r2_cfg"]) for stage in ROUND_TWO),
                *(stage_folder(stage, run["gt_cfg"]) for stage in UPPER_BOUND)]
     for folder in folders:
         manifest = load_manifest(folder)
@@ -275,11 +307,12 @@ def test_unchanged_stages_are_skipped(run):
         manifest = execute(stage, run["cfg"])
         assert path.stat().st_mtime_ns == before, stage
         assert manifest == read_json(path)
-    for stage in UPPER_BOUND:
-        path = stage_folder(stage, run["gt_cfg"]) / MANIFEST
-        before = path.stat().st_mtime_ns
-        execute(stage, run["gt_cfg"])
-        assert path.stat().st_mtime_ns == before, stage
+    for stages, cfg in ((ROUND_TWO, run["r2_cfg"]), (UPPER_BOUND, run["gt_cfg"])):
+        for stage in stages:
+            path = stage_folder(stage, cfg) / MANIFEST
+            before = path.stat().st_mtime_ns
+            execute(stage, cfg)
+            assert path.stat().st_mtime_ns == before, stage
 
 
 def test_changed_threshold_reruns_eval_cams_only(run, tmp_path):

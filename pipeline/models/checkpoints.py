@@ -16,10 +16,14 @@ from pipeline.runs import StageError, check_recorded
 from pipeline.train import load_checkpoint
 
 
+# The segmenters that have their own folders, by `seg.labels`; the others are the first round's.
+SEGMENTER_FOLDERS = {"gt": "segmenter-gt", "round2": "segmenter-r2"}
+
+
 def segmenter_folder(cfg: Config) -> str:
-    """The run folder of the segmenter `cfg` trains: on pseudo-masks, or on ground truth for the
-    fully supervised upper bound."""
-    return "segmenter-gt" if cfg.seg.labels == "gt" else "segmenter"
+    """The run folder of the segmenter `cfg` trains: on the first round's pseudo-masks, on the
+    second round's, or on ground truth for the fully supervised upper bound."""
+    return SEGMENTER_FOLDERS.get(cfg.seg.labels, "segmenter")
 
 
 def read_checkpoint(path: Path, expected: dict) -> dict:

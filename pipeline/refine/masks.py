@@ -1,6 +1,7 @@
 """Pseudo-masks as a run makes them: `confident_mask` with a config's `pseudo` settings (on the
-seeds, or on the seeds `walked_cams` spread along a run's affinities), and the files the `pseudo` and `pseudo-aff` stages
-store them in (`<id>.png`, palette PNG, 0 background, 255 ignore)."""
+seeds, on the seeds `walked_cams` spread along a run's affinities, or on a segmenter's
+`known_class_probs`), and the files the `pseudo`, `pseudo-aff` and `pseudo-r2` stages store them
+in (`<id>.png`, palette PNG, 0 background, 255 ignore)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,13 +10,27 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from pipeline.config import AffinityConfig, PseudoConfig, to_dict
+from pipeline import distributed
+from pipeline.config import AffinityConfig, Config, PseudoConfig, to_dict
+from pipeline.data import open_split
+from pipeline.data.transforms import image_batches
 from pipeline.refine.pseudo import confident_mask
 from pipeline.refine.random_walk import propagate
+from pipeline.runs import progress
 
 
 def mask_path(folder: Path, image_id: str) -> Path:
     return Path(folder) / f"{image_id}.png"
+
+
+def unwritten_batches(cfg: Config, folder: Path, batch_size: int, bad, stage: str):
+    """(the split, ids, images) over every split of `pseudo.splits`, in batches: this rank's share of
+    the images that have no mask in `folder` yet (a bad image is left out and recorded in `bad`)."""
+    for split in cfg.pseudo.splits:
+        voc = open_split(cfg.data, split)
+        todo = [i for i in distributed.shard(voc.ids) if not mask_path(folder, i).is_file()]
+        for ids, images in progress(image_batches(voc, todo, batch_size, bad), desc=f"{stage} {split}"):
+            yield voc, ids, images
 
 
 def mask_settings(settings: PseudoConfig) -> dict:
@@ -51,3 +66,17 @@ def walked_cams(settings: AffinityConfig, boundary: torch.Tensor, cams: np.ndarr
     walked = propagate(small, boundary, settings.radius, settings.beta, settings.exp_times)
     walked = F.interpolate(walked[None].float(), size=size, mode="bilinear", align_corners=False)[0]
     return (walked / walked.amax(dim=(1, 2), keepdim=True).clamp_min(1e-5)).numpy()
+
+
+def known_class_probs(probs: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """float32 [1 + K, H, W]: a segmenter's softmax [C + 1, H, W] restricted to the background and
+    an image's K known classes (label ids `classes + 1`), renormalised to sum to 1."""
+    known = probs[np.concatenate([[0], np.asarray(classes) + 1])]
+    return (known / np.maximum(known.sum(0, keepdims=True), 1e-8)).astype(np.float32)
+
+
+def segmenter_mask(settings: PseudoConfig, image: np.ndarray, known: np.ndarray,
+                   classes: np.ndarray) -> np.ndarray:
+    """The confident pseudo-mask of one image from a segmenter's `known_class_probs`: their class
+    channels take the seeds' place in `pseudo_mask`."""
+    return pseudo_mask(settings, image, np.ascontiguousarray(known[1:]), classes)

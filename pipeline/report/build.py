@@ -54,15 +54,19 @@ def per_class_iou(run_dir: Path) -> dict[str, dict]:
     if "affinity" in pseudo:
         per_class["affinity pseudo-masks"] = pseudo["affinity"]["per_class_iou"]
     per_class["segmenter"] = _results(run_dir, "eval/seg")["per_class_iou"]
-    upper = _results(run_dir, "eval/seg-gt")
-    if upper:
-        per_class["upper bound"] = upper["per_class_iou"]
+    optional = {"round-2 pseudo-masks": "eval/pseudo-r2", "round-2 segmenter": "eval/seg-r2",
+                "upper bound": "eval/seg-gt"}
+    for label, folder in optional.items():
+        results = _results(run_dir, folder)
+        if results:
+            per_class[label] = results["per_class_iou"]
     return per_class
 
 
 def warnings(summary: dict, per_class: dict[str, dict]) -> list[str]:
-    """What a reader must not miss, in words: classes near collapse in any stage, and a segmenter
-    that does not beat the val pseudo-masks it learnt from."""
+    """What a reader must not miss, in words: classes near collapse in any stage, a segmenter that
+    does not beat the val pseudo-masks it learnt from, and a second round that does not beat the
+    first."""
     found = [f"{name}: IoU {iou:.3f} in the {stage} (below {WEAK_IOU})"
              for stage, values in per_class.items() for name, iou in values.items()
              if iou is not None and iou < WEAK_IOU]
@@ -70,6 +74,11 @@ def warnings(summary: dict, per_class: dict[str, dict]) -> list[str]:
     if learnt_from is not None and summary["seg_miou"] <= learnt_from:
         found.append(f"the segmenter's val mIoU {summary['seg_miou']:.3f} does not beat its val "
                      f"pseudo-masks' ({summary['seg_labels']}) {learnt_from:.3f}")
+    # The second round's val pseudo-masks know each image's classes, so they are no mark for a
+    # segmenter; the first round's segmenter is.
+    if summary["seg_r2_miou"] is not None and summary["seg_r2_miou"] <= summary["seg_miou"]:
+        found.append(f"the round-2 segmenter's val mIoU {summary['seg_r2_miou']:.3f} does not beat the "
+                     f"first round's {summary['seg_miou']:.3f}")
     return found
 
 
@@ -77,11 +86,42 @@ def val_miou(results: dict | None) -> float | None:
     return results["val"]["miou"] if results and "val" in results else None
 
 
-def affinity_scores(results: dict | None) -> dict:
-    """The summary keys of the affinity pseudo-masks (None where the run has none)."""
-    scores = {f"pseudo_aff_{key}": results[key] if results else None
+def mask_scores(prefix: str, results: dict | None) -> dict:
+    """The summary keys `<prefix>_miou`, `_precision`, `_coverage` and `_val_miou` of a set of
+    pseudo-masks (None where the run has none)."""
+    scores = {f"{prefix}_{key}": results[key] if results else None
               for key in ("miou", "precision", "coverage")}
-    return {**scores, "pseudo_aff_val_miou": val_miou(results)}
+    return {**scores, f"{prefix}_val_miou": val_miou(results)}
+
+
+def second_round(seg: dict | None, upper: dict | None) -> dict:
+    """The summary keys of the second round's segmenter (None where the run has none)."""
+    miou = seg["miou"] if seg else None
+    return {"seg_r2_miou": miou, "seg_r2_ratio": ratio(miou, upper)}
+
+
+def ratio(miou: float | None, upper: dict | None) -> float | None:
+    """A segmenter's val mIoU over the upper bound's."""
+    return round(miou / upper["miou"], 4) if miou is not None and upper and upper["miou"] > 0 else None
+
+
+# The steps a report shows with their gains: (name, summary key, the key it gains over or None).
+STEPS = [("seeds, best threshold (an oracle)", "seed_miou_best", None),
+         ("pseudo-masks (train)", "pseudo_miou", "seed_miou_best"),
+         ("affinity pseudo-masks (train)", "pseudo_aff_miou", "pseudo_miou"),
+         ("round-2 pseudo-masks (train)", "pseudo_r2_miou", "pseudo_miou"),
+         ("segmenter (val)", "seg_miou", None),
+         ("round-2 segmenter (val)", "seg_r2_miou", "seg_miou")]
+
+
+def step_gains(summary: dict) -> list[dict]:
+    """The steps the run has, each with its mIoU and its gain over the step it refines."""
+    rows = []
+    for name, key, previous in STEPS:
+        if summary[key] is not None:
+            gain = None if previous is None else round(summary[key] - summary[previous], 4)
+            rows.append({"step": name, "miou": summary[key], "gain": gain})
+    return rows
 
 
 def stage_seconds(stage_folders: dict[str, Path]) -> dict[str, float]:
@@ -117,12 +157,14 @@ def build_summary(cfg: Config, run_dir: Path, cfg_hash: str, stage_folders: dict
         "pseudo_precision": pseudo["precision"],
         "pseudo_coverage": pseudo["coverage"],
         "pseudo_val_miou": val_miou(pseudo),
-        **affinity_scores(pseudo.get("affinity")),
+        **mask_scores("pseudo_aff", pseudo.get("affinity")),
         "seg_labels": cfg.seg.labels,
         "seg_pseudo_val_miou": val_miou(pseudo.get("affinity") if cfg.seg.labels == "affinity" else pseudo),
         "seg_miou": seg["miou"],
         "seg_upper_bound_miou": upper["miou"] if upper else None,
-        "seg_ratio": round(seg["miou"] / upper["miou"], 4) if upper and upper["miou"] > 0 else None,
+        "seg_ratio": ratio(seg["miou"], upper),
+        **mask_scores("pseudo_r2", _results(run_dir, "eval/pseudo-r2")),
+        **second_round(_results(run_dir, "eval/seg-r2"), upper),
         "git_commit": runs.git_commit(),
         "config_hash": cfg_hash,
         "stage_seconds": seconds,
@@ -155,7 +197,7 @@ def write_report(cfg: Config, run_dir: Path, out: Path, summary: dict) -> None:
     compare = _results(run_dir, "eval/compare-cams")
     context = {
         "summary": summary, "fmt": _fmt, "figures": {k: f"figures/{v.name}" for k, v in figs.items()},
-        "per_class": per_class, "class_names": ["background", *summary["classes"]],
+        "per_class": per_class, "class_names": ["background", *summary["classes"]], "steps": step_gains(summary),
         "cls_ap": cls["val_ap"], "note": COMPOSED_NOTE if summary["dataset"]["name"] == "fashion-scenes" else "",
         "sweep": seeds["sweep"], "compare": comparison_table(compare),
         "compare_images": compare["images"] if compare else 0, "cam": cfg.cam, "seg": cfg.seg,

@@ -34,10 +34,13 @@ log = logging.getLogger("pipeline")
 
 # Every stage, in the order `python -m pipeline all` runs them.
 STAGES = ["data", "train-cls", "cams", "eval-cams", "compare-cams", "pseudo", "train-aff", "pseudo-aff",
-          "eval-pseudo", "train-seg", "eval-seg", "report"]
+          "eval-pseudo", "train-seg", "eval-seg", "pseudo-r2", "report"]
 KINDS = ("plain", "training", "sharded", "summary")
 # The fully supervised upper bound: these stages again on the same config with seg.labels=gt.
 UPPER_BOUND = ["train-seg", "eval-seg"]
+# The second round (round2.enabled): these stages again with seg.labels=round2, on the masks
+# pseudo-r2 made from the first round's segmenter.
+ROUND_TWO = ["eval-pseudo", "train-seg", "eval-seg"]
 
 
 def module(name: str):
@@ -70,16 +73,27 @@ def upper_bound_config(cfg: Config) -> Config:
     return replace(cfg, seg=replace(cfg.seg, labels="gt"))
 
 
+def round_two_config(cfg: Config) -> Config:
+    return replace(cfg, seg=replace(cfg.seg, labels="round2"))
+
+
+def reruns(cfg: Config) -> list[tuple[str, str, Config, list[str]]]:
+    """The stages `all` runs again after the pipeline's, on other configs, in order: (the name
+    a summary shows them under, the suffix of their manifests' keys, the config, the stages)."""
+    second = [("round-2", "r2", round_two_config(cfg), ROUND_TWO)] if cfg.round2.enabled else []
+    return [*second, ("upper-bound", "gt", upper_bound_config(cfg), UPPER_BOUND)]
+
+
 def stage_folder(name: str, cfg: Config) -> Path:
     return Path(cfg.run_dir) / module(name).OUTPUT(cfg)
 
 
 def stage_folders(cfg: Config) -> dict[str, Path]:
     """The folder of every stage a summary covers, by the name it shows: the pipeline's stages,
-    then the upper bound's as "upper-bound <stage>"."""
+    then those of its reruns, as "round-2 <stage>" and "upper-bound <stage>"."""
     folders = {name: stage_folder(name, cfg) for name in pipeline_stages(cfg)}
-    upper = upper_bound_config(cfg)
-    folders.update({f"upper-bound {name}": stage_folder(name, upper) for name in UPPER_BOUND})
+    for shown, _, config, names in reruns(cfg):
+        folders.update({f"{shown} {name}": stage_folder(name, config) for name in names})
     return folders
 
 
@@ -150,10 +164,11 @@ def execute(name: str, cfg: Config, force: bool = False) -> dict:
 
 
 def execute_all(cfg: Config, force: bool = False) -> dict[str, dict]:
-    """Every stage of `cfg` (each skipped when up to date), the upper bound's, then the summaries;
-    their manifests by stage name, the upper bound's as "<stage> gt"."""
+    """Every stage of `cfg` (each skipped when up to date), those of its reruns (the second
+    round's, the upper bound's), then the summaries; their manifests by stage name, the reruns'
+    as "<stage> r2" and "<stage> gt"."""
     manifests = {name: execute(name, cfg, force) for name in pipeline_stages(cfg)}
-    upper = upper_bound_config(cfg)
-    manifests.update({f"{name} gt": execute(name, upper, force) for name in UPPER_BOUND})
+    for _, suffix, config, names in reruns(cfg):
+        manifests.update({f"{name} {suffix}": execute(name, config, force) for name in names})
     manifests.update({name: execute(name, cfg, force) for name in STAGES if kind(name) == "summary"})
     return manifests

@@ -2,7 +2,9 @@
 precision and coverage of the confident (non-255) pixels, on `eval.split`, and on the
 segmenter's val split too when the pseudo stages made masks for it: those are what the segmenter
 must beat on the images it is scored on. The pseudo stage's masks are scored at the top level of
-the results, the random walk's (pseudo-aff, with `affinity.enabled`) under "affinity"."""
+the results, the random walk's (pseudo-aff, with `affinity.enabled`) under "affinity". With
+seg.labels=round2 (the second round, which `all` runs) it scores the second round's masks
+(pseudo-r2) alone, into eval/pseudo-r2."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,11 +20,17 @@ from pipeline.runs import RESULTS, progress, write_json
 
 
 def OUTPUT(cfg: Config) -> str:
-    return "eval/pseudo"
+    return "eval/pseudo-r2" if second_round(cfg) else "eval/pseudo"
 
 
 def UPSTREAM(cfg: Config) -> list[str]:
+    if second_round(cfg):
+        return ["pseudo-r2"]
     return ["pseudo", "pseudo-aff"] if cfg.affinity.enabled else ["pseudo"]
+
+
+def second_round(cfg: Config) -> bool:
+    return cfg.seg.labels == "round2"
 
 
 def SECTION(cfg: Config) -> dict:
@@ -64,9 +72,9 @@ def headline(results: dict) -> dict:
 
 
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
-    results = score_folder(cfg, run_dir / "pseudo")
+    results = score_folder(cfg, run_dir / UPSTREAM(cfg)[0])
     metrics = headline(results)
-    if cfg.affinity.enabled:
+    if cfg.affinity.enabled and not second_round(cfg):
         results["affinity"] = score_folder(cfg, run_dir / "pseudo-aff")
         metrics["affinity"] = headline(results["affinity"])
     write_json(out / RESULTS, results)

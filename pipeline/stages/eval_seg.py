@@ -29,7 +29,7 @@ BATCH = 64
 
 
 def OUTPUT(cfg: Config) -> str:
-    return "eval/seg-gt" if cfg.seg.labels == "gt" else "eval/seg"
+    return {"gt": "eval/seg-gt", "round2": "eval/seg-r2"}.get(cfg.seg.labels, "eval/seg")
 
 
 def UPSTREAM(cfg: Config) -> list[str]:

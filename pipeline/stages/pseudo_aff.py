@@ -11,15 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import distributed
 from pipeline.cam.seeds import cam_path, load_cams
 from pipeline.config import Config, PseudoConfig, to_dict
-from pipeline.data import open_split
 from pipeline.data.images import save_mask, skipping
-from pipeline.data.transforms import image_batches, normalised_batch
+from pipeline.data.transforms import normalised_batch
 from pipeline.models.affinity_net import boundary_maps, classifier_encoder, load_affinity_net
-from pipeline.refine.masks import mask_path, mask_settings, pseudo_mask, walked_cams
-from pipeline.runs import progress
+from pipeline.refine.masks import mask_path, mask_settings, pseudo_mask, unwritten_batches, walked_cams
 
 SWITCH = "affinity.enabled"
 KIND = "sharded"
@@ -52,18 +49,14 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     written = 0
     workers = cfg.pseudo.workers or os.cpu_count() or 1
     with get_context("fork").Pool(workers) as pool:
-        for split in cfg.pseudo.splits:
-            voc = open_split(cfg.data, split)
-            todo = [i for i in distributed.shard(voc.ids) if not mask_path(out, i).is_file()]
-            for ids, images in progress(image_batches(voc, todo, cfg.cam.batch_size, bad),
-                                        desc=f"pseudo-aff {split}"):
-                boundaries = boundary_maps(encoder, net, normalised_batch(images), cfg.affinity.flip)
-                jobs = []
-                for image_id, image, boundary in zip(ids, images, boundaries):
-                    cams, classes = load_cams(cam_path(run_dir / "cams", image_id))
-                    jobs.append((cfg.pseudo, image, walked_cams(cfg.affinity, boundary, cams), classes,
-                                 mask_path(out, image_id)))
-                pool.map(_write_one, jobs, chunksize=max(1, len(jobs) // workers))
-                written += len(jobs)
+        for _, ids, images in unwritten_batches(cfg, out, cfg.cam.batch_size, bad, "pseudo-aff"):
+            boundaries = boundary_maps(encoder, net, normalised_batch(images), cfg.affinity.flip)
+            jobs = []
+            for image_id, image, boundary in zip(ids, images, boundaries):
+                cams, classes = load_cams(cam_path(run_dir / "cams", image_id))
+                jobs.append((cfg.pseudo, image, walked_cams(cfg.affinity, boundary, cams), classes,
+                             mask_path(out, image_id)))
+            pool.map(_write_one, jobs, chunksize=max(1, len(jobs) // workers))
+            written += len(jobs)
     bad.raise_if_any()
     return {"images": len(list(out.glob(SHARD_FILES))), "written_now": written, "workers": workers}

@@ -8,7 +8,9 @@ from pipeline.config import Config, config_hash, to_dict
 from pipeline.report.build import build_summary, write_report
 
 KIND = "summary"
-UPPER_BOUND = "eval/seg-gt"
+# Scores a run may lack (the upper bound, `make upper-bound`; the second round, round2.enabled):
+# those present are part of the report.
+OPTIONAL = ("eval/seg-gt", "eval/pseudo-r2", "eval/seg-r2")
 
 
 def OUTPUT(cfg: Config) -> str:
@@ -20,9 +22,9 @@ def UPSTREAM(cfg: Config) -> list[str]:
 
 
 def SECTION(cfg: Config) -> dict:
-    # The upper bound is optional (`make upper-bound`); when present it is part of the report.
-    upper = runs.load_manifest(Path(cfg.run_dir) / UPPER_BOUND)
-    return {"report": to_dict(cfg.report), "upper_bound": upper["hash"] if upper else None}
+    manifests = {folder: runs.load_manifest(Path(cfg.run_dir) / folder) for folder in OPTIONAL}
+    return {"report": to_dict(cfg.report),
+            "optional": {folder: manifest["hash"] for folder, manifest in manifests.items() if manifest}}
 
 
 def run(cfg: Config, out: Path, run_dir: Path, stage_folders: dict[str, Path]) -> dict:

@@ -1,6 +1,6 @@
 """Stage `train-seg`: the segmenter on pseudo-masks (`seg.labels=pseudo`: the pseudo stage's,
-`affinity`: the random walk's) or, for the fully supervised upper bound, on ground-truth masks
-(`seg.labels=gt`) with the same budget and seed."""
+`affinity`: the random walk's, `round2`: the second round's) or, for the fully supervised upper
+bound, on ground-truth masks (`seg.labels=gt`) with the same budget and seed."""
 from __future__ import annotations
 
 import logging
@@ -23,7 +23,7 @@ log = logging.getLogger("pipeline")
 
 KIND = "training"
 # The stage whose masks each `seg.labels` but "gt" trains on (its folder has the same name).
-PSEUDO_MASKS = {"pseudo": "pseudo", "affinity": "pseudo-aff"}
+PSEUDO_MASKS = {"pseudo": "pseudo", "affinity": "pseudo-aff", "round2": "pseudo-r2"}
 
 
 def OUTPUT(cfg: Config) -> str:
