@@ -214,6 +214,9 @@ class LabelConfig:
     # Images whose longer side exceeds this are labelled at this size and their masks written at
     # the image's own size; 0 = 8 x the classifier's training size (512 px for 64 px scenes).
     max_side: int = 0
+    # What the masks come from: "seeds" (the run's CAMs, as the pseudo stage makes its masks) or
+    # "segmenter" (the run's last segmenter restricted to the image's classes, as pseudo-r2 does)
+    masks_from: str = "seeds"
 
 
 @dataclass
@@ -311,6 +314,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 SEG_LABELS = ("pseudo", "affinity", "round2", "gt")
+LABEL_SOURCES = ("seeds", "segmenter")
 # The switch of the stages that make the masks of these `seg.labels`.
 LABEL_SWITCHES = {"affinity": "affinity.enabled", "round2": "round2.enabled"}
 DATASETS = ("fashion-scenes", "shapes", "voc", "folder")
@@ -325,7 +329,8 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from pipeline.refine.pseudo import BACKGROUNDS
     return {"data.name": DATASETS, "cls.arch": tuple(CLASSIFIERS), "cam.method": METHODS,
             "eval.compare_methods": METHODS, "cam.fuse": FUSIONS, "pseudo.background": BACKGROUNDS,
-            "seg.labels": SEG_LABELS, "seg.arch": tuple(SEGMENTERS), "device": DEVICES}
+            "seg.labels": SEG_LABELS, "seg.arch": tuple(SEGMENTERS), "label.masks_from": LABEL_SOURCES,
+            "device": DEVICES}
 
 
 @functools.lru_cache(maxsize=None)

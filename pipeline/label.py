@@ -8,8 +8,10 @@
     OUT/summary.json         totals, failed images, images with no class, and every record
 
 Image-level labels come from a labels CSV when one is given, else from the classifier's sigmoid
-scores above `label.score_threshold`. Seeds use the run's `cam` settings and pseudo-masks its
-`pseudo` settings. Seeds are computed here in batches of same-sized images while a process pool
+scores above `label.score_threshold`. Masks come from seeds with the run's `cam` settings or, with
+`label.masks_from=segmenter`, from the run's last segmenter's probabilities restricted to those
+classes (as the second round makes its masks); either way into pseudo-masks with its `pseudo`
+settings. Seeds are computed here in batches of same-sized images while a process pool
 runs the CRF with a bounded number of images in flight, so memory does not grow with the folder.
 """
 from __future__ import annotations
@@ -35,8 +37,10 @@ from pipeline.config import Config, PseudoConfig, config_hash, load_config, to_d
 from pipeline.data.folder import LabelledImage, folder_images, read_labels_csv
 from pipeline.data.images import IGNORE, PALETTE, read_image, read_or_skip, save_mask
 from pipeline.data.transforms import normalised_batch, same_size_batches
-from pipeline.models.checkpoints import classifier_checkpoint, load_classifier, training_size
-from pipeline.refine.masks import mask_settings, pseudo_mask
+from pipeline.models.checkpoints import (classifier_checkpoint, last_segmenter_folder, load_classifier,
+                                        load_segmenter, training_size)
+from pipeline.models.segmenter import predict_probs
+from pipeline.refine.masks import known_class_probs, mask_settings, pseudo_mask
 from pipeline.runs import StageError, load_manifest, progress, read_json, write_json, write_text, write_with
 from pipeline.train import load_checkpoint
 
@@ -57,7 +61,7 @@ class Job:
     item: LabelledImage
     name: str  # the image's path relative to the folder, as reports show it
     image: np.ndarray  # at the working size (`working_size`), where seeds and CRF run
-    cams: np.ndarray  # [K, H, W] unnormalised fused seeds of `classes`
+    cams: np.ndarray  # [K, H, W] unnormalised fused seeds of `classes`, or the segmenter's maps
     classes: np.ndarray
     scores: np.ndarray  # the classifier's sigmoid score of every class
     full_size: tuple[int, int]  # the image file's (height, width): the mask is written at it
@@ -76,14 +80,16 @@ def listed_images(images_dir: Path, labels_csv: Path | None, class_names: list[s
     return folder_images(images_dir)
 
 
-def settings_hash(cfg: Config, run_dir: Path, labels_csv: Path | None) -> str:
-    """What the outputs depend on: CAM, pseudo-mask and label settings, classifier, labels CSV."""
+def settings_hash(cfg: Config, run_dir: Path, labels_csv: Path | None, segmenter: Path | None) -> str:
+    """What the outputs depend on: CAM, pseudo-mask and label settings, classifier, segmenter
+    (when the masks come from it), labels CSV."""
     def digest(path: Path) -> str:
         with open(path, "rb") as handle:
             return hashlib.file_digest(handle, "sha256").hexdigest()
     return config_hash({"cam": to_dict(cfg.cam), "pseudo": mask_settings(cfg.pseudo),
-                        "label": to_dict(cfg.label),
+                        "label": to_dict(cfg.label), "flip": cfg.round2.flip,
                         "classifier": digest(run_dir / "classifier" / "model.pt"),
+                        "segmenter": digest(segmenter) if segmenter else None,
                         "labels_csv": digest(labels_csv) if labels_csv else None})
 
 
@@ -128,8 +134,19 @@ def class_scores(model: torch.nn.Module, images: list[np.ndarray]) -> np.ndarray
     return torch.sigmoid(model(batch)).cpu().numpy()
 
 
-def seeded_jobs(model: torch.nn.Module, cfg: Config, head, batches: Iterable[list[tuple]]) -> Iterator[Job]:
-    """Labels (the CSV's, else scores above the threshold) and seeds of each image."""
+def segmenter_maps(segmenter: torch.nn.Module, images: list[np.ndarray], label_sets: list[np.ndarray],
+                   flip: bool) -> list[np.ndarray]:
+    """Per image, the class channels of the segmenter's `known_class_probs`: they take the seeds'
+    place, as in the second round."""
+    batch = normalised_batch(images).to(next(segmenter.parameters()).device)
+    probs = predict_probs(segmenter, batch, flip).cpu().numpy()
+    return [known_class_probs(p, labels)[1:] for p, labels in zip(probs, label_sets)]
+
+
+def seeded_jobs(model: torch.nn.Module, cfg: Config, head, batches: Iterable[list[tuple]],
+                segmenter: torch.nn.Module | None = None) -> Iterator[Job]:
+    """Labels (the CSV's, else scores above the threshold) and seeds of each image (or, given a
+    segmenter, its `segmenter_maps`)."""
     for batch in batches:
         items, names, full_sizes, images = zip(*batch)
         scores = class_scores(model, list(images))
@@ -137,8 +154,13 @@ def seeded_jobs(model: torch.nn.Module, cfg: Config, head, batches: Iterable[lis
                       else np.flatnonzero(row > cfg.label.score_threshold)
                       for item, row in zip(items, scores)]
         seeded = [row for row, labels in enumerate(label_sets) if len(labels)]
-        maps = seed_batch(model, [images[r] for r in seeded], [label_sets[r] for r in seeded], cfg,
-                          head) if seeded else []
+        chosen, chosen_labels = [images[r] for r in seeded], [label_sets[r] for r in seeded]
+        if not seeded:
+            maps = []
+        elif segmenter is None:
+            maps = seed_batch(model, chosen, chosen_labels, cfg, head)
+        else:
+            maps = segmenter_maps(segmenter, chosen, chosen_labels, cfg.round2.flip)
         seeds = dict(zip(seeded, maps))
         for row, item in enumerate(items):
             cams = seeds[row] if row in seeds else np.zeros((0, *images[row].shape[:2]), np.float32)
@@ -231,6 +253,20 @@ def run_config(run_dir: Path, overrides: list[str]) -> Config:
     return load_config(None, [f"run_dir={run_dir}", *overrides], recorded=recorded)
 
 
+def mask_segmenter(cfg: Config, run_dir: Path, class_names: list[str]) -> Path | None:
+    """The checkpoint of the segmenter the masks come from (None when they come from seeds),
+    refused in one line when the run has none or it knows other classes than the classifier."""
+    if cfg.label.masks_from != "segmenter":
+        return None
+    checkpoint = Path(run_dir) / last_segmenter_folder(cfg) / "model.pt"
+    if not checkpoint.is_file():
+        raise StageError(f"{checkpoint}: no trained segmenter in this run for label.masks_from=segmenter; "
+                         f"train it (make) or label with label.masks_from=seeds")
+    if list(load_checkpoint(checkpoint)["class_names"]) != class_names:
+        raise StageError(f"{checkpoint}: its classes are not the classifier's {class_names}")
+    return checkpoint
+
+
 def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path | None, out: Path) -> dict:
     """Pseudo-label every image of `images_dir` not done yet in `out`; returns the summary.
 
@@ -243,7 +279,8 @@ def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path 
     model, state = load_classifier(run_dir)
     class_names = list(state["class_names"])
     items = listed_images(images_dir, labels_csv, class_names)
-    claim_output(out, settings_hash(cfg, run_dir, labels_csv))
+    segmenter_file = mask_segmenter(cfg, run_dir, class_names)
+    claim_output(out, settings_hash(cfg, run_dir, labels_csv, segmenter_file))
     todo = [item for item in distributed.shard(items) if not output_path(out, "records", item.id).is_file()]
     workers = cfg.pseudo.workers or os.cpu_count() or 1
     failed: list[dict] = []
@@ -251,10 +288,12 @@ def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path 
     batches = same_size_batches(readable(todo, images_dir, failed, max_side), cfg.cam.batch_size)
     written = 0
     with get_context("fork").Pool(workers) as pool:
-        model.to(distributed.device(cfg.device))  # after the fork: no CRF worker inherits a CUDA context
+        device = distributed.device(cfg.device)
+        model.to(device)  # after the fork: no CRF worker inherits a CUDA context
+        segmenter = load_segmenter(segmenter_file.parent)[0].to(device) if segmenter_file else None
         head = cam_head(model, cfg, list(cfg.cam.layers)) if cfg.cam.method == "cam" \
             else cfg.cam.head
-        work = bounded_map(pool, write_outputs, seeded_jobs(model, cfg, head, batches),
+        work = bounded_map(pool, write_outputs, seeded_jobs(model, cfg, head, batches, segmenter),
                            IN_FLIGHT_PER_WORKER * workers, cfg.pseudo, class_names, out)
         for _ in progress(work, total=len(todo), desc="label"):
             written += 1

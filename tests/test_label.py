@@ -24,7 +24,8 @@ from pipeline.data.shapes import SHAPES, shapes_scene
 from pipeline.data.transforms import normalised_batch
 from pipeline.data.voc import VocDataset
 from pipeline.label import run_config
-from pipeline.models.checkpoints import load_classifier
+from pipeline.models.checkpoints import load_classifier, load_segmenter
+from pipeline.models.segmenter import predict_probs
 from pipeline.refine.masks import pseudo_mask
 from pipeline.runs import StageError, read_json
 from pipeline.stages import execute
@@ -153,6 +154,41 @@ def test_label_with_csv_uses_its_classes(run, odd_folder, tmp_path):
         image, classes = read_image(folder / name), np.array([SHAPES.index(c) for c in truth[name]])
         seeds = seed_batch(run["model"], [image], [classes], cfg)[0]
         np.testing.assert_array_equal(mask, pseudo_mask(cfg.pseudo, image, seeds, classes))
+
+
+def test_label_from_the_segmenter_restricts_its_softmax_to_the_images_classes(run, odd_folder, tmp_path):
+    """With label.masks_from=segmenter the masks are the second round's: the run's segmenter,
+    flip-averaged, restricted to the CSV's classes, then the pseudo-mask rule on its class maps."""
+    copy = tmp_path / "run"
+    shutil.copytree(run["dir"], copy)
+    seg = ["seg.crop_size=32", "seg.epochs=1", "seg.batch_size=8", "round2.enabled=false"]
+    cfg = load_config(None, [f"run_dir={copy}", *run["overrides"], *seg])
+    for stage in ("cams", "pseudo", "train-seg"):
+        execute(stage, cfg)
+    folder, truth = odd_folder
+    rows = [f"{name},{';'.join(truth[name])}" for name, _, _ in ODD]
+    (tmp_path / "labels.csv").write_text("image,labels\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert main(["label", "--images", str(folder), "--run", str(copy), "--out", str(out), "--labels",
+                 str(tmp_path / "labels.csv"), "label.masks_from=segmenter", "round2.enabled=false"]) == 0
+    segmenter, _ = load_segmenter(copy / "segmenter")
+    for name, _, _ in ODD:
+        mask = check_outputs(out, folder, name, truth[name])
+        image, classes = read_image(folder / name), np.array([SHAPES.index(c) for c in truth[name]])
+        batch = normalised_batch([image])
+        probs = ((predict_probs(segmenter, batch) + predict_probs(segmenter, batch.flip(-1)).flip(-1)) / 2)[0]
+        known = probs.numpy()[[0, *(classes + 1)]]
+        known = known / known.sum(0)
+        expected = pseudo_mask(cfg.pseudo, image, np.ascontiguousarray(known[1:], np.float32), classes)
+        np.testing.assert_array_equal(mask, expected)
+
+
+def test_label_from_a_segmenter_the_run_lacks_is_one_line(run, odd_folder, tmp_path, capsys):
+    code = label(run, odd_folder[0], tmp_path / "out", "label.masks_from=segmenter")
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "segmenter/model.pt: no trained segmenter in this run" in err[0], err
+    assert not (tmp_path / "out" / "masks").exists()
 
 
 def test_a_large_image_is_labelled_at_the_working_size_and_written_at_its_own(run, tmp_path):

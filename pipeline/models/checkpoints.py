@@ -26,6 +26,12 @@ def segmenter_folder(cfg: Config) -> str:
     return SEGMENTER_FOLDERS.get(cfg.seg.labels, "segmenter")
 
 
+def last_segmenter_folder(cfg: Config) -> str:
+    """The run folder of the last segmenter `cfg` trains on pseudo-masks: the second round's
+    when it has one."""
+    return SEGMENTER_FOLDERS["round2"] if cfg.round2.enabled else "segmenter"
+
+
 def read_checkpoint(path: Path, expected: dict) -> dict:
     """A checkpoint's contents, refused in one line naming the file when it would run code on
     loading or was made for other settings than `expected` (which its keys must equal)."""
