@@ -68,7 +68,7 @@ train-seg: install ## train the segmenter on the pseudo-masks
 	$(STAGE) train-seg $(STAGE_ARGS)
 eval-seg: install ## score the segmenter on val and write its predictions
 	$(STAGE) eval-seg $(STAGE_ARGS)
-pseudo-r2: install ## the second round's pseudo-masks, from the segmenter's predictions (needs round2.enabled, e.g. CONFIG=configs/round2.yaml)
+pseudo-r2: install ## the second round's pseudo-masks, from the segmenter's predictions (needs round2.enabled, on in configs/default.yaml)
 	$(STAGE) pseudo-r2 $(STAGE_ARGS)
 round2: install ## score the second round's pseudo-masks, then train and score its segmenter on them (after pseudo-r2)
 	$(STAGE) eval-pseudo $(STAGE_ARGS) seg.labels=round2

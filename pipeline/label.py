@@ -253,18 +253,20 @@ def run_config(run_dir: Path, overrides: list[str]) -> Config:
     return load_config(None, [f"run_dir={run_dir}", *overrides], recorded=recorded)
 
 
-def mask_segmenter(cfg: Config, run_dir: Path, class_names: list[str]) -> Path | None:
-    """The checkpoint of the segmenter the masks come from (None when they come from seeds),
-    refused in one line when the run has none or it knows other classes than the classifier."""
+def mask_segmenter(cfg: Config, run_dir: Path,
+                   class_names: list[str]) -> tuple[Path | None, torch.nn.Module | None]:
+    """(checkpoint, model) of the segmenter the masks come from ((None, None) when they come from
+    seeds), refused in one line when the run has none or it knows other classes than the classifier."""
     if cfg.label.masks_from != "segmenter":
-        return None
-    checkpoint = Path(run_dir) / last_segmenter_folder(cfg) / "model.pt"
-    if not checkpoint.is_file():
-        raise StageError(f"{checkpoint}: no trained segmenter in this run for label.masks_from=segmenter; "
-                         f"train it (make) or label with label.masks_from=seeds")
-    if list(load_checkpoint(checkpoint)["class_names"]) != class_names:
-        raise StageError(f"{checkpoint}: its classes are not the classifier's {class_names}")
-    return checkpoint
+        return None, None
+    folder = Path(run_dir) / last_segmenter_folder(cfg)
+    if not (folder / "model.pt").is_file():
+        raise StageError(f"{folder / 'model.pt'}: no trained segmenter in this run for "
+                         f"label.masks_from=segmenter; train it (make) or label with label.masks_from=seeds")
+    model, state = load_segmenter(folder)
+    if list(state["class_names"]) != class_names:
+        raise StageError(f"{folder / 'model.pt'}: its classes are not the classifier's {class_names}")
+    return folder / "model.pt", model
 
 
 def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path | None, out: Path) -> dict:
@@ -279,7 +281,7 @@ def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path 
     model, state = load_classifier(run_dir)
     class_names = list(state["class_names"])
     items = listed_images(images_dir, labels_csv, class_names)
-    segmenter_file = mask_segmenter(cfg, run_dir, class_names)
+    segmenter_file, segmenter = mask_segmenter(cfg, run_dir, class_names)
     claim_output(out, settings_hash(cfg, run_dir, labels_csv, segmenter_file))
     todo = [item for item in distributed.shard(items) if not output_path(out, "records", item.id).is_file()]
     workers = cfg.pseudo.workers or os.cpu_count() or 1
@@ -290,7 +292,8 @@ def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path 
     with get_context("fork").Pool(workers) as pool:
         device = distributed.device(cfg.device)
         model.to(device)  # after the fork: no CRF worker inherits a CUDA context
-        segmenter = load_segmenter(segmenter_file.parent)[0].to(device) if segmenter_file else None
+        if segmenter is not None:
+            segmenter.to(device)
         head = cam_head(model, cfg, list(cfg.cam.layers)) if cfg.cam.method == "cam" \
             else cfg.cam.head
         work = bounded_map(pool, write_outputs, seeded_jobs(model, cfg, head, batches, segmenter),

@@ -25,7 +25,7 @@ from pipeline.refine.crf import dense_crf
 from pipeline.refine.masks import crf_settings
 from pipeline.refine.pseudo import confident_mask
 from pipeline.report.build import _fmt
-from pipeline.runs import MANIFEST, STARTED, load_manifest, read_json
+from pipeline.runs import MANIFEST, STARTED, StageError, load_manifest, read_json
 from pipeline.stages import (ROUND_TWO, STAGES, UPPER_BOUND, execute, execute_all, pipeline_stages,
                              round_two_config, stage_folder, upper_bound_config)
 from pipeline.train import load_checkpoint
@@ -280,6 +280,17 @@ def test_the_second_round_trains_on_its_masks(run):
     assert state["labels"] == "round2" and state["config"]["seg"]["labels"] == "round2"
     assert run["manifests"]["train-seg r2"]["upstream"] == ["pseudo-r2"]  # the segmenter starts from no weights here
     assert run["manifests"]["pseudo-r2"]["upstream"] == ["train-seg"]
+
+
+def test_pseudo_r2_on_the_second_rounds_config_is_refused_before_its_masks_are_touched(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run["dir"], copy, ignore=shutil.ignore_patterns("*.pt"))
+    base = [o for o in overrides(run["tmp"]) if not o.startswith("run_dir=")] + [f"run_dir={copy}"]
+    masks = {p.name: p.read_bytes() for p in (copy / "pseudo-r2").glob("*.png")}
+    with pytest.raises(StageError, match="reads the first round's segmenter"):
+        execute("pseudo-r2", load_config(None, base + ["seg.labels=round2"]))
+    assert {p.name: p.read_bytes() for p in (copy / "pseudo-r2").glob("*.png")} == masks
+    assert len(masks) == 80 and (copy / "pseudo-r2" / MANIFEST).is_file()
 
 
 def test_every_stage_has_a_manifest(run):

@@ -31,6 +31,10 @@ def OUTPUT(cfg: Config) -> str:
 
 
 def UPSTREAM(cfg: Config) -> list[str]:
+    # Refused here, before the runner hashes the inputs and empties the folder: with
+    # seg.labels=round2, "train-seg" would name the second round's segmenter.
+    if cfg.seg.labels == "round2":
+        raise StageError("pseudo-r2 reads the first round's segmenter: run it without seg.labels=round2")
     return ["train-seg"]
 
 
@@ -44,8 +48,6 @@ def _write_one(job: tuple[PseudoConfig, np.ndarray, np.ndarray, np.ndarray, Path
 
 
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
-    if cfg.seg.labels == "round2":
-        raise StageError("pseudo-r2 reads the first round's segmenter: run it without seg.labels=round2")
     bad = skipping("pseudo-r2")
     written = 0
     workers = cfg.pseudo.workers or os.cpu_count() or 1
