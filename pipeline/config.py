@@ -119,6 +119,10 @@ class PseudoConfig:
     # thresholds disagree after the CRF, the pixel is 255 (ignore).
     fg_threshold_high: float = 0.30
     fg_threshold_low: float = 0.05
+    # Each class map is divided by this quantile of its values (1.0: its max) and clipped at 1
+    # before the thresholds: a map whose peak is one sharp spot would otherwise keep only that
+    # spot above them, and a quantile is a peak one stray pixel cannot set.
+    peak_quantile: float = 1.0
     # "constant": the background channel is the threshold above (IRN); "power": it is
     # (1 - max_c M^c)^alpha (PSA), with alpha `bg_alpha_high` for sure foreground and
     # `bg_alpha_low` for sure background (PSA's "la" 4 and "ha" 32).
@@ -362,6 +366,8 @@ def check_choices(cfg: "Config") -> None:
     if switch and not dotted_value(cfg, switch):
         raise ConfigError(f"config key 'seg.labels': '{cfg.seg.labels}' needs the stages that make "
                           f"those masks ({switch}=true)")
+    if not 0.0 < cfg.pseudo.peak_quantile <= 1.0:
+        raise ConfigError(f"config key 'pseudo.peak_quantile': {cfg.pseudo.peak_quantile} is not in (0, 1]")
     if cfg.seg.cache_features and cfg.seg.encoder_lr_scale != 0:
         raise ConfigError(f"config key 'seg.cache_features': needs a frozen encoder "
                           f"(seg.encoder_lr_scale=0, not {cfg.seg.encoder_lr_scale})")

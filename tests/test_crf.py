@@ -7,8 +7,11 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
+from pipeline.config import PseudoConfig, load_config
+from pipeline.errors import ConfigError
 from pipeline.metrics import confusion, iou_per_class
 from pipeline.refine import PRESETS, crf_params, dense_crf
+from pipeline.refine.masks import peak_normalised, pseudo_mask
 from pipeline.refine.pseudo import confident_mask
 
 PERSON = 15
@@ -127,6 +130,29 @@ def test_confident_mask_without_crf_by_hand():
                          [3, 255, 0, 1]], np.uint8)
     assert mask.dtype == np.uint8
     np.testing.assert_array_equal(mask, expected)
+
+
+def test_a_quantile_peak_lifts_a_map_with_one_sharp_spot_and_not_a_flat_one():
+    # Ten pixels: one class peaks at 10.0 on a single pixel over a body at 2.0-4.0; the other is
+    # a flat 1.0 body. Quantile 0.8 of the first (linear between sorted values 4 and 4): 4.0.
+    cams = np.array([[0, 0, 0, 0, 2, 3, 4, 4, 4, 10],
+                     [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]], np.float32).reshape(2, 1, 10)
+    by_max = peak_normalised(cams, 1.0)
+    np.testing.assert_allclose(by_max[0, 0], [0, 0, 0, 0, .2, .3, .4, .4, .4, 1], atol=1e-5)
+    by_quantile = peak_normalised(cams, 0.8)
+    np.testing.assert_allclose(by_quantile[0, 0], [0, 0, 0, 0, .5, .75, 1, 1, 1, 1], atol=1e-5)
+    np.testing.assert_allclose(by_quantile[1], by_max[1], atol=1e-5)
+    # At a threshold of 0.55 the max keeps the spike alone, the quantile the whole 3.0-10.0 body.
+    settings = PseudoConfig(fg_threshold_high=0.55, fg_threshold_low=0.1, crf=False)
+    image = np.zeros((1, 10, 3), np.uint8)
+    assert pseudo_mask(settings, image, cams[:1], np.array([0])).tolist() == [[0] * 4 + [255] * 5 + [1]]
+    settings.peak_quantile = 0.8
+    assert pseudo_mask(settings, image, cams[:1], np.array([0])).tolist() == [[0] * 4 + [255] + [1] * 5]
+
+
+def test_peak_quantile_outside_zero_one_is_one_line():
+    with pytest.raises(ConfigError, match="'pseudo.peak_quantile': 1.5 is not in"):
+        load_config(None, ["pseudo.peak_quantile=1.5"])
 
 
 def test_confident_mask_with_crf_keeps_only_present_ids(scene):

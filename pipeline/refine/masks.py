@@ -44,11 +44,17 @@ def crf_settings(settings: PseudoConfig) -> dict:
             "bilateral_sxy": settings.crf_bilateral_sxy, "bilateral_srgb": settings.crf_bilateral_srgb}
 
 
+def peak_normalised(cams: np.ndarray, quantile: float) -> np.ndarray:
+    """[K, H, W] maps divided by their `quantile` quantile over the image (1.0: their max) and
+    clipped at 1."""
+    peak = np.quantile(cams.reshape(len(cams), -1), quantile, axis=1)[:, None, None]
+    return np.minimum(cams / (peak + 1e-5), 1.0).astype(np.float32)
+
+
 def pseudo_mask(settings: PseudoConfig, image: np.ndarray, cams: np.ndarray,
                 classes: np.ndarray) -> np.ndarray:
     """The confident pseudo-mask of one image from its (unnormalised) fused CAMs."""
-    peak = cams.max(axis=(1, 2), keepdims=True)
-    cams = cams / (peak + 1e-5)
+    cams = peak_normalised(cams, settings.peak_quantile)
     high, low = ((settings.fg_threshold_high, settings.fg_threshold_low) if settings.background == "constant"
                  else (settings.bg_alpha_high, settings.bg_alpha_low))
     return confident_mask(image, cams, classes, high, low, background=settings.background,
