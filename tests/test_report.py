@@ -17,6 +17,18 @@ def test_warnings_name_weak_classes_and_a_segmenter_below_its_pseudo_masks():
                      "the round-2 segmenter's val mIoU 0.500 does not beat the first round's 0.503"]
 
 
+def test_a_mark_above_the_upper_bound_is_called_out_of_the_segmenters_reach():
+    summary = {"seg_miou": 0.674, "seg_pseudo_val_miou": 0.746, "seg_labels": "pseudo",
+               "seg_upper_bound_miou": 0.708, "seg_r2_miou": None}
+    assert warnings(summary, {}) == [
+        "the segmenter's val mIoU 0.674 does not beat its val pseudo-masks' (pseudo) 0.746, above the same "
+        "segmenter trained on ground truth (0.708): they know each image's classes, which a segmenter "
+        "has to find"]
+    below_the_upper_bound = {**summary, "seg_upper_bound_miou": 0.75}
+    assert warnings(below_the_upper_bound, {}) == [
+        "the segmenter's val mIoU 0.674 does not beat its val pseudo-masks' (pseudo) 0.746"]
+
+
 def test_no_warnings_for_a_healthy_run():
     per_class = {"segmenter": {"background": 0.9, "bag": 0.2, "boot": None}}
     first_round_only = {"seg_r2_miou": None, "pseudo_r2_val_miou": None}
