@@ -19,7 +19,8 @@ export FASHION_MNIST_DIR
 
 all: install fashion-mnist ## set up and run every stage (upper bound included) on CONFIG in one process, then print where the report is
 	$(STAGE) all $(STAGE_ARGS)
-	@echo "report: $(RUN)/report/report.md and $(RUN)/report/index.html"
+	@if [ -f $(RUN)/report/report.md ]; then echo "report: $(RUN)/report/report.md and $(RUN)/report/index.html"; \
+	else echo "no masks to score, so no report: pseudo-masks in $(RUN)/pseudo*, segmenters in $(RUN)/segmenter*"; fi
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'

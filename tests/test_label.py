@@ -28,7 +28,7 @@ from pipeline.models.checkpoints import load_classifier, load_segmenter
 from pipeline.models.segmenter import predict_probs
 from pipeline.refine.masks import pseudo_mask
 from pipeline.runs import StageError, read_json
-from pipeline.stages import execute
+from pipeline.stages import execute, execute_all
 
 COLOURS = np.array(PALETTE, np.uint8).reshape(256, 3)
 # name, mode, (height, width): every mode the label command must read, each at its own size.
@@ -369,18 +369,22 @@ def test_folder_dataset_errors_name_file_and_line(folder_root, row, problem):
     assert len(str(error.value).splitlines()) == 1
 
 
-def test_train_cls_on_a_folder_dataset(run, tmp_path):
-    """The shapes images as a folder + labels CSV: open_split dispatches, the data stage reads it
-    in place, train-cls trains on it."""
-    from pipeline.stages import execute
-
+def shapes_folder_config(run, tmp_path, *extra):
+    """A config reading the first 32 shapes images as a folder + labels CSV (no masks)."""
     voc = VocDataset(run["data"], "train")
     rows = [f"JPEGImages/{i}.png,{';'.join(SHAPES[c] for c in voc.labels(i))}" for i in voc.ids[:32]]
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    cfg = load_config(None, [
+    return load_config(None, [
         f"run_dir={tmp_path}/run", "data.name=folder", f"data.root={run['data']}",
         f"data.labels_csv={tmp_path}/labels.csv", "data.val_fraction=0.25", "cls.split=train",
-        "cls.crop_size=32", "cls.epochs=1", "cls.batch_size=16"])
+        "cls.crop_size=32", "cls.epochs=1", "cls.batch_size=16", *extra])
+
+
+def test_train_cls_on_a_folder_dataset(run, tmp_path):
+    """The shapes images as a folder + labels CSV: open_split dispatches, the data stage reads it
+    in place, train-cls trains on it."""
+    voc = VocDataset(run["data"], "train")
+    cfg = shapes_folder_config(run, tmp_path)
     train = open_split(cfg.data, "train")
     assert isinstance(train, FolderDataset) and len(train) == 24
     assert train.class_names == SHAPES  # from the folder's classes.txt
@@ -391,6 +395,30 @@ def test_train_cls_on_a_folder_dataset(run, tmp_path):
     assert metrics["label_prior"] == [round(float(x), 4) for x in train.label_matrix().mean(0)]
     _, state = load_classifier(tmp_path / "run")
     assert state["class_names"] == SHAPES
+
+
+@pytest.mark.slow
+def test_all_on_a_folder_dataset_runs_the_stages_that_need_no_masks(run, tmp_path, caplog):
+    """`all` (and `make`) on images with labels only: the seeds, pseudo-masks and both rounds'
+    segmenters, none of the stages that score, no upper bound and no report."""
+    cfg = shapes_folder_config(run, tmp_path, "cam.layers=[layer3,layer4]", "pseudo.workers=1",
+                               "seg.crop_size=32", "seg.epochs=1", "seg.batch_size=8", "round2.enabled=true")
+    with caplog.at_level("INFO", logger="pipeline"):
+        manifests = execute_all(cfg)
+    assert list(manifests) == ["data", "train-cls", "cams", "pseudo", "train-seg", "pseudo-r2", "train-seg r2"]
+    assert "leaves out the stages that score against them (eval-cams, compare-cams, eval-pseudo, " \
+           "eval-seg, report) and the upper bound" in caplog.text
+    run_dir = tmp_path / "run"
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "cams", "classifier", "data", "pseudo", "pseudo-r2", "segmenter", "segmenter-r2"]
+    train = open_split(cfg.data, "train")
+    for image_id in train.ids:
+        for folder in ("pseudo", "pseudo-r2"):  # each mask keeps to its image's listed classes
+            mask = read_mask(run_dir / folder / f"{image_id}.png")
+            allowed = {0, IGNORE, *(int(c) + 1 for c in train.labels(image_id))}
+            assert mask.shape == (32, 32) and set(np.unique(mask).tolist()) <= allowed
+    with pytest.raises(StageError, match="image-level labels only, no masks to score"):
+        execute("eval-pseudo", cfg)
 
 
 def test_shards_of_two_ranks_write_the_files_of_one_process(run, odd_folder, predicted, tmp_path, monkeypatch):

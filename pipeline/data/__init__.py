@@ -7,6 +7,12 @@ from pipeline.data.split import Split
 from pipeline.data.voc import VocDataset
 
 
+def has_masks(cfg_data) -> bool:
+    """Whether the dataset a config (a DataConfig) names has ground-truth masks: a labelled image
+    folder has image-level labels only."""
+    return cfg_data.name != "folder"
+
+
 def open_split(cfg_data, split: str) -> Split:
     """The dataset split named in a config (a DataConfig)."""
     if cfg_data.name == "folder":

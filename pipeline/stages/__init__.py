@@ -14,7 +14,9 @@ and, unless it is a plain stage (run on rank 0 while the other ranks wait), its 
               argument, `stage_folders(cfg)`
 and, if the config can switch it off, SWITCH: the dotted key of the boolean that does (e.g.
 "affinity.enabled"); `all` and the report leave out a stage that is off, and running it alone
-is refused.
+is refused;
+and, if it reads ground-truth masks (to score, or to write the report of the scores), SCORES = True:
+`all` leaves it out on a dataset that has none (a labelled image folder), as it does the upper bound.
 Adding a stage is its module plus its name in STAGES.
 
 Under torchrun, rank 0 alone prepares a stage's folder and writes its manifest. The manifests
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from pipeline import distributed, runs
 from pipeline.config import Config, config_hash, dotted_value
+from pipeline.data import has_masks
 
 log = logging.getLogger("pipeline")
 
@@ -63,10 +66,20 @@ def enabled(name: str, cfg: Config) -> bool:
     return key is None or bool(dotted_value(cfg, key))
 
 
+def scores(name: str) -> bool:
+    return bool(getattr(module(name), "SCORES", False))
+
+
+def runnable(names: list[str], cfg: Config) -> list[str]:
+    """Those of `names` that are on in `cfg` and, on a dataset without masks, score nothing."""
+    masks = has_masks(cfg.data)
+    return [name for name in names if enabled(name, cfg) and (masks or not scores(name))]
+
+
 def pipeline_stages(cfg: Config) -> list[str]:
-    """The stages `all` runs before the upper bound, in order: every enabled stage but the
+    """The stages `all` runs before the upper bound, in order: every runnable stage but the
     summaries."""
-    return [name for name in STAGES if kind(name) != "summary" and enabled(name, cfg)]
+    return [name for name in runnable(STAGES, cfg) if kind(name) != "summary"]
 
 
 def upper_bound_config(cfg: Config) -> Config:
@@ -80,8 +93,9 @@ def round_two_config(cfg: Config) -> Config:
 def reruns(cfg: Config) -> list[tuple[str, str, Config, list[str]]]:
     """The stages `all` runs again after the pipeline's, on other configs, in order: (the name
     a summary shows them under, the suffix of their manifests' keys, the config, the stages)."""
-    second = [("round-2", "r2", round_two_config(cfg), ROUND_TWO)] if cfg.round2.enabled else []
-    return [*second, ("upper-bound", "gt", upper_bound_config(cfg), UPPER_BOUND)]
+    second = [("round-2", "r2", round_two_config(cfg), runnable(ROUND_TWO, cfg))] if cfg.round2.enabled else []
+    upper = [("upper-bound", "gt", upper_bound_config(cfg), UPPER_BOUND)] if has_masks(cfg.data) else []
+    return [*second, *upper]
 
 
 def stage_folder(name: str, cfg: Config) -> Path:
@@ -166,9 +180,13 @@ def execute(name: str, cfg: Config, force: bool = False) -> dict:
 def execute_all(cfg: Config, force: bool = False) -> dict[str, dict]:
     """Every stage of `cfg` (each skipped when up to date), those of its reruns (the second
     round's, the upper bound's), then the summaries; their manifests by stage name, the reruns'
-    as "<stage> r2" and "<stage> gt"."""
+    as "<stage> r2" and "<stage> gt". On a dataset without masks, what would score is left out."""
+    if not has_masks(cfg.data):
+        log.info("%s has no masks: `all` leaves out the stages that score against them (%s) and the "
+                 "upper bound", cfg.data.root, ", ".join(name for name in STAGES if scores(name)))
     manifests = {name: execute(name, cfg, force) for name in pipeline_stages(cfg)}
     for _, suffix, config, names in reruns(cfg):
         manifests.update({f"{name} {suffix}": execute(name, config, force) for name in names})
-    manifests.update({name: execute(name, cfg, force) for name in STAGES if kind(name) == "summary"})
+    manifests.update({name: execute(name, cfg, force) for name in runnable(STAGES, cfg)
+                      if kind(name) == "summary"})
     return manifests

@@ -23,6 +23,8 @@ from pipeline.runs import RESULTS, progress, write_json
 
 EVAL_KEYS = ("split", "sweep_max", "sweep_step", "compare_methods", "compare_layer_sets", "compare_images")
 
+SCORES = True
+
 
 def OUTPUT(cfg: Config) -> str:
     return "eval/compare-cams"

@@ -17,6 +17,8 @@ from pipeline.data.images import skipping
 from pipeline.metrics import confusion, iou_per_class, mean_iou, sweep_confusions, thresholds
 from pipeline.runs import RESULTS, progress, write_json
 
+SCORES = True
+
 
 def OUTPUT(cfg: Config) -> str:
     return "eval/cams"

@@ -18,6 +18,8 @@ from pipeline.metrics import PseudoTally, iou_per_class
 from pipeline.refine.masks import mask_path
 from pipeline.runs import RESULTS, progress, write_json
 
+SCORES = True
+
 
 def OUTPUT(cfg: Config) -> str:
     return "eval/pseudo-r2" if second_round(cfg) else "eval/pseudo"

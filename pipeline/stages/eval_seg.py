@@ -27,6 +27,8 @@ from pipeline.runs import RESULTS, progress, write_json
 
 BATCH = 64
 
+SCORES = True
+
 
 def OUTPUT(cfg: Config) -> str:
     return {"gt": "eval/seg-gt", "round2": "eval/seg-r2"}.get(cfg.seg.labels, "eval/seg")

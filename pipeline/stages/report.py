@@ -8,6 +8,7 @@ from pipeline.config import Config, config_hash, to_dict
 from pipeline.report.build import build_summary, write_report
 
 KIND = "summary"
+SCORES = True  # a report of the scores
 # Scores a run may lack (the upper bound, `make upper-bound`; the second round, round2.enabled):
 # those present are part of the report.
 OPTIONAL = ("eval/seg-gt", "eval/pseudo-r2", "eval/seg-r2")
