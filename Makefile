@@ -13,11 +13,11 @@ STAGE_ARGS = --config $(CONFIG) run_dir=$(RUN) $(ARGS)
 export FASHION_MNIST_DIR
 
 .DEFAULT_GOAL := all
-.PHONY: all help install fashion-mnist data train-cls cams eval-cams compare-cams pseudo train-aff pseudo-aff eval-pseudo train-seg \
+.PHONY: all help install fashion-mnist fashion-mnist-if-needed data train-cls cams eval-cams compare-cams pseudo train-aff pseudo-aff eval-pseudo train-seg \
         eval-seg pseudo-r2 round2 upper-bound report quick test test-fast bench bench-speed bench-cam bench-crf bench-rw bench-faith \
         bench-explain label explain clean
 
-all: install fashion-mnist ## set up and run every stage (upper bound included) on CONFIG in one process, then print where the report is
+all: install fashion-mnist-if-needed ## set up and run every stage (upper bound included) on CONFIG in one process, then print where the report is
 	$(STAGE) all $(STAGE_ARGS)
 	@if [ -f $(RUN)/report/report.md ]; then echo "report: $(RUN)/report/report.md and $(RUN)/report/index.html"; \
 	else echo "no masks to score, so no report: pseudo-masks in $(RUN)/pseudo*, segmenters in $(RUN)/segmenter*"; fi
@@ -43,6 +43,11 @@ fashion-mnist: ## make sure the Fashion-MNIST IDX files are there (Debian packag
 	else \
 	  echo "error: Fashion-MNIST not found: run 'apt-get install dataset-fashion-mnist' as root, or set FASHION_MNIST_DIR to a folder with its four IDX files"; exit 1; \
 	fi
+
+# Your own images need no Fashion-MNIST: only a config whose dataset is built from it does.
+fashion-mnist-if-needed: install
+	@if [ "$$($(PY) -c 'import sys; from pipeline.config import load_config; print(load_config(sys.argv[1]).data.name)' \
+	  $(CONFIG) 2>/dev/null)" = fashion-scenes ]; then $(MAKE) --no-print-directory fashion-mnist; fi
 
 data: install ## build the dataset (built-in benchmark) or check the VOC folder
 	$(STAGE) data $(STAGE_ARGS)
