@@ -286,7 +286,11 @@ def _merge_file(merged: Any, path: Path, seen: tuple[Path, ...] = ()) -> Any:
         layer = OmegaConf.load(path)
         base = layer.pop(BASE_KEY, None) if OmegaConf.is_dict(layer) else None
         if base is not None:
-            merged = _merge_file(merged, path.parent / str(base), (*seen, path.resolve()))
+            base_path = path.parent / str(base)
+            if not base_path.is_file():  # named from the file that names it: the path is relative to it
+                raise ConfigError(f"{path}: '{BASE_KEY}: {base}' not found (no file {base_path.resolve()}; "
+                                  f"a base is relative to the file naming it)")
+            merged = _merge_file(merged, base_path, (*seen, path.resolve()))
         return OmegaConf.merge(merged, layer)
     except OmegaConfBaseException as error:
         raise _one_line(error, str(path)) from None

@@ -150,8 +150,10 @@ def test_a_config_file_starts_from_its_base(tmp_path):
 
 def test_a_missing_or_circular_base_is_one_line(tmp_path):
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
-    with pytest.raises(ConfigError, match=r"b\.yaml: config file not found"):
+    with pytest.raises(ConfigError) as error:
         load_config(tmp_path / "a.yaml")
+    assert str(error.value) == (f"{tmp_path / 'a.yaml'}: 'base: b.yaml' not found (no file "
+                                f"{(tmp_path / 'b.yaml').resolve()}; a base is relative to the file naming it)")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match=r"a\.yaml: 'base' chain comes back to this file"):
         load_config(tmp_path / "a.yaml")
