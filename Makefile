@@ -46,7 +46,7 @@ fashion-mnist: ## make sure the Fashion-MNIST IDX files are there (Debian packag
 
 # Your own images need no Fashion-MNIST: only a config whose dataset is built from it does.
 fashion-mnist-if-needed: install
-	@if [ "$$($(PY) -c 'import sys; from pipeline.config import load_config; print(load_config(sys.argv[1]).data.name)' \
+	@if [ "$$($(PY) -c 'import sys; from pipeline.config import file_setting; print(file_setting(sys.argv[1], "data.name"))' \
 	  $(CONFIG) 2>/dev/null)" = fashion-scenes ]; then $(MAKE) --no-print-directory fashion-mnist; fi
 
 data: install ## build the dataset (built-in benchmark) or check the VOC folder

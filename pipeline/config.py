@@ -321,6 +321,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def file_setting(path: str | Path, dotted: str) -> Any:
+    """One setting of a config file, after its base chain and the schema's defaults but unchecked:
+    for a caller that needs one key (the Makefile: which dataset) without the model and CAM imports
+    the choices' check pulls in."""
+    return OmegaConf.select(_merge_file(OmegaConf.structured(Config), Path(path)), dotted)
+
+
 SEG_LABELS = ("pseudo", "affinity", "round2", "gt")
 LABEL_SOURCES = ("seeds", "segmenter")
 # The switch of the stages that make the masks of these `seg.labels`.

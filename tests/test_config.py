@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, config_hash, from_dict, load_config, to_dict
+from pipeline.config import Config, config_hash, file_setting, from_dict, load_config, to_dict
 from pipeline.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,6 +146,8 @@ def test_a_config_file_starts_from_its_base(tmp_path):
     cfg = load_config(tmp_path / "sub" / "child.yaml", ["cls.lr=0.25"])
     assert (cfg.seed, cfg.cls.epochs, cfg.cls.lr) == (5, 4, 0.25)  # base, then file, then command line
     assert cfg.cls.batch_size == 64  # the schema's, where no file sets it
+    child = tmp_path / "sub" / "child.yaml"  # one key read unchecked, as the Makefile reads it
+    assert (file_setting(child, "seed"), file_setting(child, "cls.epochs"), file_setting(child, "cls.batch_size")) == (5, 4, 64)
 
 
 def test_a_missing_or_circular_base_is_one_line(tmp_path):
