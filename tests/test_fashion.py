@@ -12,7 +12,7 @@ from scipy import ndimage
 from pipeline.data import fashion
 from pipeline.data.fashion import (FASHION_CLASSES, FashionMnistMissing, SceneSpec, build,
                                    compose_scene, load_fashion_mnist, load_photos, scene_rng)
-from pipeline.data.images import read_mask
+from pipeline.data.images import DataError, read_mask
 from pipeline.data.voc import VocDataset
 
 PER_CLASS = 3
@@ -195,6 +195,39 @@ def test_items_are_pasted_opaquely_and_sandal_keeps_its_hole(fake_mnist, photos,
             seen_other += 1
             np.testing.assert_array_equal(filled, item)  # the hole belongs to the item
     assert seen_sandal and seen_other
+
+
+def thin_item() -> np.ndarray:
+    """A one-pixel line: at 20-30 px it is at most two pixels wide, so all of it is edge."""
+    item = np.zeros((28, 28), np.uint8)
+    item[4:24, 14] = 200
+    return item[None]
+
+
+def test_a_scene_whose_items_all_vanish_under_the_band_is_drawn_again(fake_mnist, photos):
+    _, arrays = fake_mnist
+    thin, thick = thin_item(), items_by_class(arrays, "train", ["trouser"])[0]
+    scene_spec = SceneSpec(0, 48, ("sandal", "trouser"), 1, 1, 20, 30)
+    vanished = 0
+    for index in range(20):
+        first_image, first_mask = fashion._draw_scene(scene_rng(0, "train", index), scene_spec,
+                                                      photos, [thin, thick])
+        image, mask = compose_scene(scene_rng(0, "train", index), scene_spec, photos, [thin, thick])
+        # Its one item is the thick trouser (label 2), the thin one never leaves a labelled pixel.
+        assert set(np.unique(mask)) == {0, 2, 255}
+        if set(np.unique(first_mask)) <= {0, 255}:
+            vanished += 1
+            assert (first_mask == 255).any()  # the thin item was pasted, all of it band
+        else:  # a first draw that kept its label is the scene itself
+            np.testing.assert_array_equal(mask, first_mask)
+            np.testing.assert_array_equal(image, first_image)
+    assert 0 < vanished < 20
+
+
+def test_items_too_thin_for_any_label_stop_the_build_in_one_line(photos):
+    scene_spec = SceneSpec(0, 48, ("sandal",), 1, 1, 20, 30)
+    with pytest.raises(DataError, match=r"^data.item_size_min=20: in 100 draws .* all boundary band"):
+        compose_scene(scene_rng(0, "train", 0), scene_spec, photos, [thin_item()])
 
 
 @pytest.fixture(scope="module")

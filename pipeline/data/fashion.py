@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from pipeline.data.images import save_mask
+from pipeline.data.images import IGNORE, DataError, save_mask
 from pipeline.data.voc import make_layout, write_index
 
 # Fashion-MNIST label order, with short names.
@@ -34,6 +34,7 @@ IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 ITEM_THRESHOLD = 20  # grey level (0-255) above which an item pixel belongs to the item
 MIN_VISIBLE = 0.6  # a new item may hide at most 40% of an earlier item's visible pixels
+MAX_DRAWS = 100  # of one scene, before its settings are called too small for any item to show
 SPLIT_CODES = {"train": 1, "val": 2, "items": 3}
 # Single-item scenes for the classifier's pretraining come from Fashion-MNIST's train items.
 ITEM_SOURCE = {"train": "train", "val": "val", "items": "train"}
@@ -127,12 +128,27 @@ def _item(rng: np.random.Generator, grey28: np.ndarray, size: int, fill_holes: b
 
 def compose_scene(rng: np.random.Generator, spec: SceneSpec, photos: list[np.ndarray],
                   items_by_class: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: uint8 RGB image [S, S, 3] and uint8 label map [S, S] (0 bg, 255 ignore)."""
+    """One scene: uint8 RGB image [S, S, 3] and uint8 label map [S, S] (0 bg, 255 ignore).
+
+    A thin item (a sandal's straps, shrunk) can be all edge, so the boundary band covers all of
+    it; a draw left with no labelled pixel is drawn again, as a scene without labels cannot train
+    a classifier."""
+    for _draw in range(MAX_DRAWS):
+        image, labels = _draw_scene(rng, spec, photos, items_by_class)
+        if np.any((labels > 0) & (labels != IGNORE)):
+            return image, labels
+    raise DataError(f"data.item_size_min={spec.item_size_min}: in {MAX_DRAWS} draws of a "
+                    f"{spec.size} px scene every item was all boundary band (ignore); larger items "
+                    f"keep pixels inside their edge")
+
+
+def _draw_scene(rng: np.random.Generator, spec: SceneSpec, photos: list[np.ndarray],
+                items_by_class: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     size = spec.size
     image = _background(rng, photos, size)
     labels = np.zeros((size, size), np.uint8)
     count = int(rng.integers(spec.items_min, spec.items_max + 1))
-    # The first item always fits (nothing to hide), so no scene is left without a label.
+    # The first item always fits (nothing to hide).
     for _ in range(count):
         class_index = int(rng.integers(len(spec.classes)))
         pool = items_by_class[class_index]
@@ -167,7 +183,7 @@ def _with_boundary_band(labels: np.ndarray) -> np.ndarray:
     edge = ((padded[:-2, 1:-1] != centre) | (padded[2:, 1:-1] != centre)
             | (padded[1:-1, :-2] != centre) | (padded[1:-1, 2:] != centre))
     out = labels.copy()
-    out[edge & (labels > 0)] = 255
+    out[edge & (labels > 0)] = IGNORE
     return out
 
 
