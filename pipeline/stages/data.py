@@ -35,6 +35,7 @@ def _fashion(cfg: Config, folder: Path) -> dict:
     if unknown:
         raise DataError(f"data.classes: unknown Fashion-MNIST classes {unknown} "
                         f"(choose from {', '.join(fashion.FASHION_CLASSES)})")
+    fashion.check_settings(to_dict(data), "data.")
     spec = fashion.SceneSpec(data.seed, data.image_size, tuple(data.classes), data.items_min,
                              data.items_max, data.item_size_min, data.item_size_max)
     source = os.environ.get("FASHION_MNIST_DIR") or data.fashion_mnist_dir
