@@ -137,9 +137,10 @@ def compose_scene(rng: np.random.Generator, spec: SceneSpec, photos: list[np.nda
         image, labels = _draw_scene(rng, spec, photos, items_by_class)
         if np.any((labels > 0) & (labels != IGNORE)):
             return image, labels
-    raise DataError(f"data.item_size_min={spec.item_size_min}: in {MAX_DRAWS} draws of a "
-                    f"{spec.size} px scene every item was all boundary band (ignore); larger items "
-                    f"keep pixels inside their edge")
+    # Not named by config key: the single-item scenes' sizes come from data.item_canvas.
+    raise DataError(f"items of {spec.item_size_min}-{spec.item_size_max} px: in {MAX_DRAWS} draws "
+                    f"of a {spec.size} px scene every item was all boundary band (ignore); larger "
+                    f"items keep pixels inside their edge")
 
 
 def _draw_scene(rng: np.random.Generator, spec: SceneSpec, photos: list[np.ndarray],
