@@ -331,6 +331,7 @@ def test_data_stage_builds_fashion_scenes(fake_mnist, tmp_path, monkeypatch):
     (["data.items_min=4"], "data.items_min=4, data.items_max=3"),
     (["data.item_canvas=6"], "data.item_canvas=6"),
     (["data.n_train=7"], "data.n_train=7, data.n_train_pool=6"),
+    (["data.classes=[tshirt,jacket]"], "data.classes"),
 ])
 def test_data_stage_refuses_scenes_that_cannot_be_drawn(fake_mnist, tmp_path, overrides, named):
     from pipeline.config import load_config

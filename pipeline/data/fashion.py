@@ -227,6 +227,10 @@ def check_settings(settings: dict, prefix: str) -> None:
     def names(*keys: str) -> str:
         return ", ".join(f"{prefix}{key}={settings[key]}" for key in keys)
 
+    unknown = sorted(set(settings["classes"]) - set(FASHION_CLASSES))
+    if unknown:
+        raise DataError(f"{prefix}classes: unknown Fashion-MNIST classes {unknown} "
+                        f"(choose from {', '.join(FASHION_CLASSES)})")
     if not 1 <= settings["items_min"] <= settings["items_max"]:
         raise DataError(f"{names('items_min', 'items_max')}: need 1 <= items_min <= items_max")
     if not 1 <= settings["item_size_min"] <= settings["item_size_max"] <= settings["image_size"]:

@@ -31,10 +31,6 @@ def SECTION(cfg: Config) -> dict:
 
 def _fashion(cfg: Config, folder: Path) -> dict:
     data = cfg.data
-    unknown = sorted(set(data.classes) - set(fashion.FASHION_CLASSES))
-    if unknown:
-        raise DataError(f"data.classes: unknown Fashion-MNIST classes {unknown} "
-                        f"(choose from {', '.join(fashion.FASHION_CLASSES)})")
     fashion.check_settings(to_dict(data), "data.")
     spec = fashion.SceneSpec(data.seed, data.image_size, tuple(data.classes), data.items_min,
                              data.items_max, data.item_size_min, data.item_size_max)
