@@ -2,7 +2,9 @@
 
 ResNet-18 (random weights), 4 images at 64 px, 2 classes each, layers layer2 + layer3 + layer4:
 every method, with and without test-time augmentation, under a caller's `torch.no_grad()`, must
-give the CPU's maps to float32 tolerance and leave parameters' `.grad` untouched. Prints one line
+give the CPU's maps to float32 tolerance and leave parameters' `.grad` untouched, and the pooled
+features CAM heads are fitted on must match too when CPU batches feed the CUDA model (as in
+compare-cams). Prints one line
 per check and writes bench/out/gpu_check.json; exits non-zero if a check fails.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 import torchvision
 
 from pipeline.cam import augmented_cams, compute_cams, fit_cam_heads
+from pipeline.cam.head import pooled_features
 from bench_out import save
 
 LAYERS = ["layer2", "layer3", "layer4"]
@@ -42,6 +45,10 @@ def main() -> int:
     model_gpu.to(gpu)
     cuda_heads = dict(heads, layer4=model_gpu.fc)
     checks = {}
+    # compare-cams fits its heads on CPU batches with the model on the GPU
+    on_cpu = pooled_features(model, [images], LAYERS)
+    checks["pooled features, cpu batches, cuda model"] = largest_relative_error(on_cpu, pooled_features(
+        model_gpu, [images], LAYERS))
     for method in ("cam", "gradcam", "gradcam++"):
         head = heads if method == "cam" else "fc"
         on_cpu = compute_cams(model, images, LAYERS, method, classes, head=head)

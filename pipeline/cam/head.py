@@ -19,9 +19,12 @@ from pipeline.cam.engine import _capture
 @torch.inference_mode()
 def pooled_features(model: nn.Module, batches: Iterable[torch.Tensor],
                     layers: list[str]) -> dict[str, torch.Tensor]:
-    """{layer: [N, C]} global averages of each layer's activations over every image of `batches`."""
+    """{layer: [N, C]} global averages of each layer's activations over every image of `batches`
+    (each batch moved to the model's device), returned on the CPU."""
+    device = next(model.parameters()).device
     pooled: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     for images in batches:
+        images = images.to(device)
         _, activations = _capture(model, layers, lambda: model(images))
         for name, layer_activations in zip(layers, activations):
             pooled[name].append(layer_activations.mean(dim=(-2, -1)))
