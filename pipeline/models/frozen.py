@@ -49,15 +49,16 @@ def check_same_size(voc: Split) -> None:
 
 @torch.inference_mode()
 def encode(encoder: nn.Module, voc: Split, mirror: bool, batch_size: int) -> list[torch.Tensor]:
-    """The encoder's features of every image (mirrored first when `mirror`), stacked per level
-    in float16. The first level, the input itself, is kept as a zero-channel tensor: decoders
-    read only its size."""
+    """The encoder's features of every image (mirrored first when `mirror`), computed on the
+    encoder's device and stacked per level in float16 on the CPU. The first level, the input
+    itself, is kept as a zero-channel tensor: decoders read only its size."""
+    device = next(encoder.parameters()).device
     batches = []
     for _, images in image_batches(voc, voc.ids, batch_size):
-        batch = normalised_batch(images)
+        batch = normalised_batch(images).to(device)
         features = encoder(batch.flip(-1) if mirror else batch)
-        batches.append([features[0].new_empty(len(batch), 0, *features[0].shape[2:]),
-                        *(f.to(torch.float16) for f in features[1:])])
+        batches.append([torch.empty(len(batch), 0, *features[0].shape[2:], dtype=features[0].dtype),
+                        *(f.to("cpu", torch.float16) for f in features[1:])])
     return [torch.cat(level) for level in zip(*batches)]
 
 

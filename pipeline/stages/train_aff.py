@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from pipeline import distributed
 from pipeline.config import Config, to_dict
 from pipeline.data import open_split
 from pipeline.data.images import read_mask
@@ -45,6 +46,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     seed_everything(cfg.seed)  # the head's initial weights too
     net = build_affinity_net(encoder, settings)
     if cfg.seg.cache_features:
+        encoder.to(distributed.device(cfg.device))  # features are computed where training runs
         dataset, trained = EncodedSet(encoder, voc, read_target), net
     else:
         transform = train_transform(crop_size(voc, cfg.seg.crop_size))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import distributed
 from pipeline.config import Config, to_dict
 from pipeline.data import open_split
 from pipeline.data.images import read_mask
@@ -58,6 +59,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
         load_encoder(model, cfg.seg.encoder_weights)
     groups = param_groups(model, cfg.seg.lr, cfg.seg.encoder_lr_scale)
     if cfg.seg.cache_features:
+        model.encoder.to(distributed.device(cfg.device))  # features are computed where training runs
         dataset, trained = EncodedSet(model.encoder, voc, read_target), DecoderOnly(model)
         log.info("train-seg: frozen encoder's features cached once (%.0f MiB)", dataset.nbytes() / 2 ** 20)
     else:
