@@ -2,9 +2,9 @@
 
 ResNet-18 (random weights), 4 images at 64 px, 2 classes each, layers layer2 + layer3 + layer4:
 every method, with and without test-time augmentation, under a caller's `torch.no_grad()`, must
-give the CPU's maps to float32 tolerance and leave parameters' `.grad` untouched, and the pooled
-features CAM heads are fitted on must match too when CPU batches feed the CUDA model (as in
-compare-cams). Prints one line
+give the CPU's maps to float32 tolerance and leave parameters' `.grad` untouched; so must the
+pooled features CAM heads are fitted on and a segmenter's softmax, fed CPU batches with the model
+on the GPU as compare-cams and eval-seg feed them (the softmax back on the CPU). Prints one line
 per check and writes bench/out/gpu_check.json; exits non-zero if a check fails.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torchvision
 
 from pipeline.cam import augmented_cams, compute_cams, fit_cam_heads
 from pipeline.cam.head import pooled_features
+from pipeline.models.segmenter import build_segmenter, predict_probs
 from bench_out import save
 
 LAYERS = ["layer2", "layer3", "layer4"]
@@ -49,6 +50,12 @@ def main() -> int:
     on_cpu = pooled_features(model, [images], LAYERS)
     checks["pooled features, cpu batches, cuda model"] = largest_relative_error(on_cpu, pooled_features(
         model_gpu, [images], LAYERS))
+    # eval-seg, pseudo-r2 and label hand the segmenter on the GPU their batches on the CPU
+    segmenter = build_segmenter("unet", "resnet18", 7, [64, 32, 16, 16, 16]).eval()
+    on_cpu = predict_probs(segmenter, images, flip=True)
+    on_gpu = predict_probs(segmenter.to(gpu), images, flip=True)
+    checks["segmenter softmax + flip, cuda vs cpu"] = largest_relative_error(
+        {"probs": on_cpu}, {"probs": on_gpu}) if on_gpu.device.type == "cpu" else float("inf")
     for method in ("cam", "gradcam", "gradcam++"):
         head = heads if method == "cam" else "fc"
         on_cpu = compute_cams(model, images, LAYERS, method, classes, head=head)

@@ -138,8 +138,7 @@ def segmenter_maps(segmenter: torch.nn.Module, images: list[np.ndarray], label_s
                    flip: bool) -> list[np.ndarray]:
     """Per image, the class channels of the segmenter's `known_class_probs`: they take the seeds'
     place, as in the second round."""
-    batch = normalised_batch(images).to(next(segmenter.parameters()).device)
-    probs = predict_probs(segmenter, batch, flip).cpu().numpy()
+    probs = predict_probs(segmenter, normalised_batch(images), flip).numpy()
     return [known_class_probs(p, labels)[1:] for p, labels in zip(probs, label_sets)]
 
 

@@ -93,10 +93,12 @@ class EncodedSet(Dataset):
     """(features, target map) per image; each draw takes the image or its mirror at random
     (from torch's generator, which the training loop seeds and checkpoints)."""
 
-    def __init__(self, encoder: nn.Module, voc: Split, read_target, batch_size: int = 64):
+    def __init__(self, encoder: nn.Module, voc: Split, read_target,
+                 device: torch.device = torch.device("cpu"), batch_size: int = 64):
         check_same_size(voc)
-        encoder.eval()
+        encoder.eval().to(device)  # where training will run: a GPU's forward passes, not the CPU's
         self.features = encode_both(encoder, voc, batch_size)
+        encoder.to("cpu")  # back where `fit` leaves models
         self.voc, self.read_target = voc, read_target
 
     def nbytes(self) -> int:

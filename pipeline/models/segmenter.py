@@ -49,8 +49,9 @@ def _softmax(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def predict_probs(model: nn.Module, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
     """Softmax probabilities [N, K, H, W], averaged with the mirrored images' (mirrored back) when
-    `flip`."""
+    `flip`: computed on the model's device, returned on the CPU."""
+    images = images.to(next(model.parameters()).device)
     probs = _softmax(model, images)
     if flip:
         probs = (probs + _softmax(model, images.flip(-1)).flip(-1)) / 2
-    return probs
+    return probs.cpu()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import distributed
 from pipeline.config import Config
 from pipeline.data import open_split
 from pipeline.data.images import save_mask, skipping
@@ -69,6 +70,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     pool = get_context("fork").Pool(cfg.pseudo.workers or os.cpu_count() or 1) if cfg.seg.eval_crf else None
     with pool or nullcontext():
         model, _ = load_segmenter(run_dir / segmenter_folder(cfg), cfg)
+        model.to(distributed.device(cfg.device))  # after the fork: no CRF worker inherits a CUDA context
         for ids, images, predictions in progress(label_batches(cfg, model, voc, bad, pool), desc="eval-seg"):
             for image_id, image, pred in zip(ids, images, predictions):
                 save_mask(out / "predictions" / f"{image_id}.png", pred)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import distributed
 from pipeline.config import Config, PseudoConfig, to_dict
 from pipeline.data.images import save_mask, skipping
 from pipeline.data.transforms import normalised_batch
@@ -54,6 +55,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     # The workers run the CRF alone (no torch), so forking from a process with torch threads is safe.
     with get_context("fork").Pool(workers) as pool:
         model, _ = load_segmenter(run_dir / segmenter_folder(cfg), cfg)
+        model.to(distributed.device(cfg.device))  # after the fork: no CRF worker inherits a CUDA context
         for voc, ids, images in unwritten_batches(cfg, out, BATCH, bad, "pseudo-r2"):
             probs = predict_probs(model, normalised_batch(images), cfg.round2.flip).numpy()
             jobs = [(cfg.pseudo, image, known_class_probs(p, voc.labels(i)), voc.labels(i), mask_path(out, i))

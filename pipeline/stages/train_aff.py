@@ -46,8 +46,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     seed_everything(cfg.seed)  # the head's initial weights too
     net = build_affinity_net(encoder, settings)
     if cfg.seg.cache_features:
-        encoder.to(distributed.device(cfg.device))  # features are computed where training runs
-        dataset, trained = EncodedSet(encoder, voc, read_target), net
+        dataset, trained = EncodedSet(encoder, voc, read_target, distributed.device(cfg.device)), net
     else:
         transform = train_transform(crop_size(voc, cfg.seg.crop_size))
         dataset, trained = SegmentationSet(voc, read_target, transform), Backbone(encoder, net)

@@ -59,8 +59,8 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
         load_encoder(model, cfg.seg.encoder_weights)
     groups = param_groups(model, cfg.seg.lr, cfg.seg.encoder_lr_scale)
     if cfg.seg.cache_features:
-        model.encoder.to(distributed.device(cfg.device))  # features are computed where training runs
-        dataset, trained = EncodedSet(model.encoder, voc, read_target), DecoderOnly(model)
+        dataset = EncodedSet(model.encoder, voc, read_target, distributed.device(cfg.device))
+        trained = DecoderOnly(model)
         log.info("train-seg: frozen encoder's features cached once (%.0f MiB)", dataset.nbytes() / 2 ** 20)
     else:
         dataset, trained = SegmentationSet(voc, read_target, train_transform(crop_size(voc, cfg.seg.crop_size))), model
