@@ -69,12 +69,14 @@ def boundary_loss(radius: int):
 
 @torch.inference_mode()
 def boundary_maps(encoder: nn.Module, net: AffinityNet, batch: torch.Tensor, flip: bool) -> torch.Tensor:
-    """Boundary maps [N, h, w] in (0, 1) of a normalised batch; with `flip`, the logits averaged
-    with the mirrored images' (mirrored back), as IRN infers."""
+    """Boundary maps [N, h, w] in (0, 1) of a normalised batch, computed on the encoder's device and
+    returned on the CPU; with `flip`, the logits averaged with the mirrored images' (mirrored
+    back), as IRN infers."""
+    batch = batch.to(next(encoder.parameters()).device)
     logits = net(encoder(batch))
     if flip:
         logits = (logits + net(encoder(batch.flip(-1))).flip(-1)) / 2
-    return torch.sigmoid(logits)
+    return torch.sigmoid(logits).cpu()
 
 
 def build_affinity_net(encoder: nn.Module, settings: AffinityConfig) -> AffinityNet:

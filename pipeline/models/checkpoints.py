@@ -66,10 +66,11 @@ def load_classifier(run_dir: Path, cfg: Config | None = None) -> tuple[torch.nn.
 
 @torch.inference_mode()
 def predict_scores(model: torch.nn.Module, voc, batch_size: int = 128) -> np.ndarray:
-    """Sigmoid scores [N, C] over a split, in its list order."""
+    """Sigmoid scores [N, C] over a split, in its list order, computed on the model's device."""
+    device = next(model.parameters()).device
     scores = []
     for _, images in image_batches(voc, voc.ids, batch_size):
-        scores.append(torch.sigmoid(model(normalised_batch(images))).numpy())
+        scores.append(torch.sigmoid(model(normalised_batch(images).to(device))).cpu().numpy())
     return np.concatenate(scores)
 
 

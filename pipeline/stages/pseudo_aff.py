@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import distributed
 from pipeline.cam.seeds import cam_path, load_cams
 from pipeline.config import Config, PseudoConfig, to_dict
 from pipeline.data.images import save_mask, skipping
@@ -49,6 +50,9 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     written = 0
     workers = cfg.pseudo.workers or os.cpu_count() or 1
     with get_context("fork").Pool(workers) as pool:
+        device = distributed.device(cfg.device)  # after the fork: no CRF worker inherits a CUDA context
+        encoder.to(device)
+        net.to(device)
         for _, ids, images in unwritten_batches(cfg, out, cfg.cam.batch_size, bad, "pseudo-aff"):
             boundaries = boundary_maps(encoder, net, normalised_batch(images), cfg.affinity.flip)
             jobs = []

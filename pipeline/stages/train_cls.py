@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from pipeline import distributed
 from pipeline.config import Config, to_dict
 from pipeline.data import open_split
 from pipeline.data.images import DataError
@@ -64,9 +65,10 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
                      cfg.cls.max_minutes, cfg.cls.workers, cfg.seed, WARMUP, cfg.cls.samples)
     history = fit(model, dataset, F.binary_cross_entropy_with_logits, spec, out / "last.pt", config,
                   "train-cls")
-    model.eval()
+    model.eval().to(distributed.device(cfg.device))
     val = open_split(cfg.data, cfg.cls.val_split)
     val_map, per_class = mean_average_precision(predict_scores(model, val), val.label_matrix())
+    model.to("cpu")  # the checkpoint loads on machines without the device
     save_checkpoint(out / "model.pt", {
         "model": model.state_dict(), "arch": cfg.cls.arch, "last_stride": cfg.cls.last_stride,
         "class_names": train.class_names, "train_size": train_size, "config": config})
