@@ -37,8 +37,8 @@ from pipeline.config import Config, PseudoConfig, config_hash, load_config, to_d
 from pipeline.data.folder import LabelledImage, folder_images, read_labels_csv
 from pipeline.data.images import IGNORE, PALETTE, read_image, read_or_skip, save_mask
 from pipeline.data.transforms import normalised_batch, same_size_batches
-from pipeline.models.checkpoints import (classifier_checkpoint, last_segmenter_folder, load_classifier,
-                                        load_segmenter, training_size)
+from pipeline.models.checkpoints import (class_scores, classifier_checkpoint, last_segmenter_folder,
+                                        load_classifier, load_segmenter, training_size)
 from pipeline.models.segmenter import predict_probs
 from pipeline.refine.masks import known_class_probs, mask_settings, pseudo_mask
 from pipeline.runs import StageError, load_manifest, progress, read_json, write_json, write_text, write_with
@@ -126,12 +126,6 @@ def readable(items: Iterable[LabelledImage], images_dir: Path, failed: list[dict
         image = read_or_skip(item.path, name, failed)
         if image is not None:
             yield item, name, image.shape[:2], at_working_size(image, max_side)
-
-
-@torch.inference_mode()
-def class_scores(model: torch.nn.Module, images: list[np.ndarray]) -> np.ndarray:
-    batch = normalised_batch(images).to(next(model.parameters()).device)
-    return torch.sigmoid(model(batch)).cpu().numpy()
 
 
 def segmenter_maps(segmenter: torch.nn.Module, images: list[np.ndarray], label_sets: list[np.ndarray],

@@ -65,13 +65,16 @@ def load_classifier(run_dir: Path, cfg: Config | None = None) -> tuple[torch.nn.
 
 
 @torch.inference_mode()
+def class_scores(model: torch.nn.Module, images: list[np.ndarray]) -> np.ndarray:
+    """Sigmoid scores [N, C] of images, computed on the model's device."""
+    batch = normalised_batch(images).to(next(model.parameters()).device)
+    return torch.sigmoid(model(batch)).cpu().numpy()
+
+
 def predict_scores(model: torch.nn.Module, voc, batch_size: int = 128) -> np.ndarray:
-    """Sigmoid scores [N, C] over a split, in its list order, computed on the model's device."""
-    device = next(model.parameters()).device
-    scores = []
-    for _, images in image_batches(voc, voc.ids, batch_size):
-        scores.append(torch.sigmoid(model(normalised_batch(images).to(device))).cpu().numpy())
-    return np.concatenate(scores)
+    """Sigmoid scores [N, C] over a split, in its list order."""
+    return np.concatenate([class_scores(model, images)
+                           for _, images in image_batches(voc, voc.ids, batch_size)])
 
 
 def load_segmenter(folder: Path, cfg: Config | None = None) -> tuple[torch.nn.Module, dict]:
