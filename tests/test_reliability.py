@@ -25,6 +25,7 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.cam.seeds import load_cams
 from pipeline.data.images import read_mask, save_mask
 from pipeline.models.checkpoints import load_segmenter
 from pipeline.models.segmenter import build_segmenter
@@ -226,7 +227,7 @@ def test_cams_skips_bad_images_lists_them_and_resumes_once_fixed(ref, tmp_path, 
     images, masks = data / "JPEGImages", data / "SegmentationClass"
     whole = (images / "train_00003.png").read_bytes()
     (images / "train_00003.png").write_bytes(whole[:len(whole) // 2])  # truncated
-    save_mask(masks / "train_00004.png", np.zeros((32, 32), np.uint8))  # no labels
+    save_mask(masks / "train_00004.png", np.zeros((32, 32), np.uint8))  # a negative: valid
     rgb = np.asarray(Image.open(images / "train_00005.png"))
     Image.fromarray(rgb).convert("RGBA").save(images / "train_00005.png")
     Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(images / "train_00006.png")  # 16 bit
@@ -236,18 +237,16 @@ def test_cams_skips_bad_images_lists_them_and_resumes_once_fixed(ref, tmp_path, 
     assert main(ref.argv("cams", run_dir, data)) == 2
     lines = error_lines(capsys)
     assert lines[0] == ("error: cams: skipped bad images and wrote every other one; fix them or "
-                        "drop them from the split list, then rerun (2 images):")
-    truncated, unlabelled = sorted(lines[1:])
+                        "drop them from the split list, then rerun (1 image):")
+    [truncated] = lines[1:]
     assert truncated.startswith(f"{images / 'train_00003.png'}: cannot read image (")
-    assert unlabelled == f"{masks / 'train_00004.png'}: image has no labels (mask is all background)"
     written = files(cams)
-    assert sorted(written) == sorted([STARTED, *(f"{i}.npz" for i in TRAIN + VAL
-                                                 if i not in ("train_00003", "train_00004"))])
+    assert sorted(written) == sorted([STARTED, *(f"{i}.npz" for i in TRAIN + VAL if i != "train_00003")])
+    assert load_cams(cams / "train_00004.npz")[1].tolist() == []
 
     (images / "train_00003.png").write_bytes(whole)
-    shutil.copy(ref.data / "SegmentationClass" / "train_00004.png", masks / "train_00004.png")
     assert main(ref.argv("cams", run_dir, data)) == 0
-    assert load_manifest(cams)["metrics"]["written_now"] == 2
+    assert load_manifest(cams)["metrics"]["written_now"] == 1
     now = files(cams)
     assert {name: now[name] for name in written if name != STARTED} == \
         {name: stat for name, stat in written.items() if name != STARTED}  # earlier files untouched
@@ -298,8 +297,8 @@ def test_evaluation_skips_masks_of_another_size_or_out_of_range_labels(ref, tmp_
 
 
 def test_training_refuses_labels_the_class_list_does_not_cover(ref, tmp_path, capsys):
-    """A class list that does not match the masks, and an image without labels: train-cls lists
-    every bad mask and starts nothing."""
+    """A class list that does not match the masks: train-cls lists every bad mask and starts
+    nothing (an image without labels is a negative, not a bad mask)."""
     data = copy_data(ref, tmp_path / "data")
     (data / "classes.txt").write_text("background\nsquare\ndisc\n")  # the masks also hold cross (3)
     masks = data / "SegmentationClass"
@@ -311,8 +310,7 @@ def test_training_refuses_labels_the_class_list_does_not_cover(ref, tmp_path, ca
     lines = error_lines(capsys)
     assert lines[0] == (f"error: {data}: split 'train' has invalid image-level labels "
                         f"({len(lines) - 1} images):")
-    expected = {f"{masks / 'train_00000.png'}: image has no labels (mask is all background)"}
-    expected |= {f"{masks / f'{i}.png'}: label ids [3] out of range (0..2 and 255: "
+    expected = {f"{masks / f'{i}.png'}: label ids [3] out of range (0..2 and 255: "
                  f"{data / 'classes.txt'} names 2 classes)" for i in crosses if i != "train_00000"}
     assert len(crosses) >= 2 and set(lines[1:]) == expected
     assert sorted(p.name for p in (run_dir / "classifier").iterdir()) == [STARTED]

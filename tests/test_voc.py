@@ -137,14 +137,13 @@ def test_out_of_range_label_raises_naming_the_mask(tmp_path, voc_photo):
         voc.labels(PHOTO_ID)
 
 
-def test_all_background_mask_raises_no_labels(tmp_path, voc_photo):
+def test_all_background_mask_is_a_negative_with_no_labels(tmp_path, voc_photo):
     labels = np.zeros(voc_photo["class_label"].shape, np.uint8)
     labels[:3] = IGNORE  # ignore pixels are not labels either
     root = write_voc(tmp_path / "voc", {PHOTO_ID: (voc_photo["rgb"], labels)})
-    with pytest.raises(DataError, match=f"{PHOTO_ID}.png.*no labels"):
-        VocDataset(root, "train").labels(PHOTO_ID)
-    with pytest.raises(DataError, match="no labels"):
-        VocDataset(root, "train").label_matrix()
+    voc = VocDataset(root, "train", class_names=["cat", "dog"])
+    assert voc.labels(PHOTO_ID).tolist() == []
+    assert voc.label_matrix().tolist() == [[0.0, 0.0]]
 
 
 def test_empty_or_missing_split_list_raises(tmp_path, voc_photo):

@@ -41,9 +41,11 @@ def load_cams(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def padded_classes(label_sets: list[np.ndarray]) -> torch.Tensor:
-    """[N, K_max] class indices; short rows repeat their first class (the extra maps are dropped)."""
-    width = max(len(labels) for labels in label_sets)
-    rows = [np.concatenate([labels, np.full(width - len(labels), labels[0])]) for labels in label_sets]
+    """[N, K_max] class indices; short rows repeat their first class, or class 0 for an image with
+    none (a negative): the extra maps are dropped."""
+    width = max(1, *(len(labels) for labels in label_sets))
+    rows = [np.concatenate([labels, np.full(width - len(labels), labels[0] if len(labels) else 0)])
+            for labels in label_sets]
     return torch.from_numpy(np.stack(rows)).long()
 
 

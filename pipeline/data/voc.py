@@ -66,11 +66,10 @@ class VocDataset(Split):
         return mask
 
     def labels(self, image_id: str) -> np.ndarray:
-        """Foreground class indices 0..C-1 present in the image (class id minus one)."""
+        """Foreground class indices 0..C-1 present in the image (class id minus one); none for a
+        photo of background only, a negative."""
         present = np.unique(self.mask(image_id))
         present = present[(present > 0) & (present != IGNORE)]
-        if present.size == 0:
-            raise DataError(f"{self.mask_path(image_id)}: image has no labels (mask is all background)")
         return present.astype(np.int64) - 1
 
 

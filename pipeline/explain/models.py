@@ -46,7 +46,7 @@ def torchvision_classifier(name: str, weights: str = RANDOM) -> Classifier:
     model = torchvision.models.get_model(name, weights=None)
     named = weights != RANDOM and not Path(weights).is_file()
     if weights != RANDOM:
-        load_weights(model, name, weights, "--weights", keep_head=True)
+        load_weights(model, name, weights, "--weights")
     meta = torchvision_weights(name, weights, "--weights") if named else \
         torchvision.models.get_model_weights(name).DEFAULT
     transform = meta.transforms()

@@ -33,9 +33,12 @@ def build_segmenter(arch: str, encoder: str, num_classes: int,
 
 
 def load_encoder(model: nn.Module, weights: str | Path) -> None:
-    """Start the encoder from `weights`: a local state dict (torchvision's layout; ours keep it
-    under `model`) or a torchvision weight name for the encoder, which smp records in `config`."""
-    load_weights(model.encoder, model.config["encoder_name"], weights, "seg.encoder_weights")
+    """Start the encoder from `weights`: a local state dict (the backbone's layout; ours keep it
+    under `model`), an offline ImageNet name or a torchvision weight name for the encoder, which
+    smp records in `config`. A timm encoder (`tu-<name>`) holds timm's model as `model`."""
+    name = model.config["encoder_name"]
+    encoder = model.encoder.model if name.startswith("tu-") else model.encoder
+    load_weights(encoder, name, weights, "seg.encoder_weights")
 
 
 def _softmax(model: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -53,7 +53,10 @@ def peak_normalised(cams: np.ndarray, quantile: float) -> np.ndarray:
 
 def pseudo_mask(settings: PseudoConfig, image: np.ndarray, cams: np.ndarray,
                 classes: np.ndarray) -> np.ndarray:
-    """The confident pseudo-mask of one image from its (unnormalised) fused CAMs."""
+    """The confident pseudo-mask of one image from its (unnormalised) fused CAMs; all background
+    for an image with no class (a negative)."""
+    if len(classes) == 0:
+        return np.zeros(image.shape[:2], np.uint8)
     cams = peak_normalised(cams, settings.peak_quantile)
     high, low = ((settings.fg_threshold_high, settings.fg_threshold_low) if settings.background == "constant"
                  else (settings.bg_alpha_high, settings.bg_alpha_low))

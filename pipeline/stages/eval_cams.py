@@ -50,7 +50,8 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
             cams = normalise_max(torch.from_numpy(cams)).numpy()
             sweep += sweep_confusions(gt, cams, classes, grid, n)
             background += confusion(gt, np.zeros_like(gt), n)
-            fill += confusion(gt, np.full_like(gt, classes.min() + 1), n)
+            # an image's lowest class painted over it; a negative's is background
+            fill += confusion(gt, np.full_like(gt, classes.min() + 1 if classes.size else 0), n)
     bad.raise_if_any()
     mious = np.array([mean_iou(m) for m in sweep])
     best = int(np.argmax(mious))
