@@ -53,9 +53,9 @@ def parse_explain(argv: list[str]) -> ExplainRequest:
     parser.add_argument("--out", type=Path, required=True, help="folder for the outputs")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, help="a camseg run folder: its classifier and classes")
-    source.add_argument("--model", help="a torchvision classification model, e.g. resnet50")
+    source.add_argument("--model", help="a torchvision classification model (resnet50) or a timm architecture (tf_efficientnet_lite0)")
     parser.add_argument("--weights", default="none",
-                        help="--model's weights: none (random), a torchvision name (IMAGENET1K_V2) or a file")
+                        help="--model's weights: none (random), a torchvision name (IMAGENET1K_V2), an offline ImageNet name (efficientnet_lite0.imagenet) or a file")
     parser.add_argument("--methods", type=_names, help="comma-separated (default: every method that works)")
     parser.add_argument("--layers", type=_names, help="comma-separated module names (default: the last "
                                                       "block of each stage)")

@@ -157,3 +157,13 @@ def test_last_stride_one_dilates_the_last_stage_of_a_timm_model():
         model.bn2.register_forward_hook(lambda module, args, out, s=stride: maps.__setitem__(s, out.shape[-2:]))
         model(images)
     assert maps == {2: (2, 2), 1: (4, 4)}
+
+
+def test_explain_takes_a_timm_model_with_offline_weights_and_keeps_imagenets_head(installed):
+    from pipeline.explain.models import named_classifier
+    classifier = named_classifier(ARCH, NAME)
+    assert (classifier.source, classifier.size, classifier.scores) == ("timm", 224, "softmax")
+    assert classifier.class_names[285] == "Egyptian cat" and len(classifier.class_names) == 1000
+    assert torch.equal(classifier.model.classifier.weight, installed["_fc.weight"])
+    assert (classifier.mean, classifier.std) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # timm's for this model
+    assert named_classifier("resnet18").source == "torchvision"

@@ -33,7 +33,7 @@ from pipeline.errors import ConfigError
 from pipeline.explain.anatomy import Anatomy, inspect_model
 from pipeline.explain.figures import display_image, overlay_figure, save_figure
 from pipeline.explain.maps import Explanation, class_indices, default_methods, explain, gap_heads, preprocess
-from pipeline.explain.models import RANDOM, Classifier, run_classifier, torchvision_classifier
+from pipeline.explain.models import RANDOM, Classifier, named_classifier, run_classifier
 from pipeline.explain.page import write_page
 from pipeline.explain.ranking import FaithfulnessTotals, faithfulness_module, faithfulness_scores
 from pipeline.runs import git_commit, progress, write_bytes, write_json, write_with
@@ -114,7 +114,7 @@ def checked_methods(requested: list[str] | None, heads: dict, layers: list[str])
 
 def plan(request: ExplainRequest) -> Plan:
     classifier = run_classifier(request.run) if request.run else \
-        torchvision_classifier(request.model, request.weights)
+        named_classifier(request.model, request.weights)
     classifier.model.to(distributed.device(request.device))
     size = request.size or classifier.size
     anatomy = inspect_model(classifier.model, (size, size))
@@ -192,7 +192,7 @@ def summary_header(request: ExplainRequest, chosen: Plan) -> dict:
     classifier = chosen.classifier
     targets = {"top_k": request.top_k} if chosen.classes is None else {
         "classes": [classifier.class_names[c] if classifier.class_names else c for c in chosen.classes]}
-    return {"model": classifier.name, "source": "run" if request.run else "torchvision",
+    return {"model": classifier.name, "source": classifier.source,
             "weights": classifier.weights, "random_weights": classifier.weights == RANDOM,
             "input_size": [chosen.size, chosen.size],
             "mean": list(classifier.mean), "std": list(classifier.std), "scores": classifier.scores,

@@ -1,6 +1,8 @@
 """The classifiers `explain` takes: any torchvision classification model by name, with weights
-by torchvision name, from a local file or none (random), or a camseg run's classifier; each with
-its class names, input size, normalisation and score (softmax or sigmoid)."""
+by torchvision name, from a local file or none (random); any timm architecture by name, with
+ImageNet weights that install offline (`efficientnet_lite0.imagenet`), a local file or none; or a
+camseg run's classifier; each with its class names, input size, normalisation and score (softmax
+or sigmoid)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ from torch import nn
 from pipeline.data.transforms import MEAN, STD
 from pipeline.errors import ConfigError
 from pipeline.models.checkpoints import classifier_checkpoint, load_classifier, training_size
-from pipeline.models.weights import load_weights, torchvision_weights
+from pipeline.models.weights import IMAGENET_PACKAGES, load_weights, torchvision_weights
 
 TORCHVISION_SIZE = 224  # torchvision's ImageNet models are evaluated at 224 px (most of them)
 RANDOM = "none"
@@ -28,10 +30,37 @@ class Classifier:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     scores: str  # "softmax" (one label per image) or "sigmoid" (multi-label)
+    source: str  # "torchvision", "timm" or "run"
 
 
 def classification_models() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
+
+
+def imagenet_categories() -> list[str]:
+    """ImageNet-1k's class names, in its order (torchvision's metadata, which ships with it)."""
+    return list(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+
+
+def timm_classifier(name: str, weights: str = RANDOM) -> Classifier:
+    """timm's `name` with ImageNet's 1000 outputs and `weights` (an offline ImageNet name, a file
+    or none), at the input size and normalisation timm records for the architecture."""
+    import timm
+    model = timm.create_model(name, pretrained=False)
+    if weights != RANDOM:
+        load_weights(model, name, weights, "--weights")
+    settings = model.pretrained_cfg
+    named = weights in IMAGENET_PACKAGES
+    return Classifier(model.eval(), name, weights, imagenet_categories() if named else None,
+                      settings["input_size"][-1], tuple(settings["mean"]), tuple(settings["std"]), "softmax", "timm")
+
+
+def named_classifier(name: str, weights: str = RANDOM) -> Classifier:
+    """A torchvision classification model by name, else a timm architecture by name."""
+    import timm
+    if name not in classification_models() and timm.is_model(name):
+        return timm_classifier(name, weights)
+    return torchvision_classifier(name, weights)
 
 
 def torchvision_classifier(name: str, weights: str = RANDOM) -> Classifier:
@@ -41,8 +70,9 @@ def torchvision_classifier(name: str, weights: str = RANDOM) -> Classifier:
     models = classification_models()
     if name not in models:
         examples = ", ".join(model for model in models if model.startswith(("resnet", "efficientnet_b")))
-        raise ConfigError(f"--model: torchvision has no classification model '{name}' (e.g. {examples}; "
-                          f"all: torchvision.models.list_models())")
+        raise ConfigError(f"--model: neither torchvision nor timm has a classification model '{name}' "
+                          f"(e.g. {examples}, tf_efficientnet_lite0; all: torchvision.models.list_models(), "
+                          f"timm.list_models())")
     model = torchvision.models.get_model(name, weights=None)
     named = weights != RANDOM and not Path(weights).is_file()
     if weights != RANDOM:
@@ -52,7 +82,7 @@ def torchvision_classifier(name: str, weights: str = RANDOM) -> Classifier:
     transform = meta.transforms()
     return Classifier(model.eval(), name, weights, list(meta.meta["categories"]),
                       transform.crop_size[0] if named else TORCHVISION_SIZE,
-                      tuple(transform.mean), tuple(transform.std), "softmax")
+                      tuple(transform.mean), tuple(transform.std), "softmax", "torchvision")
 
 
 def run_classifier(run_dir: Path) -> Classifier:
@@ -60,4 +90,4 @@ def run_classifier(run_dir: Path) -> Classifier:
     checkpoint = classifier_checkpoint(run_dir)
     model, state = load_classifier(run_dir)
     return Classifier(model, f"{run_dir} ({state['arch']})", str(checkpoint), list(state["class_names"]),
-                      training_size(state), MEAN, STD, "sigmoid")
+                      training_size(state), MEAN, STD, "sigmoid", "run")
