@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from pipeline.config import AffinityConfig
 from pipeline.models.small_maps import use_small_map_convs
-from pipeline.models.weights import load_weights
+from pipeline.models.segmenter import encoder_name, load_encoder_weights
 from pipeline.refine.affinity import affinity_loss, boundary_affinity, pair_labels
 from pipeline.refine.boundary import BoundaryHead
 from pipeline.train import load_checkpoint
@@ -28,9 +28,11 @@ STRIDES = (2, 4, 8)  # the finest level the head may read; deeper ones are alway
 
 
 def classifier_encoder(arch: str, checkpoint: Path) -> nn.Module:
-    """smp's encoder of `arch` with the trained classifier's weights, frozen, in eval mode."""
-    encoder = smp.encoders.get_encoder(arch, in_channels=3, depth=5, weights=None)
-    load_weights(encoder, arch, checkpoint, "affinity (the classifier's weights)", untouched=("fc.",))
+    """smp's encoder of the classifier's `arch` with the trained classifier's weights (its head
+    left out), frozen, in eval mode."""
+    name = encoder_name(arch)
+    encoder = smp.encoders.get_encoder(name, in_channels=3, depth=5, weights=None)
+    load_encoder_weights(encoder, name, checkpoint, "affinity (the classifier's weights)")
     return use_small_map_convs(encoder).eval().requires_grad_(False)
 
 

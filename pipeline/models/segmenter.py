@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.models.classifier import ARCHS as CLASSIFIER_ARCHS
 from pipeline.models.small_maps import use_small_map_convs
 from pipeline.models.weights import load_weights
 
@@ -32,13 +33,22 @@ def build_segmenter(arch: str, encoder: str, num_classes: int,
                                            classes=num_classes, **extra))
 
 
+def encoder_name(classifier_arch: str) -> str:
+    """smp's name for the encoder of a classifier's architecture: its own for torchvision's
+    ResNets, `tu-<name>` for a timm architecture."""
+    return classifier_arch if classifier_arch in CLASSIFIER_ARCHS else f"tu-{classifier_arch}"
+
+
+def load_encoder_weights(encoder: nn.Module, name: str, weights: str | Path, key: str) -> None:
+    """Start smp's encoder `name` from `weights`: a local state dict (the backbone's layout; ours
+    keep it under `model`), an offline ImageNet name or a torchvision weight name. A timm encoder
+    (`tu-<name>`) holds timm's model as `model`, in timm's layout."""
+    load_weights(encoder.model if name.startswith("tu-") else encoder, name, weights, key)
+
+
 def load_encoder(model: nn.Module, weights: str | Path) -> None:
-    """Start the encoder from `weights`: a local state dict (the backbone's layout; ours keep it
-    under `model`), an offline ImageNet name or a torchvision weight name for the encoder, which
-    smp records in `config`. A timm encoder (`tu-<name>`) holds timm's model as `model`."""
-    name = model.config["encoder_name"]
-    encoder = model.encoder.model if name.startswith("tu-") else model.encoder
-    load_weights(encoder, name, weights, "seg.encoder_weights")
+    """Start a segmenter's encoder, which smp records in `config`, from `weights`."""
+    load_encoder_weights(model.encoder, model.config["encoder_name"], weights, "seg.encoder_weights")
 
 
 def _softmax(model: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -67,7 +67,9 @@ def pseudo_mask(settings: PseudoConfig, image: np.ndarray, cams: np.ndarray,
 def walked_cams(settings: AffinityConfig, boundary: torch.Tensor, cams: np.ndarray) -> np.ndarray:
     """float32 [K, H, W]: one image's fused CAMs walked along the affinities of its boundary map
     [h, w] (IRN), each class max-normalised: the CAMs are resized to the boundary's size, walked,
-    and resized back (bilinear, as IRN upsamples)."""
+    and resized back (bilinear, as IRN upsamples). A negative's no maps stay none."""
+    if not len(cams):
+        return cams
     size = cams.shape[1:]
     small = F.interpolate(torch.from_numpy(cams)[None].float(), size=tuple(boundary.shape),
                           mode="bilinear", antialias=True, align_corners=False)[0]
