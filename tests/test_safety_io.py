@@ -1,0 +1,196 @@
+"""Outputs that never lose a user's data, and bad input files that fail in one line naming them.
+
+One tiny classifier (shapes, 32 px) serves the tests of the label command."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.data.folder import read_labels_csv
+from pipeline.data.outputs import output_name
+from pipeline.data.shapes import SHAPES, shapes_scene
+from pipeline.stages import execute
+
+
+def tree(root: Path, skip: Path | None = None) -> dict[str, str]:
+    """Every file and folder under `root` (but `skip`) with a hash of each file's bytes."""
+    found = {}
+    for path in sorted(Path(root).rglob("*")):
+        if skip is not None and (path == skip or skip in path.parents):
+            continue
+        found[path.relative_to(root).as_posix()] = (
+            "folder" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest())
+    return found
+
+
+def one_line_error(capsys) -> str:
+    """The error the command line ended with (after any progress bars), which is one line."""
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 1 and "Traceback" not in err, err
+    line = ("error: " + err.split("error: ")[1]).strip()
+    assert len(line.splitlines()) == 1, err
+    return line
+
+
+def scene(seed: int, height: int = 32, width: int = 32) -> tuple[np.ndarray, list[str]]:
+    """A shapes scene resized to height x width, and the names of the classes it shows."""
+    image, labels = shapes_scene(np.random.default_rng([11, seed]), 48)
+    image = np.asarray(Image.fromarray(image).resize((width, height), Image.NEAREST))
+    labels = np.asarray(Image.fromarray(labels).resize((width, height), Image.NEAREST))
+    return image, [SHAPES[c - 1] for c in np.unique(labels) if c > 0]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("safety-run")
+    torch.manual_seed(0)
+    cfg = load_config(None, [f"run_dir={tmp}/run", "data.name=shapes", f"data.root={tmp}/data",
+                             "data.image_size=32", "data.n_train=16", "data.n_val=8", "cls.split=train",
+                             "cls.crop_size=32", "cls.epochs=1", "cls.batch_size=8",
+                             "cam.layers=[layer3,layer4]", "pseudo.workers=1"])
+    execute("data", cfg)
+    execute("train-cls", cfg)
+    return tmp / "run"
+
+
+def label(run_dir: Path, images: Path, out: Path, *extra) -> int:
+    return main(["label", "--images", str(images), "--run", str(run_dir), "--out", str(out), *extra])
+
+
+def explain(images: Path, out: Path) -> int:
+    """`python -m pipeline explain` in this process: a random ResNet-18, one method, one layer."""
+    return main(["explain", "--images", str(images), "--out", str(out), "--model", "resnet18", "--size", "32",
+                 "--top-k", "1", "--methods", "gradcam", "--layers", "layer4.1"])
+
+
+def write_labels(path: Path, rows: list[tuple[str, list[str]]]) -> Path:
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows([name, ";".join(classes)] for name, classes in rows)
+    return path
+
+
+# ----------------------------------------------------------------------------- output names
+
+HASHED = re.compile(r"~[0-9a-f]{12}$")  # how a changed name ends
+
+TRICKY_IDS = ["img1", "kitchen/0001", "猫/写真", "../x", "../../x", "/etc/passwd", "/x", "x", "./x",
+              "a//b", "a/./b", "a/../b", ".", "..", "", "/", "a\\b", "a\x00b", "a\nb", "~x",
+              "x" * 300, "x" * 301, "/".join(["d"] * 600), "\udcff", "x~0123456789ab"]
+
+
+def test_output_names_stay_inside_the_folder_and_never_collide(tmp_path):
+    # An id that is already a plain relative path keeps its name, so outputs mirror the input folders
+    assert [output_name(i) for i in ("img1", "kitchen/0001", "猫/写真", "~x")] == [
+        "img1", "kitchen/0001", "猫/写真", "~x"]
+    # What changed ids become, named as ids themselves, must not meet them either
+    ids = TRICKY_IDS + [output_name(i) for i in TRICKY_IDS]
+    names = [output_name(i) for i in ids]
+    assert names == [output_name(i) for i in ids]  # deterministic
+    assert len(set(names)) == len(set(ids))
+    folder = (tmp_path / "out").resolve()
+    for image_id, name in zip(ids, names):
+        parts = name.split("/")
+        assert "" not in parts and "." not in parts and ".." not in parts, (image_id, name)
+        assert not re.search(r"[\x00-\x1f\\]", name), (image_id, name)
+        assert all(len(part.encode("utf-8", "surrogatepass")) <= 200 for part in parts)
+        assert folder in (folder / f"{name}.png").resolve().parents, (image_id, name)
+        assert name == image_id or (HASHED.search(name) and "/" not in name), (image_id, name)
+
+
+@pytest.fixture(scope="module")
+def escaping_folder(tmp_path_factory):
+    """A folder dataset of six images whose CSV reaches two of them by `../..` and one by an
+    absolute path: (tmp, the data root, the CSV's image names)."""
+    tmp = tmp_path_factory.mktemp("escaping")
+    root = tmp / "data" / "set"
+    (root / "sub").mkdir(parents=True)
+    (tmp / "elsewhere").mkdir()
+    names = ["a.png", "sub/b.png", "../../up1.png", "../../up2.png", str(tmp / "elsewhere" / "abs.png"),
+             "c.png"]
+    rows = []
+    for index, name in enumerate(names):
+        image, classes = scene(index)
+        Image.fromarray(image).save(root / name)
+        rows.append((name, classes))
+    (root / "classes.txt").write_text("background\n" + "\n".join(SHAPES) + "\n")
+    write_labels(root / "labels.csv", rows)
+    return tmp, root, names
+
+
+def test_stages_write_per_image_files_inside_their_folders_whatever_the_csv_holds(escaping_folder):
+    tmp, root, names = escaping_folder
+    run_dir = tmp / "run"
+    before = tree(tmp)
+    cfg = load_config(None, [
+        f"run_dir={run_dir}", "data.name=folder", f"data.root={root}", "data.val_fraction=0.5",
+        "cls.split=train", "cls.val_split=val", "cls.crop_size=32", "cls.epochs=1", "cls.batch_size=3",
+        "cam.layers=[layer4]", "cam.splits=[train,val]", "pseudo.splits=[train,val]", "pseudo.workers=1"])
+    for stage in ("data", "train-cls", "cams", "pseudo"):
+        execute(stage, cfg)
+    assert tree(tmp, skip=run_dir) == before  # nothing outside the run folder changed
+    for folder, suffix in (("cams", ".npz"), ("pseudo", ".png")):
+        written = {p.relative_to(run_dir / folder).as_posix() for p in (run_dir / folder).rglob("*")
+                   if p.is_file() and p.name != "manifest.json"}
+        escaped = {name for name in written if HASHED.search(name.removesuffix(suffix))}
+        assert written - escaped == {f"a{suffix}", f"c{suffix}", f"sub/b{suffix}"}
+        # the others: each one file name, the path's names joined by `_`, then a hash
+        assert sorted(name.split("~")[0] for name in escaped) == sorted(
+            ["up1", "up2", str(tmp / "elsewhere" / "abs").lstrip("/").replace("/", "_")])
+
+
+def test_label_writes_inside_out_whatever_the_csv_holds(run, tmp_path):
+    photos = tmp_path / "a" / "photos"
+    photos.mkdir(parents=True)
+    rows = []
+    for index, name in enumerate(["in.png", "../../up.png", str(tmp_path / "abs.png")]):
+        image, classes = scene(index)
+        Image.fromarray(image).save(photos / name)
+        rows.append((name, classes))
+    csv_file = write_labels(tmp_path / "labels.csv", rows)
+    out = tmp_path / "out"
+    before = tree(tmp_path)
+    assert label(run, photos, out, "--labels", str(csv_file)) == 0
+    assert tree(tmp_path, skip=out) == before  # ../../up.png would have become a mask over up.png
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    stems = {p.stem for p in (out / "masks").iterdir()}
+    assert len(stems) == 3 and "in" in stems
+    assert written == {"labels.csv", "summary.json", "settings.json",
+                       *(f"{kind}/{stem}{suffix}" for stem in stems
+                         for kind, suffix in (("masks", ".png"), ("overlays", ".png"), ("records", ".json")))}
+    # labels.csv names each image by its path from the image folder, which reads back to the image
+    listed = [row[0] for row in csv.reader(open(out / "labels.csv"))][1:]
+    assert listed == ["in.png", "../../up.png", os.path.relpath(tmp_path / "abs.png", photos)]
+    assert [item.path.resolve() for item in read_labels_csv(out / "labels.csv", photos, SHAPES)] == [
+        (photos / "in.png").resolve(), (tmp_path / "up.png").resolve(), (tmp_path / "abs.png").resolve()]
+
+
+def test_label_refuses_an_out_folder_that_is_or_holds_its_inputs(run, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(scene(0)[0]).save(photos / "masks.png")
+    before = tree(tmp_path)
+    for out in (photos, tmp_path):
+        assert label(run, photos, out) == 2
+        assert f"--out {out}: is or holds the input " in one_line_error(capsys)
+    assert tree(tmp_path) == before
+
+
+def test_explain_refuses_an_out_folder_that_is_or_holds_its_inputs(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(scene(0)[0]).save(photos / "cat.png")
+    before = tree(tmp_path)
+    for images, out in ((photos, photos), (photos, tmp_path), (photos / "cat.png", photos)):
+        assert explain(images, out) == 2
+        assert f"--out {out}: is or holds the input {images}" in one_line_error(capsys)
+    assert tree(tmp_path) == before
