@@ -16,9 +16,12 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.data.folder import read_labels_csv
+from pipeline.data.fashion import check_settings
+from pipeline.data.folder import FolderDataset, read_labels_csv
+from pipeline.data.images import DataError
 from pipeline.data.outputs import output_name
 from pipeline.data.shapes import SHAPES, shapes_scene
+from pipeline.data.voc import VocDataset
 from pipeline.stages import execute
 
 
@@ -71,6 +74,19 @@ def explain(images: Path, out: Path) -> int:
     """`python -m pipeline explain` in this process: a random ResNet-18, one method, one layer."""
     return main(["explain", "--images", str(images), "--out", str(out), "--model", "resnet18", "--size", "32",
                  "--top-k", "1", "--methods", "gradcam", "--layers", "layer4.1"])
+
+
+def stage(name: str, tmp: Path, overrides: list[str]) -> int:
+    """`python -m pipeline <name>` in this process, with a config of `overrides` only."""
+    config = tmp / "config.yaml"
+    config.write_text("threads: 1\n")
+    return main([name, "--config", str(config), *overrides])
+
+
+def one_split(split: str) -> list[str]:
+    """Overrides that make every stage read `split` alone."""
+    keys = ("cls.split", "cls.val_split", "eval.split", "seg.split", "seg.val_split")
+    return [*(f"{key}={split}" for key in keys), f"cam.splits=[{split}]", f"pseudo.splits=[{split}]"]
 
 
 def write_labels(path: Path, rows: list[tuple[str, list[str]]]) -> Path:
@@ -194,3 +210,64 @@ def test_explain_refuses_an_out_folder_that_is_or_holds_its_inputs(tmp_path, cap
         assert explain(images, out) == 2
         assert f"--out {out}: is or holds the input {images}" in one_line_error(capsys)
     assert tree(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- class lists
+
+def voc_folder(root: Path, classes: str | bytes) -> Path:
+    """A VOC folder with one listed image and the given classes.txt (nothing else is read on opening)."""
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("a\n")
+    (root / "classes.txt").write_bytes(classes if isinstance(classes, bytes) else classes.encode())
+    return root
+
+
+def class_lines(count: int) -> str:
+    return "\n".join(["background", *(f"class{i}" for i in range(count))]) + "\n"
+
+
+def test_up_to_254_classes_fit_a_mask_and_more_are_one_line(tmp_path, capsys):
+    assert VocDataset(voc_folder(tmp_path / "fits", class_lines(254)), "train").num_classes == 254
+    root = voc_folder(tmp_path / "over", class_lines(255))
+    with pytest.raises(DataError) as error:
+        VocDataset(root, "train")
+    assert str(error.value) == (f"{root / 'classes.txt'}: 255 classes, more than the 254 that uint8 "
+                                f"masks hold beside background (0) and ignore (255)")
+    with pytest.raises(DataError, match=r"^data\.class_names: 100000 classes, more than the 254 "):
+        VocDataset(root, "train", [f"c{i}" for i in range(100_000)])
+    (root / "labels.csv").write_text("x.png,class0\n")
+    with pytest.raises(DataError, match=re.escape(f"{root / 'classes.txt'}: 255 classes")):
+        FolderDataset(root, "all")
+    # through the command line: one line and exit 2, before any stage works
+    assert stage("data", tmp_path, [f"run_dir={tmp_path}/run", "data.name=voc", f"data.root={root}",
+                                    *one_split("train")]) == 2
+    assert "255 classes, more than the 254" in one_line_error(capsys)
+
+
+def test_classes_file_with_a_byte_order_mark_reads_as_without(tmp_path):
+    root = voc_folder(tmp_path / "bom", b"\xef\xbb\xbf" + class_lines(3).encode())
+    assert VocDataset(root, "train").class_names == ["class0", "class1", "class2"]
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"background\ncat\n\xff\xfedog\n", "not UTF-8 text (invalid start byte at byte 15)"),
+    (b"background\ncat\ndog\ncat\n", "class 'cat' is listed twice"),
+])
+def test_bad_classes_file_is_one_line_naming_it(tmp_path, content, problem):
+    root = voc_folder(tmp_path / "bad", content)
+    with pytest.raises(DataError) as error:
+        VocDataset(root, "train")
+    assert str(error.value) == f"{root / 'classes.txt'}: {problem}"
+
+
+def test_a_class_named_twice_in_the_config_is_one_line_naming_the_key(tmp_path):
+    root = voc_folder(tmp_path / "voc", class_lines(2))
+    with pytest.raises(DataError) as error:
+        VocDataset(root, "train", ["cat", "dog", "cat"])
+    assert str(error.value) == "data.class_names: class 'cat' is listed twice"
+    settings = {"classes": ["bag", "boot", "bag"], "items_min": 1, "items_max": 2, "item_size_min": 8,
+                "item_size_max": 16, "image_size": 32, "n_items": 0, "item_canvas": 32, "n_train": 1,
+                "n_val": 1, "n_train_pool": 1}
+    with pytest.raises(DataError) as error:
+        check_settings(settings, "data.")
+    assert str(error.value) == "data.classes: class 'bag' is listed twice"

@@ -22,6 +22,13 @@ class DataError(ValueError):
     """Bad input data; the message is one line naming the file and the problem."""
 
 
+def quoted(text: str, limit: int = 100) -> str:
+    """Text from a user's file as a one-line message shows it: in quotes, what is not printable
+    (a newline) escaped, cut short."""
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return f"'{text}'" if len(text) <= limit else f"'{text[:limit]}'..."
+
+
 class BadImagesError(DataError):
     """Several bad images at once: a summary line, then one line per bad file."""
 
