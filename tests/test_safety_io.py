@@ -7,6 +7,8 @@ import csv
 import hashlib
 import os
 import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +20,11 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.data.fashion import check_settings
 from pipeline.data.folder import FolderDataset, read_labels_csv
-from pipeline.data.images import DataError
+from pipeline.data.images import DataError, image_size, read_image, read_mask
 from pipeline.data.outputs import output_name
 from pipeline.data.shapes import SHAPES, shapes_scene
 from pipeline.data.voc import VocDataset
+from pipeline.runs import read_json
 from pipeline.stages import execute
 
 
@@ -271,3 +274,63 @@ def test_a_class_named_twice_in_the_config_is_one_line_naming_the_key(tmp_path):
     with pytest.raises(DataError) as error:
         check_settings(settings, "data.")
     assert str(error.value) == "data.classes: class 'bag' is listed twice"
+
+
+# ----------------------------------------------------------------------------- decompression bombs
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG of a few dozen bytes whose header claims width x height grey pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def bomb_folder(tmp_path):
+    """Two shapes images and, between them, a PNG claiming 30000 x 30000 pixels."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rows = []
+    for index, name in enumerate(["a.png", "b-bomb.png", "c.png"]):
+        image, classes = scene(index)
+        Image.fromarray(image).save(folder / name)
+        rows.append((name, classes))
+    (folder / "b-bomb.png").write_bytes(png_claiming(30000, 30000))
+    return folder, rows
+
+
+def test_a_decompression_bomb_is_a_data_error_naming_it(bomb_folder):
+    bomb = bomb_folder[0] / "b-bomb.png"
+    for read in (read_image, image_size, read_mask):
+        with pytest.raises(DataError) as error:
+            read(bomb)
+        assert str(error.value).startswith(f"{bomb}: cannot read ")
+        assert "900000000 pixels" in str(error.value) and len(str(error.value).splitlines()) == 1
+
+
+def test_label_and_explain_skip_a_decompression_bomb(run, bomb_folder, tmp_path, caplog):
+    folder, _ = bomb_folder
+    assert label(run, folder, tmp_path / "labelled") == 1
+    summary = read_json(tmp_path / "labelled" / "summary.json")
+    assert [f["image"] for f in summary["failed"]] == ["b-bomb.png"] and summary["written"] == 2
+    assert explain(folder, tmp_path / "explained") == 1
+    summary = read_json(tmp_path / "explained" / "summary.json")
+    assert [f["image"] for f in summary["failed"]] == ["b-bomb.png"] and summary["written"] == 2
+    assert caplog.text.count(f"skipped: {folder / 'b-bomb.png'}: cannot read image") == 2
+
+
+def test_training_on_a_decompression_bomb_is_one_line_and_exit_2(bomb_folder, tmp_path, capsys):
+    folder, rows = bomb_folder
+    (folder / "classes.txt").write_text("background\n" + "\n".join(SHAPES) + "\n")
+    write_labels(folder / "labels.csv", rows)
+    run_dir = tmp_path / "run"
+    overrides = [f"run_dir={run_dir}", "data.name=folder", f"data.root={folder}", "cls.crop_size=32",
+                 "cls.epochs=1", "cls.batch_size=3", *one_split("all")]
+    assert stage("data", tmp_path, overrides) == 0
+    capsys.readouterr()
+    assert stage("train-cls", tmp_path, overrides) == 2
+    err = one_line_error(capsys)
+    assert err.startswith(f"error: {folder / 'b-bomb.png'}: cannot read image (")
+    assert not (run_dir / "classifier" / "model.pt").exists()

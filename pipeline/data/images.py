@@ -16,6 +16,9 @@ log = logging.getLogger("pipeline")
 
 IGNORE = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# What Pillow raises on a file it cannot decode; DecompressionBombError: a header claiming more
+# pixels than Image.MAX_IMAGE_PIXELS allows (twice that), which a few bytes can do.
+UNREADABLE = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class DataError(ValueError):
@@ -117,7 +120,7 @@ def read_image(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             image.load()
             return to_rgb(image, path)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+    except UNREADABLE as error:
         raise DataError(f"{path}: cannot read image ({error})") from None
 
 
@@ -137,19 +140,20 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             return image.height, image.width
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+    except UNREADABLE as error:
         raise DataError(f"{path}: cannot read image ({error})") from None
 
 
 def read_mask(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            if image.mode not in ("P", "L"):
-                raise DataError(f"{path}: mask must be a palette or grey PNG of label ids, "
-                                f"not mode {image.mode}")
-            return np.asarray(image, dtype=np.uint8).copy()
-    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+            mode = image.mode
+            labels = np.asarray(image, dtype=np.uint8).copy() if mode in ("P", "L") else None
+    except UNREADABLE as error:
         raise DataError(f"{path}: cannot read mask ({error})") from None
+    if labels is None:
+        raise DataError(f"{path}: mask must be a palette or grey PNG of label ids, not mode {mode}")
+    return labels
 
 
 def check_fits(path: Path, mask: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
