@@ -20,7 +20,7 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.data.fashion import check_settings
 from pipeline.data.folder import FolderDataset, read_labels_csv
-from pipeline.data.images import DataError, image_size, read_image, read_mask
+from pipeline.data.images import PALETTE, DataError, image_size, read_image, read_mask
 from pipeline.data.outputs import output_name
 from pipeline.data.shapes import SHAPES, shapes_scene
 from pipeline.data.voc import VocDataset
@@ -334,3 +334,62 @@ def test_training_on_a_decompression_bomb_is_one_line_and_exit_2(bomb_folder, tm
     err = one_line_error(capsys)
     assert err.startswith(f"error: {folder / 'b-bomb.png'}: cannot read image (")
     assert not (run_dir / "classifier" / "model.pt").exists()
+
+
+# ----------------------------------------------------------------------------- EXIF orientation
+
+COLOURS = np.array(PALETTE, np.uint8).reshape(256, 3)
+
+
+def save_with_orientation(pixels: np.ndarray, path: Path, orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif.tobytes(), lossless=True)  # lossless: WebP's
+
+
+# How each orientation stores a picture that viewers show upright (EXIF 2.3, tag 0x0112).
+STORED = {1: lambda shown: shown, 3: lambda shown: np.rot90(shown, 2),
+          6: lambda shown: np.rot90(shown, 1), 8: lambda shown: np.rot90(shown, -1)}
+
+
+def read_as_shown(tmp_path: Path, suffix: str, orientation: int) -> None:
+    shown = np.random.default_rng(orientation).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    path = tmp_path / f"photo{suffix}"
+    save_with_orientation(np.ascontiguousarray(STORED[orientation](shown)), path, orientation)
+    np.testing.assert_array_equal(read_image(path), shown)
+    assert image_size(path) == (24, 40)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+@pytest.mark.parametrize("suffix", [".png", ".webp"])
+def test_images_read_as_viewers_show_them(tmp_path, orientation, suffix):
+    read_as_shown(tmp_path, suffix, orientation)
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED))
+def test_unturned_images_and_tiffs_which_pillow_turns_itself_are_turned_once(tmp_path, orientation):
+    read_as_shown(tmp_path, ".tif", orientation)
+    read_as_shown(tmp_path, ".png", 1)
+
+
+def test_a_phone_photo_is_labelled_as_viewers_show_it(run, tmp_path):
+    """Orientation 6 (a phone held upright): the mask has the shown size and is the mask of the
+    same pixels stored upright; the overlay blends it over the shown picture."""
+    shown, classes = scene(5, height=32, width=48)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    jpeg_path = folder / "phone.jpg"
+    save_with_orientation(np.ascontiguousarray(np.rot90(shown, 1)), jpeg_path, 6)
+    stored = np.asarray(Image.open(jpeg_path).convert("RGB"))  # decoded as stored, not turned
+    assert stored.shape == (48, 32, 3)
+    photo = np.ascontiguousarray(np.rot90(stored, -1))  # turned as a viewer turns it
+    Image.fromarray(photo).save(folder / "upright.png")
+    csv_file = write_labels(tmp_path / "labels.csv", [("upright.png", classes), ("phone.jpg", classes)])
+    out = tmp_path / "out"
+    assert label(run, folder, out, "--labels", str(csv_file)) == 0
+    mask = read_mask(out / "masks" / "phone.png")
+    assert mask.shape == (32, 48)
+    np.testing.assert_array_equal(mask, read_mask(out / "masks" / "upright.png"))
+    overlay = np.asarray(Image.open(out / "overlays" / "phone.png"))
+    blended = np.rint(0.5 * photo + 0.5 * COLOURS[mask]).astype(np.uint8)
+    np.testing.assert_array_equal(overlay, np.where((mask != 0)[..., None], blended, photo))
