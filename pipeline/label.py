@@ -34,7 +34,7 @@ from PIL import Image
 from pipeline import distributed
 from pipeline.cam.seeds import cam_head, seed_batch
 from pipeline.config import Config, PseudoConfig, config_hash, load_config, to_dict
-from pipeline.data.folder import LabelledImage, folder_images, read_labels_csv
+from pipeline.data.folder import LabelledImage, as_text_cell, folder_images, read_labels_csv
 from pipeline.data.images import IGNORE, PALETTE, read_image, read_or_skip, save_mask
 from pipeline.data.outputs import check_apart, output_file
 from pipeline.data.transforms import normalised_batch, same_size_batches
@@ -216,7 +216,8 @@ def write_summary(out: Path, items: list[LabelledImage], failed: list[dict], wri
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(["image", "labels", "confident_fraction"])
-    writer.writerows([r["image"], ";".join(r["classes"]), r["confident_fraction"]] for r in records)
+    rows = ([r["image"], ";".join(r["classes"]), str(r["confident_fraction"])] for r in records)
+    writer.writerows([as_text_cell(cell) for cell in row] for row in rows)
     write_text(out / "labels.csv", table.getvalue())
     fractions = [r["confident_fraction"] for r in records]
     summary = {

@@ -19,7 +19,7 @@ from PIL import Image
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.data.fashion import check_settings
-from pipeline.data.folder import FolderDataset, read_labels_csv
+from pipeline.data.folder import FolderDataset, as_text_cell, from_text_cell, read_labels_csv
 from pipeline.data.images import PALETTE, DataError, image_size, read_image, read_mask
 from pipeline.data.outputs import output_name
 from pipeline.data.shapes import SHAPES, shapes_scene
@@ -393,3 +393,34 @@ def test_a_phone_photo_is_labelled_as_viewers_show_it(run, tmp_path):
     overlay = np.asarray(Image.open(out / "overlays" / "phone.png"))
     blended = np.rint(0.5 * photo + 0.5 * COLOURS[mask]).astype(np.uint8)
     np.testing.assert_array_equal(overlay, np.where((mask != 0)[..., None], blended, photo))
+
+
+# ----------------------------------------------------------------------------- CSV cells
+
+@pytest.mark.parametrize("cell, written", [
+    ("=1+1", "'=1+1"), ("+1", "'+1"), ("-1", "'-1"), ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "'\tx"),
+    ("\rx", "'\rx"), ("'=1", "''=1"), ("'x", "'x"), ("a=1", "a=1"), ("", ""), ("cat;dog", "cat;dog"),
+])
+def test_cells_that_start_like_a_formula_are_written_as_text_and_read_back(cell, written):
+    assert as_text_cell(cell) == written
+    assert from_text_cell(written) == cell
+
+
+def test_label_writes_no_formula_into_labels_csv(run, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    names = ["=1+1.png", "+cmd.png", "-2.png", "@SUM(A1).png", "plain.png"]
+    rows = []
+    for index, name in enumerate(names):
+        image, classes = scene(index)
+        Image.fromarray(image).save(folder / name)
+        rows.append((name, classes))
+    csv_file = write_labels(tmp_path / "labels.csv", rows)
+    out = tmp_path / "out"
+    assert label(run, folder, out, "--labels", str(csv_file)) == 0
+    table = list(csv.reader(open(out / "labels.csv")))
+    assert [row[0] for row in table[1:]] == [
+        "'=1+1.png", "'+cmd.png", "'-2.png", "'@SUM(A1).png", "plain.png"]
+    assert all(cell[:1] not in "=+-@" for row in table for cell in row)
+    assert [item.path for item in read_labels_csv(out / "labels.csv", folder, SHAPES)] == [
+        folder / name for name in names]

@@ -26,6 +26,8 @@ from pipeline.data.split import Split
 from pipeline.runs import StageError
 
 SPLITS = ("train", "val", "all")
+# A cell starting so is a formula to a spreadsheet, which would run it on opening the file.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class LabelledImage(NamedTuple):
@@ -69,6 +71,17 @@ def folder_images(images_dir: Path) -> list[LabelledImage]:
     return items
 
 
+def as_text_cell(cell: str) -> str:
+    """A CSV cell a spreadsheet shows as text instead of running it: one that starts like a formula,
+    after any quotes, gets one more leading `'` (OWASP's advice), which `from_text_cell` removes."""
+    return f"'{cell}" if cell.lstrip("'").startswith(FORMULA_STARTS) else cell
+
+
+def from_text_cell(cell: str) -> str:
+    """The cell `as_text_cell` was given."""
+    return cell[1:] if cell.startswith("'") and cell.lstrip("'").startswith(FORMULA_STARTS) else cell
+
+
 def _cells(csv_path: Path) -> Iterator[tuple[int, str, str]]:
     """(line number, image, labels) of every non-blank row; a first row `image,labels` is a header."""
     columns = (0, 1)
@@ -88,7 +101,7 @@ def _cells(csv_path: Path) -> Iterator[tuple[int, str, str]]:
                 if len(cells) <= max(columns):
                     raise DataError(f"{csv_path}:{reader.line_num}: expected 'image,labels', "
                                     f"got '{','.join(row)}'")
-                yield reader.line_num, cells[columns[0]], cells[columns[1]]
+                yield reader.line_num, from_text_cell(cells[columns[0]]), from_text_cell(cells[columns[1]])
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{csv_path}: cannot read labels CSV ({error})") from None
 
