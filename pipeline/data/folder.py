@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.data.images import IMAGE_SUFFIXES, DataError
+from pipeline.data.images import IMAGE_SUFFIXES, DataError, quoted
 from pipeline.data.split import Split
 from pipeline.runs import StageError
 
@@ -42,10 +42,17 @@ def image_id(name: str) -> str:
     return path.with_suffix("").as_posix() if path.suffix.lower() in IMAGE_SUFFIXES else path.as_posix()
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system, a folder one may not look into
+        return False
+
+
 def find_image(root: Path, name: str) -> Path | None:
     """`root/name`, or `root/name.<suffix>` for the first image suffix that exists."""
     candidates = [root / name, *(root / f"{name}{suffix}" for suffix in IMAGE_SUFFIXES)]
-    return next((path for path in candidates if path.is_file()), None)
+    return next((path for path in candidates if _is_file(path)), None)
 
 
 def check_unique_ids(items: list[LabelledImage], where: Path | str) -> None:
@@ -100,7 +107,7 @@ def _cells(csv_path: Path) -> Iterator[tuple[int, str, str]]:
                     continue
                 if len(cells) <= max(columns):
                     raise DataError(f"{csv_path}:{reader.line_num}: expected 'image,labels', "
-                                    f"got '{','.join(row)}'")
+                                    f"got {quoted(','.join(row))}")
                 yield reader.line_num, from_text_cell(cells[columns[0]]), from_text_cell(cells[columns[1]])
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{csv_path}: cannot read labels CSV ({error})") from None
@@ -115,16 +122,18 @@ def read_labels_csv(csv_path: Path, image_root: Path, class_names: list[str]) ->
         where = f"{csv_path}:{line}"
         names = [label.strip() for label in labels.split(";") if label.strip()]
         if not names:
-            raise DataError(f"{where}: image '{name}' has no labels")
+            raise DataError(f"{where}: image {quoted(name)} has no labels")
         unknown = [label for label in names if label not in index]
         if unknown:
-            raise DataError(f"{where}: unknown class '{unknown[0]}' (classes: {', '.join(class_names)})")
+            raise DataError(f"{where}: unknown class {quoted(unknown[0])} "
+                            f"(classes: {', '.join(class_names)})")
         path = find_image(image_root, name)
         if path is None:
-            raise DataError(f"{where}: image '{name}' not found in {image_root}")
+            raise DataError(f"{where}: image {quoted(name)} not found in {image_root}")
         key = image_id(name)
         if key in rows:
-            raise DataError(f"{where}: image '{name}' is listed twice (as '{rows[key].path.name}' before)")
+            raise DataError(f"{where}: image {quoted(name)} is listed twice "
+                            f"(as {quoted(rows[key].path.name)} before)")
         rows[key] = LabelledImage(key, path, np.array(sorted({index[label] for label in names}), np.int64))
     if not rows:
         raise DataError(f"{csv_path}: no labelled images")
