@@ -34,8 +34,9 @@ from PIL import Image
 from pipeline import distributed
 from pipeline.cam.seeds import cam_head, seed_batch
 from pipeline.config import Config, PseudoConfig, config_hash, load_config, to_dict
-from pipeline.data.folder import LabelledImage, folder_images, read_labels_csv
+from pipeline.data.folder import LabelledImage, as_text_cell, folder_images, read_labels_csv
 from pipeline.data.images import IGNORE, PALETTE, read_image, read_or_skip, save_mask
+from pipeline.data.outputs import check_apart, output_file
 from pipeline.data.transforms import normalised_batch, same_size_batches
 from pipeline.models.checkpoints import (class_scores, classifier_checkpoint, last_segmenter_folder,
                                         load_classifier, load_segmenter, training_size)
@@ -68,8 +69,7 @@ class Job:
 
 
 def output_path(out: Path, kind: str, image_key: str) -> Path:
-    suffix = ".json" if kind == "records" else ".png"
-    return Path(out) / kind / f"{image_key}{suffix}"
+    return output_file(Path(out) / kind, image_key, ".json" if kind == "records" else ".png")
 
 
 def listed_images(images_dir: Path, labels_csv: Path | None, class_names: list[str]) -> list[LabelledImage]:
@@ -122,7 +122,7 @@ def readable(items: Iterable[LabelledImage], images_dir: Path, failed: list[dict
     that reads; the others go to `failed`. The full-size pixels are dropped at once, so memory
     follows the working size, not the photo's."""
     for item in items:
-        name = item.path.relative_to(images_dir).as_posix()
+        name = Path(os.path.relpath(item.path, images_dir)).as_posix()  # a CSV's path may lead out
         image = read_or_skip(item.path, name, failed)
         if image is not None:
             yield item, name, image.shape[:2], at_working_size(image, max_side)
@@ -216,7 +216,8 @@ def write_summary(out: Path, items: list[LabelledImage], failed: list[dict], wri
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(["image", "labels", "confident_fraction"])
-    writer.writerows([r["image"], ";".join(r["classes"]), r["confident_fraction"]] for r in records)
+    rows = ([r["image"], ";".join(r["classes"]), str(r["confident_fraction"])] for r in records)
+    writer.writerows([as_text_cell(cell) for cell in row] for row in rows)
     write_text(out / "labels.csv", table.getvalue())
     fractions = [r["confident_fraction"] for r in records]
     summary = {
@@ -274,6 +275,7 @@ def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path 
     model, state = load_classifier(run_dir)
     class_names = list(state["class_names"])
     items = listed_images(images_dir, labels_csv, class_names)
+    check_apart(out, [images_dir, *filter(None, [labels_csv]), *(item.path for item in items)])
     segmenter_file, segmenter = mask_segmenter(cfg, run_dir, class_names)
     claim_output(out, settings_hash(cfg, run_dir, labels_csv, segmenter_file))
     todo = [item for item in distributed.shard(items) if not output_path(out, "records", item.id).is_file()]

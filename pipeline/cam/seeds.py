@@ -16,12 +16,13 @@ import torch
 from pipeline.cam import augmented_cams, fit_cam_heads, fuse_layers
 from pipeline.config import CamConfig, Config
 from pipeline.data import open_split
+from pipeline.data.outputs import output_file
 from pipeline.data.transforms import image_batches, normalised_batch
 from pipeline.runs import write_bytes
 
 
 def cam_path(folder: Path, image_id: str) -> Path:
-    return Path(folder) / f"{image_id}.npz"
+    return output_file(folder, image_id, ".npz")
 
 
 def save_cams(path: Path, cams: np.ndarray, classes: np.ndarray, settings: CamConfig,

@@ -22,6 +22,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pipeline.data.images import IGNORE, DataError, save_mask
+from pipeline.data.split import check_class_names
 from pipeline.data.voc import make_layout, write_index
 
 # Fashion-MNIST label order, with short names.
@@ -231,6 +232,7 @@ def check_settings(settings: dict, prefix: str) -> None:
     if unknown:
         raise DataError(f"{prefix}classes: unknown Fashion-MNIST classes {unknown} "
                         f"(choose from {', '.join(FASHION_CLASSES)})")
+    check_class_names(list(settings["classes"]), f"{prefix}classes")
     if not 1 <= settings["items_min"] <= settings["items_max"]:
         raise DataError(f"{names('items_min', 'items_max')}: need 1 <= items_min <= items_max")
     if not 1 <= settings["item_size_min"] <= settings["item_size_max"] <= settings["image_size"]:

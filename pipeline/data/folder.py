@@ -21,11 +21,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.data.images import IMAGE_SUFFIXES, DataError
+from pipeline.data.images import IMAGE_SUFFIXES, DataError, quoted
 from pipeline.data.split import Split
 from pipeline.runs import StageError
 
 SPLITS = ("train", "val", "all")
+# A cell starting so is a formula to a spreadsheet, which would run it on opening the file.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class LabelledImage(NamedTuple):
@@ -40,10 +42,17 @@ def image_id(name: str) -> str:
     return path.with_suffix("").as_posix() if path.suffix.lower() in IMAGE_SUFFIXES else path.as_posix()
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system, a folder one may not look into
+        return False
+
+
 def find_image(root: Path, name: str) -> Path | None:
     """`root/name`, or `root/name.<suffix>` for the first image suffix that exists."""
     candidates = [root / name, *(root / f"{name}{suffix}" for suffix in IMAGE_SUFFIXES)]
-    return next((path for path in candidates if path.is_file()), None)
+    return next((path for path in candidates if _is_file(path)), None)
 
 
 def check_unique_ids(items: list[LabelledImage], where: Path | str) -> None:
@@ -69,6 +78,17 @@ def folder_images(images_dir: Path) -> list[LabelledImage]:
     return items
 
 
+def as_text_cell(cell: str) -> str:
+    """A CSV cell a spreadsheet shows as text instead of running it: one that starts like a formula,
+    after any quotes, gets one more leading `'` (OWASP's advice), which `from_text_cell` removes."""
+    return f"'{cell}" if cell.lstrip("'").startswith(FORMULA_STARTS) else cell
+
+
+def from_text_cell(cell: str) -> str:
+    """The cell `as_text_cell` was given."""
+    return cell[1:] if cell.startswith("'") and cell.lstrip("'").startswith(FORMULA_STARTS) else cell
+
+
 def _cells(csv_path: Path) -> Iterator[tuple[int, str, str]]:
     """(line number, image, labels) of every non-blank row; a first row `image,labels` is a header."""
     columns = (0, 1)
@@ -87,8 +107,8 @@ def _cells(csv_path: Path) -> Iterator[tuple[int, str, str]]:
                     continue
                 if len(cells) <= max(columns):
                     raise DataError(f"{csv_path}:{reader.line_num}: expected 'image,labels', "
-                                    f"got '{','.join(row)}'")
-                yield reader.line_num, cells[columns[0]], cells[columns[1]]
+                                    f"got {quoted(','.join(row))}")
+                yield reader.line_num, from_text_cell(cells[columns[0]]), from_text_cell(cells[columns[1]])
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{csv_path}: cannot read labels CSV ({error})") from None
 
@@ -102,16 +122,18 @@ def read_labels_csv(csv_path: Path, image_root: Path, class_names: list[str]) ->
         where = f"{csv_path}:{line}"
         names = [label.strip() for label in labels.split(";") if label.strip()]
         if not names:
-            raise DataError(f"{where}: image '{name}' has no labels")
+            raise DataError(f"{where}: image {quoted(name)} has no labels")
         unknown = [label for label in names if label not in index]
         if unknown:
-            raise DataError(f"{where}: unknown class '{unknown[0]}' (classes: {', '.join(class_names)})")
+            raise DataError(f"{where}: unknown class {quoted(unknown[0])} "
+                            f"(classes: {', '.join(class_names)})")
         path = find_image(image_root, name)
         if path is None:
-            raise DataError(f"{where}: image '{name}' not found in {image_root}")
+            raise DataError(f"{where}: image {quoted(name)} not found in {image_root}")
         key = image_id(name)
         if key in rows:
-            raise DataError(f"{where}: image '{name}' is listed twice (as '{rows[key].path.name}' before)")
+            raise DataError(f"{where}: image {quoted(name)} is listed twice "
+                            f"(as {quoted(rows[key].path.name)} before)")
         rows[key] = LabelledImage(key, path, np.array(sorted({index[label] for label in names}), np.int64))
     if not rows:
         raise DataError(f"{csv_path}: no labelled images")

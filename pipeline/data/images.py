@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from pipeline.runs import write_with
 
@@ -16,10 +16,23 @@ log = logging.getLogger("pipeline")
 
 IGNORE = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# What Pillow raises on a file it cannot decode; DecompressionBombError: a header claiming more
+# pixels than Image.MAX_IMAGE_PIXELS allows (twice that), which a few bytes can do.
+UNREADABLE = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+# EXIF orientations that turn the stored pixels a quarter (5: transpose, 6: 90 degrees clockwise,
+# 7: transverse, 8: 90 degrees anticlockwise): the image shows as width x height swapped.
+QUARTER_TURNS = (5, 6, 7, 8)
 
 
 class DataError(ValueError):
     """Bad input data; the message is one line naming the file and the problem."""
+
+
+def quoted(text: str, limit: int = 100) -> str:
+    """Text from a user's file as a one-line message shows it: in quotes, what is not printable
+    (a newline) escaped, cut short."""
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return f"'{text}'" if len(text) <= limit else f"'{text[:limit]}'..."
 
 
 class BadImagesError(DataError):
@@ -106,11 +119,12 @@ def to_rgb(image: Image.Image, path: Path) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
+    """The image as viewers show it (its EXIF orientation applied), as uint8 RGB [H, W, 3]."""
     try:
         with Image.open(path) as image:
-            image.load()
+            ImageOps.exif_transpose(image, in_place=True)
             return to_rgb(image, path)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+    except UNREADABLE as error:
         raise DataError(f"{path}: cannot read image ({error})") from None
 
 
@@ -126,23 +140,28 @@ def read_or_skip(path: Path, name: str, failed: list[dict]) -> np.ndarray | None
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the image file's header, without decoding its pixels."""
+    """(height, width) as `read_image` gives the image, from the file's header: its pixels are
+    decoded only for a PNG without EXIF before them, which may keep its EXIF after them."""
     try:
         with Image.open(path) as image:
-            return image.height, image.width
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+            # Pillow turns a TIFF by its orientation itself, its size from opening on
+            turned = (image.format != "TIFF"
+                      and image.getexif().get(ExifTags.Base.Orientation) in QUARTER_TURNS)
+            return (image.width, image.height) if turned else (image.height, image.width)
+    except UNREADABLE as error:
         raise DataError(f"{path}: cannot read image ({error})") from None
 
 
 def read_mask(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            if image.mode not in ("P", "L"):
-                raise DataError(f"{path}: mask must be a palette or grey PNG of label ids, "
-                                f"not mode {image.mode}")
-            return np.asarray(image, dtype=np.uint8).copy()
-    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+            mode = image.mode
+            labels = np.asarray(image, dtype=np.uint8).copy() if mode in ("P", "L") else None
+    except UNREADABLE as error:
         raise DataError(f"{path}: cannot read mask ({error})") from None
+    if labels is None:
+        raise DataError(f"{path}: mask must be a palette or grey PNG of label ids, not mode {mode}")
+    return labels
 
 
 def check_fits(path: Path, mask: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:

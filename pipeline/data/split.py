@@ -3,19 +3,45 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.images import BadImages, DataError, check_fits, image_size, read_image
+from pipeline.data.images import IGNORE, BadImages, DataError, check_fits, image_size, quoted, read_image
+
+# Masks are uint8: label ids 1..MAX_CLASSES, beside 0 (background) and IGNORE.
+MAX_CLASSES = IGNORE - 1
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file (without the byte-order mark editors on Windows write), or one line saying
+    why it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
 
 
 def read_class_names(root: Path) -> list[str]:
     path = Path(root) / "classes.txt"
     if path.is_file():
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        names = [line.strip() for line in read_text(path).splitlines() if line.strip()]
         return names[1:] if names and names[0] == "background" else names
     raise DataError(f"{path}: no class list; write one or set data.class_names in the config")
+
+
+def check_class_names(names: list[str], source: str) -> None:
+    """Refuse a class list a mask cannot hold, or one naming a class twice; `source` is the file or
+    config key it came from."""
+    if len(names) > MAX_CLASSES:
+        raise DataError(f"{source}: {len(names)} classes, more than the {MAX_CLASSES} that uint8 masks "
+                        f"hold beside background (0) and ignore ({IGNORE})")
+    twice = [name for name, count in Counter(names).items() if count > 1]
+    if twice:
+        raise DataError(f"{source}: class {quoted(twice[0])} is listed twice")
 
 
 class Split(ABC):
@@ -28,7 +54,9 @@ class Split(ABC):
     def __init__(self, root: str | Path, split: str, class_names: list[str] | None):
         self.root = Path(root)
         self.split = split
+        self.class_source = "data.class_names" if class_names else str(self.root / "classes.txt")
         self.class_names = list(class_names) if class_names else read_class_names(self.root)
+        check_class_names(self.class_names, self.class_source)
 
     @abstractmethod
     def image_path(self, image_id: str) -> Path: ...

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline.data.images import IGNORE, IMAGE_SUFFIXES, DataError, read_mask
-from pipeline.data.split import Split
+from pipeline.data.split import Split, read_text
 
 DATASET_RECORD = "dataset.json"  # written by camseg's builders: what was built, from which settings
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -36,11 +36,10 @@ class VocDataset(Split):
         super().__init__(root, split, class_names)
         self.image_dir = self.root / image_dir
         self.mask_dir = self.root / mask_dir
-        self.class_source = "data.class_names" if class_names else str(self.root / "classes.txt")
         list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not list_file.is_file():
             raise DataError(f"{list_file}: split list not found")
-        self.ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+        self.ids = [line.split()[0] for line in read_text(list_file).splitlines() if line.strip()]
         if not self.ids:
             raise DataError(f"{list_file}: split '{split}' is empty")
 

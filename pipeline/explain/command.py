@@ -28,6 +28,7 @@ from pipeline import distributed
 from pipeline.cam import METHODS
 from pipeline.data.folder import LabelledImage, check_unique_ids, folder_images, image_id
 from pipeline.data.images import DataError, read_or_skip
+from pipeline.data.outputs import check_apart, output_file, output_name
 from pipeline.data.transforms import same_size_batches
 from pipeline.errors import ConfigError
 from pipeline.explain.anatomy import Anatomy, inspect_model
@@ -139,12 +140,12 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def grid_name(key: str, result: Explanation, index: int, target: int) -> str:
+def grid_name(stem: str, result: Explanation, index: int, target: int) -> str:
     """<image>.<rank>.<class>.png: an image's grids sort by rank (zero-padded) beside each other."""
     digits = len(str(result.scores.shape[1]))
     class_id = int(result.classes[index, target])
     name = result.class_names[class_id] if result.class_names else f"class-{class_id}"
-    return f"{key}.{target + 1:0{digits}d}.{slug(name) or class_id}.png"
+    return f"{stem}.{target + 1:0{digits}d}.{slug(name) or class_id}.png"
 
 
 def save_maps(path: Path, result: Explanation, index: int) -> None:
@@ -164,18 +165,20 @@ def save_maps(path: Path, result: Explanation, index: int) -> None:
 
 def write_image_outputs(out: Path, key: str, name: str, picture: np.ndarray,
                         full_size: tuple[int, int], result: Explanation, index: int) -> dict:
-    """An image's grids, maps and picture; returns its summary entry."""
-    save_maps(out / "maps" / f"{key}.npz", result, index)
-    write_with(out / "images" / f"{key}.png", lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
+    """An image's grids, maps and picture, named by `output_name(key)`; returns its summary entry."""
+    stem = output_name(key)
+    maps, shown = output_file("maps", key, ".npz"), output_file("images", key, ".png")
+    save_maps(out / maps, result, index)
+    write_with(out / shown, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
     targets = []
     for target in range(result.scores.shape[1]):
-        grid = Path("grids") / grid_name(key, result, index, target)
+        grid = Path("grids") / grid_name(stem, result, index, target)
         save_figure(overlay_figure(picture, result, index, target, name=name), out / grid)
         class_id = int(result.classes[index, target])
         targets.append({"class": class_id, "name": result.target_name(index, target),
                         "score": round(float(result.scores[index, target]), 4), "grid": grid.as_posix()})
     return {"image": name, "id": key, "size": list(full_size), "targets": targets,
-            "maps": f"maps/{key}.npz", "picture": f"images/{key}.png"}
+            "maps": maps.as_posix(), "picture": shown.as_posix()}
 
 
 def readable(entries: list[tuple[LabelledImage, str]], size: int, failed: list[dict]):
@@ -203,6 +206,7 @@ def summary_header(request: ExplainRequest, chosen: Plan) -> dict:
 def explain_images(request: ExplainRequest) -> dict:
     """Write every output of the command for the images of `request`; returns the summary."""
     began = time.perf_counter()
+    check_apart(request.out, request.images)
     chosen = plan(request)
     entries = listed(request.images)
     classifier = chosen.classifier

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from pipeline import distributed
 from pipeline.config import AffinityConfig, Config, PseudoConfig, to_dict
 from pipeline.data import open_split
+from pipeline.data.outputs import output_file
 from pipeline.data.transforms import image_batches
 from pipeline.refine.pseudo import confident_mask
 from pipeline.refine.random_walk import propagate
@@ -20,7 +21,7 @@ from pipeline.runs import progress
 
 
 def mask_path(folder: Path, image_id: str) -> Path:
-    return Path(folder) / f"{image_id}.png"
+    return output_file(folder, image_id, ".png")
 
 
 def unwritten_batches(cfg: Config, folder: Path, batch_size: int, bad, stage: str):

@@ -14,7 +14,7 @@ from pipeline.cam.seeds import cam_path, load_cams  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.data import open_split  # noqa: E402
 from pipeline.data.images import IGNORE, PALETTE, read_mask  # noqa: E402
-from pipeline.refine.masks import pseudo_mask  # noqa: E402
+from pipeline.refine.masks import mask_path, pseudo_mask  # noqa: E402
 from pipeline.runs import write_with  # noqa: E402
 
 COLOURS = np.array(PALETTE, np.uint8).reshape(256, 3)
@@ -77,7 +77,7 @@ def example_grid(cfg: Config, run_dir: Path, path: Path) -> Path:
             cams, classes = load_cams(cam_path(run_dir / "cams", image_id))
             heat = cams.max(0) / (cams.max() + 1e-5)
             pseudo = pseudo_mask(cfg.pseudo, image, cams, classes)
-        prediction_file = run_dir / "eval/seg/predictions" / f"{image_id}.png"
+        prediction_file = mask_path(run_dir / "eval/seg/predictions", image_id)
         prediction = read_mask(prediction_file) if prediction_file.is_file() else blank
         panels = [image, heat, colourise(pseudo), colourise(prediction), colourise(gt)]
         for col, panel in enumerate(panels):

@@ -23,7 +23,7 @@ from pipeline.metrics import confusion, iou_per_class, mean_iou
 from pipeline.models.checkpoints import load_segmenter, segmenter_folder
 from pipeline.models.segmenter import predict_probs
 from pipeline.refine.crf import dense_crf
-from pipeline.refine.masks import crf_settings
+from pipeline.refine.masks import crf_settings, mask_path
 from pipeline.runs import RESULTS, progress, write_json
 
 BATCH = 64
@@ -73,7 +73,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
         model.to(distributed.device(cfg.device))  # after the fork: no CRF worker inherits a CUDA context
         for ids, images, predictions in progress(label_batches(cfg, model, voc, bad, pool), desc="eval-seg"):
             for image_id, image, pred in zip(ids, images, predictions):
-                save_mask(out / "predictions" / f"{image_id}.png", pred)
+                save_mask(mask_path(out / "predictions", image_id), pred)
                 with bad.skip():
                     matrix += confusion(voc.checked_mask(image_id, image.shape), pred, n)
     bad.raise_if_any()
