@@ -355,7 +355,6 @@ def test_folder_splits_partition_by_id_not_row_order(folder_root):
 @pytest.mark.parametrize("row, problem", [
     ("img1.jpg,square;hexagon", "unknown class 'hexagon' (classes: square, disc, cross)"),
     ("img9.jpg,square", "image 'img9.jpg' not found in "),
-    ("img1.jpg, ; ", "image 'img1.jpg' has no labels"),
     ("img2,disc", "image 'img2' is listed twice"),
     ("just-one-column", "expected 'image,labels'"),
 ])
@@ -367,6 +366,14 @@ def test_folder_dataset_errors_name_file_and_line(folder_root, row, problem):
         read_labels_csv(csv, root, SHAPES)
     assert str(error.value).startswith(f"{csv}:2: {problem}")
     assert len(str(error.value).splitlines()) == 1
+
+
+def test_a_row_with_no_labels_is_a_negative(folder_root):
+    root, _ = folder_root
+    csv = root / "negatives.csv"
+    csv.write_text("image,labels\nimg2.jpg,disc\nimg1.jpg, ; \n")
+    rows = {row.id: row.classes.tolist() for row in read_labels_csv(csv, root, SHAPES)}
+    assert rows == {"img2": [1], "img1": []}
 
 
 def shapes_folder_config(run, tmp_path, *extra):

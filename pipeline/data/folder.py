@@ -114,15 +114,14 @@ def _cells(csv_path: Path) -> Iterator[tuple[int, str, str]]:
 
 
 def read_labels_csv(csv_path: Path, image_root: Path, class_names: list[str]) -> list[LabelledImage]:
-    """Every row of a labels CSV, checked: the image exists, its labels are known classes, not none."""
+    """Every row of a labels CSV, checked: the image exists and its labels are known classes; a row
+    with an empty labels cell is a photo of no object (a negative)."""
     csv_path, image_root = Path(csv_path), Path(image_root)
     index = {name: i for i, name in enumerate(class_names)}
     rows: dict[str, LabelledImage] = {}
     for line, name, labels in _cells(csv_path):
         where = f"{csv_path}:{line}"
         names = [label.strip() for label in labels.split(";") if label.strip()]
-        if not names:
-            raise DataError(f"{where}: image {quoted(name)} has no labels")
         unknown = [label for label in names if label not in index]
         if unknown:
             raise DataError(f"{where}: unknown class {quoted(unknown[0])} "
