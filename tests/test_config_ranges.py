@@ -47,6 +47,7 @@ def test_every_numeric_key_declares_its_range():
     ("seg.decoder_channels=[16,0,8]", "config key 'seg.decoder_channels[1]': 0 is out of range (allowed: >= 1)"),
     ("pseudo.crf_gt_prob=1.0", "config key 'pseudo.crf_gt_prob': 1.0 is out of range (allowed: > 0 and < 1)"),
     ("data.image_size=0", "config key 'data.image_size': 0 is out of range (allowed: >= 1)"),
+    ("data.items_min=0", "config key 'data.items_min': 0 is out of range (allowed: >= 1)"),
     ("cls.crop_size=-64", "config key 'cls.crop_size': -64 is out of range (allowed: >= 0)"),
     ("seed=-1", "config key 'seed': -1 is out of range (allowed: >= 0 and <= 4294967295)"),
     ("eval.sweep_step=0", "config key 'eval.sweep_step': 0.0 is out of range (allowed: > 0 and <= 1)"),
