@@ -418,14 +418,13 @@ def _choices() -> dict[str, tuple[str, ...]]:
     """Each key that names a choice, and its valid values (from the modules that implement them)."""
     from pipeline.cam.engine import FUSIONS, METHODS
     from pipeline.distributed import DEVICES
-    from pipeline.models.affinity_net import STRIDES
     from pipeline.models.classifier import ARCHS as CLASSIFIERS
     from pipeline.models.segmenter import ARCHS as SEGMENTERS
     from pipeline.refine.pseudo import BACKGROUNDS
     return {"data.name": DATASETS, "cls.arch": tuple(CLASSIFIERS), "cam.method": METHODS,
             "eval.compare_methods": METHODS, "cam.fuse": FUSIONS, "pseudo.background": BACKGROUNDS,
             "seg.labels": SEG_LABELS, "seg.arch": tuple(SEGMENTERS), "label.masks_from": LABEL_SOURCES,
-            "device": DEVICES, "affinity.stride": STRIDES}
+            "device": DEVICES}
 
 
 @functools.lru_cache(maxsize=None)
@@ -479,7 +478,10 @@ def check_choices(cfg: "Config") -> None:
         for value in values if isinstance(values, list) else [values]:
             if value not in valid:
                 raise ConfigError(f"config key '{key}': '{value}' is not a valid choice "
-                                  f"(valid: {', '.join(map(str, valid))})")
+                                  f"(valid: {', '.join(valid)})")
+    if 1.0 not in cfg.cam.scales:
+        raise ConfigError(f"config key 'cam.scales': {cfg.cam.scales} lacks 1.0 (the maps of every scale "
+                          f"are summed at its resolution)")
     switch = LABEL_SWITCHES.get(cfg.seg.labels)
     if switch and not dotted_value(cfg, switch):
         raise ConfigError(f"config key 'seg.labels': '{cfg.seg.labels}' needs the stages that make "

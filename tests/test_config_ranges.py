@@ -67,6 +67,6 @@ def test_bounds_themselves_are_accepted():
     assert (cfg.cls.epochs, cfg.pseudo.fg_threshold_high, cfg.pseudo.workers, cfg.seed) == (1, 1.0, 64, 2 ** 32 - 1)
 
 
-def test_choice_of_affinity_stride_is_checked_at_load():
-    with pytest.raises(ValueError, match=r"config key 'affinity.stride': '3' is not a valid choice \(valid: 2, 4, 8\)"):
-        load_config(None, ["affinity.stride=3"])
+def test_scales_without_one_are_refused_at_load():
+    with pytest.raises(ValueError, match=r"config key 'cam.scales': \[0.5, 2.0\] lacks 1.0"):
+        load_config(None, ["cam.scales=[0.5,2.0]"])
