@@ -1,17 +1,18 @@
 """Run folders: atomic writes, manifests and skip-if-done.
 
-Every stage writes `manifest.json` beside its outputs when it finishes. Its `hash` covers the
-stage's config section and the hashes of the upstream manifests, so a change anywhere upstream
-re-runs everything downstream of it and nothing else. While a stage runs, `started.json` holds
-the hash it is working towards: a killed run with the same hash resumes and keeps the per-image
-files it had finished; a run with another hash starts from an empty folder.
+Every stage writes `manifest.json` beside its outputs when it finishes: the files it wrote, and a
+`hash` of the stage's config section and of the upstream manifests, so a change anywhere upstream
+re-runs everything downstream of it and nothing else. A stage runs in a staging folder beside its
+folder, named after the hash it is working towards (`started.json` inside holds it too): a killed
+run with the same hash resumes there and keeps the per-image files it had finished; a run with
+another hash starts in another, empty one. Only a finished run replaces the folder's previous
+result, and of that camseg deletes only the files its manifest lists.
 """
 from __future__ import annotations
 
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,23 +134,86 @@ def is_done(folder: Path, stage_hash: str) -> bool:
     return manifest is not None and manifest.get("hash") == stage_hash
 
 
-def prepare(folder: Path, stage_hash: str) -> None:
-    """Empty `folder` unless it holds an unfinished (killed) run of the same hash, which resumes
-    without the half-written temporaries the kill left behind."""
+def staging_folder(folder: Path, stage_hash: str) -> Path:
+    """Where a stage of `stage_hash` runs, hidden beside its folder: the folder keeps its previous
+    result until this run has finished, and a killed run of the same hash resumes here."""
     folder = Path(folder)
-    started = folder / STARTED
-    same = started.is_file() and read_json(started).get("hash") == stage_hash
-    if folder.exists() and not same:
-        shutil.rmtree(folder)
-    for stale in folder.rglob(f".*{TEMPORARY}"):
+    return folder.parent / f".{folder.name}.staging-{stage_hash}"
+
+
+def _listed_files(folder: Path) -> set[str] | None:
+    """The files (relative paths) that the camseg manifest in `folder` lists, itself included;
+    None where there is no readable manifest with a file list."""
+    try:
+        manifest = load_manifest(folder)
+    except (OSError, ValueError):  # a manifest.json that is not camseg's JSON
+        return None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, list):
+        return None
+    # a name that leads out of the folder is nothing camseg wrote there
+    return {MANIFEST, *(name for name in files if isinstance(name, str) and ".." not in Path(name).parts
+                        and not Path(name).is_absolute())}
+
+
+def check_owned(folder: Path) -> None:
+    """Refuse a stage folder holding a file that no camseg manifest in it lists: camseg would have
+    to delete that file to put its result there, and it deletes only what it wrote."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    listed = _listed_files(folder) or set()
+    strangers = [folder] if not folder.is_dir() else [
+        path for path in sorted(folder.rglob("*"))
+        if not path.is_dir() and path.relative_to(folder).as_posix() not in listed]
+    if strangers:
+        more = f" and {len(strangers) - 1} more files" if len(strangers) > 1 else ""
+        raise StageError(f"{folder}: holds {strangers[0]}{more}, which no camseg manifest there lists; "
+                         f"camseg deletes only what it wrote: move them away or set run_dir to another folder")
+
+
+def prepare(folder: Path, stage_hash: str) -> Path:
+    """The staging folder a stage of `stage_hash` writes into, ready: a killed run of the same hash
+    resumes there, without the half-written temporaries the kill left behind. A `folder` holding
+    files camseg did not write is refused first, before any work."""
+    check_owned(folder)
+    staging = staging_folder(folder, stage_hash)
+    for stale in staging.rglob(f".*{TEMPORARY}"):
         stale.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(started, {"hash": stage_hash})
+    staging.mkdir(parents=True, exist_ok=True)
+    write_json(staging / STARTED, {"hash": stage_hash})
+    return staging
 
 
-def finish(folder: Path, manifest: dict) -> None:
-    write_json(Path(folder) / MANIFEST, manifest)
-    (Path(folder) / STARTED).unlink(missing_ok=True)
+def finish(folder: Path, staging: Path, manifest: dict) -> None:
+    """Write the manifest, listing every file the stage wrote, and put the staged result in place
+    of the folder's previous one."""
+    staging = Path(staging)
+    files = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*")
+                   if path.is_file() and path.relative_to(staging).as_posix() not in (STARTED, MANIFEST))
+    write_json(staging / MANIFEST, {**manifest, "files": files})
+    _swap_in(staging, Path(folder))
+
+
+def settle(folder: Path, stage_hash: str) -> None:
+    """Put in place a finished run of `stage_hash` that a kill interrupted while it moved in."""
+    staging = staging_folder(folder, stage_hash)
+    if (staging / MANIFEST).is_file():
+        _swap_in(staging, Path(folder))
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    """Delete the files `folder`'s manifest lists (the manifest last, so that a kill midway leaves
+    them listed) and the folders they leave empty, then rename `staging` to `folder`."""
+    (staging / STARTED).unlink(missing_ok=True)
+    check_owned(folder)
+    if folder.exists():
+        for name in [*sorted((_listed_files(folder) or set()) - {MANIFEST}), MANIFEST]:
+            (folder / name).unlink(missing_ok=True)
+        for empty in sorted(folder.rglob("*"), key=lambda path: len(path.parts), reverse=True):
+            empty.rmdir()
+        folder.rmdir()
+    os.replace(staging, folder)
 
 
 class Timer:

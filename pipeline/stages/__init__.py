@@ -19,8 +19,10 @@ and, if it reads ground-truth masks (to score, or to write the report of the sco
 `all` leaves it out on a dataset that has none (a labelled image folder), as it does the upper bound.
 Adding a stage is its module plus its name in STAGES.
 
-Under torchrun, rank 0 alone prepares a stage's folder and writes its manifest. The manifests
-(and the checkpoints, which hold the whole config) are the run's record of its settings.
+A stage writes into a staging folder beside its folder (`runs.prepare`); its finished result
+replaces the folder's previous one (`runs.finish`). Under torchrun, rank 0 alone prepares the
+staging folder, writes the manifest and moves the result in. The manifests (and the checkpoints,
+which hold the whole config) are the run's record of its settings.
 """
 from __future__ import annotations
 
@@ -147,18 +149,21 @@ def execute(name: str, cfg: Config, force: bool = False) -> dict:
     stage = module(name)
     folder = stage_folder(name, cfg)
     digest = stage_hash(name, cfg)
+    if distributed.is_main():
+        runs.settle(folder, digest)
     if distributed.from_main(not force and runs.is_done(folder, digest)):
         log.info("%s: up to date (%s), skipped", name, folder)
         return runs.load_manifest(folder)
+    staging = runs.staging_folder(folder, digest)
     if distributed.is_main():
         runs.prepare(folder, digest)
-        log.info("%s: running -> %s", name, folder)
-    distributed.barrier()  # no rank reads the folder while rank 0 may still be emptying it
+        log.info("%s: running -> %s (in %s until it finishes)", name, folder, staging.name)
+    distributed.barrier()  # no rank writes to the staging folder before rank 0 has made it
     runs.reset_peak_rss()
     with runs.Timer() as timer:
-        metrics = run_on_ranks(name, cfg, folder)
+        metrics = run_on_ranks(name, cfg, staging)
     if not distributed.is_main():
-        distributed.barrier()  # until rank 0 has written the manifest
+        distributed.barrier()  # until rank 0 has written the manifest and moved the result in
         return runs.load_manifest(folder)
     manifest = {
         "stage": name,
@@ -171,7 +176,7 @@ def execute(name: str, cfg: Config, force: bool = False) -> dict:
         "packages": runs.package_versions(),
         "metrics": metrics,
     }
-    runs.finish(folder, manifest)
+    runs.finish(folder, staging, manifest)
     log.info("%s: done in %.1f s", name, timer.seconds)
     distributed.barrier()
     return manifest
