@@ -10,23 +10,30 @@ result, and of that camseg deletes only the files its manifest lists.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 MANIFEST = "manifest.json"
 RESULTS = "results.json"  # an evaluation stage's scores, beside its manifest
 STARTED = "started.json"
 TEMPORARY = ".tmp"  # the suffix of files being written, hidden behind a leading dot
+LOCK = "camseg.lock"  # in a run folder (or an --out folder) while a command writes there
 PACKAGES = ("torch", "torchvision", "numpy", "segmentation-models-pytorch", "albumentations",
             "scikit-image", "pydensecrf2", "omegaconf")
+
+
+log = logging.getLogger("pipeline")
 
 
 class StageError(RuntimeError):
@@ -54,7 +61,7 @@ def _umask_mode() -> int:
     return 0o666 & ~umask
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+def _write_and_rename(path: Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY)
     os.close(handle)
@@ -66,6 +73,15 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write `path` through a temporary file renamed over it: the previous file stays whole until
+    the new one is, and a full disk or a read-only folder is one line naming the file."""
+    try:
+        _write_and_rename(path, write)
+    except OSError as error:
+        raise StageError(f"{path}: cannot write ({error.strerror or error})") from None
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -214,6 +230,84 @@ def _swap_in(staging: Path, folder: Path) -> None:
             empty.rmdir()
         folder.rmdir()
     os.replace(staging, folder)
+
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold `folder` for this process while the block runs: a second command writing there stops
+    with one line naming the holder; the lock of a process that has ended on this machine (killed)
+    is taken over with a warning."""
+    path = Path(folder) / LOCK
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    made = [level for level in [path.parent, *path.parent.parents] if not level.exists()]
+    _take_lock(path, mine)
+    try:
+        yield
+    finally:
+        if _lock_holder(path) == mine:  # not a lock another process took over meanwhile
+            path.unlink()
+        _remove_if_empty(made)
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the `folders` (deepest first) that are still empty: a command refused before it wrote
+    anything leaves no trace."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): neither it nor its parents are ours to remove
+            return
+
+
+def _take_lock(path: Path, mine: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if _create_lock(path, mine):
+            return
+        holder = _lock_holder(path)
+        if not _has_ended(holder):
+            raise StageError(f"{path.parent}: in use by process {holder.get('pid', '?')} on "
+                             f"{holder.get('host', '?')} since {holder.get('since', '?')}; wait for it to "
+                             f"finish, or delete {path} if that process is gone")
+        log.warning("%s: taking over the lock of process %s, which has ended", path.parent, holder["pid"])
+        path.unlink(missing_ok=True)
+        if not _create_lock(path, mine):
+            raise StageError(f"{path.parent}: another command took the lock first ({path})")
+    except OSError as error:  # a read-only folder, a full disk
+        raise StageError(f"{path.parent}: cannot write here ({error.strerror or error})") from None
+
+
+def _create_lock(path: Path, mine: dict) -> bool:
+    """Create the lock file holding `mine`, unless it exists: False then."""
+    try:
+        handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(handle, "w") as lock:
+        json.dump(mine, lock)
+    return True
+
+
+def _lock_holder(path: Path) -> dict:
+    """Who holds the lock; {} when that cannot be read (a lock being written, or none)."""
+    try:
+        holder = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _has_ended(holder: dict) -> bool:
+    """Whether the lock's process is known to have ended: one of this machine's that no longer runs."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process
+        return False
+    return False
 
 
 class Timer:

@@ -1,21 +1,27 @@
 """Run folders that never lose a user's data: camseg deletes only the files its own manifests list,
 and only once a new result is finished, so a failed rerun keeps the previous result; a folder
-holding files camseg did not write is refused before any work.
+holding files camseg did not write is refused before any work; one command at a time writes to a
+run folder (or an --out folder); a full disk or a read-only folder is one line, and exit 2.
 
 On the shapes dataset of test_reliability (16 + 8 images of 32 px), in process.
 """
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from test_reliability import Runs, copy_run
 
-from pipeline import runs
+from pipeline import runs, stages
 from pipeline.cli import main
-from pipeline.runs import MANIFEST, load_manifest
+from pipeline.runs import MANIFEST, StageError, load_manifest, read_json
 from pipeline.stages import execute, stage_folder
 from pipeline.stages import train_cls as train_cls_stage
 
@@ -130,3 +136,141 @@ def test_a_run_killed_while_moving_its_result_in_is_completed_by_the_next_run(re
     assert contents(stage_folder("train-cls", cfg)) == finished
     assert manifest == load_manifest(run_dir / "classifier") and manifest["config"]["cls"]["epochs"] == 1
     assert not staged.exists()
+
+
+# ---- one command at a time writes to a folder ---------------------------------------------------
+
+@pytest.fixture
+def live_pid():
+    """The pid of a process of this machine that runs through the test."""
+    process = subprocess.Popen(["sleep", "120"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+def ended_pid() -> int:
+    """The pid of a process of this machine that has ended (as a killed run's has)."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def hold(folder: Path, pid: int, host: str = socket.gethostname()) -> Path:
+    """The lock file a command writing to `folder` keeps there."""
+    lock = folder / "camseg.lock"
+    lock.write_text(json.dumps({"pid": pid, "host": host, "since": "2024-06-07 10:00:00"}))
+    return lock
+
+
+@pytest.mark.parametrize("host", [socket.gethostname(), "elsewhere.example.org"])
+def test_second_command_stops_with_one_line_naming_the_holder(ref, tmp_path, capsys, live_pid, host):
+    """On another machine even an ended process may still run there: only the pid's own machine
+    can tell."""
+    run_dir = copy_run(ref, tmp_path / "run", ["data"])
+    pid = live_pid if host == socket.gethostname() else ended_pid()
+    lock = hold(run_dir, pid, host)
+    before = contents(run_dir)
+    assert main(ref.argv("train-cls", run_dir)) == 2
+    assert capsys.readouterr().err == (
+        f"error: {run_dir}: in use by process {pid} on {host} since 2024-06-07 10:00:00; wait for it to "
+        f"finish, or delete {lock} if that process is gone\n")
+    assert contents(run_dir) == before
+
+
+def test_lock_of_a_run_that_was_killed_is_taken_over_with_a_warning(ref, tmp_path, caplog):
+    run_dir = copy_run(ref, tmp_path / "run", ["data"])
+    pid = ended_pid()
+    hold(run_dir, pid)
+    assert main(ref.argv("data", run_dir)) == 0
+    assert f"{run_dir}: taking over the lock of process {pid}, which has ended" in caplog.messages
+    assert sorted(p.name for p in run_dir.iterdir()) == ["data"]
+
+
+def test_the_lock_names_the_running_command_and_goes_when_it_ends(ref, tmp_path, monkeypatch):
+    run_dir = copy_run(ref, tmp_path / "run", ["data"])
+    seen = []
+    monkeypatch.setattr(stages, "execute", lambda *args, **kwargs: seen.append(read_json(run_dir / "camseg.lock")))
+    assert main(ref.argv("data", run_dir)) == 0
+    [holder] = seen
+    assert (holder["pid"], holder["host"]) == (os.getpid(), socket.gethostname())
+    assert abs(time.mktime(time.strptime(holder["since"], "%Y-%m-%d %H:%M:%S")) - time.time()) < 60
+    assert sorted(p.name for p in run_dir.iterdir()) == ["data"]
+
+
+def test_label_and_explain_refuse_an_out_folder_another_command_writes(ref, tmp_path, capsys, live_pid):
+    out = tmp_path / "out"
+    out.mkdir()
+    hold(out, live_pid)
+    images = ref.data / "JPEGImages"
+    for argv in (["explain", "--images", str(images), "--out", str(out), "--model", "resnet18"],
+                 ["label", "--images", str(images), "--run", str(ref.dir), "--out", str(out)]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.startswith(f"error: {out}: in use by process {live_pid} on ")
+    assert sorted(p.name for p in out.iterdir()) == ["camseg.lock"]
+
+
+# ---- a full disk, a read-only folder -------------------------------------------------------------
+
+def full_disk(monkeypatch, name: str) -> None:
+    """Make the temporary file of every atomic write of a file called `name` fail half-way, as on
+    a full disk."""
+    write = Path.write_bytes
+
+    def half_then_full(self, data):
+        if self.name.startswith(f".{name}.") and self.name.endswith(runs.TEMPORARY):
+            write(self, data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+
+
+def test_full_disk_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    runs.write_bytes(path, b"previous")
+    full_disk(monkeypatch, "model.pt")
+    with pytest.raises(StageError) as error:
+        runs.write_bytes(path, b"new" * 1000)
+    assert str(error.value) == f"{path}: cannot write (No space left on device)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    assert path.read_bytes() == b"previous"
+
+
+def test_full_disk_during_a_rerun_is_one_line_and_keeps_the_finished_result(ref, tmp_path, monkeypatch, capsys):
+    run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls"], models=True)
+    before = contents(run_dir / "classifier")
+    full_disk(monkeypatch, "last.pt")
+    assert main(ref.argv("train-cls", run_dir, extra=("cls.epochs=1",))) == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith(f"error: {run_dir}/.classifier.staging-")
+    assert line.endswith("/last.pt: cannot write (No space left on device)")
+    assert contents(run_dir / "classifier") == before
+    assert not list(run_dir.rglob(f"*{runs.TEMPORARY}"))
+
+
+def test_read_only_run_folder_is_one_line_and_exit_2(ref, tmp_path, monkeypatch, capsys):
+    run_dir = copy_run(ref, tmp_path / "run", ["data"])
+    before = contents(run_dir)
+    opened = os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if Path(path).is_relative_to(run_dir) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return opened(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    assert main(ref.argv("train-cls", run_dir)) == 2
+    assert capsys.readouterr().err == f"error: {run_dir}: cannot write here (Read-only file system)\n"
+    assert contents(run_dir) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
+def test_run_folder_without_write_permission_is_one_line_and_exit_2(ref, tmp_path, capsys):
+    run_dir = copy_run(ref, tmp_path / "run", ["data"])
+    run_dir.chmod(0o555)
+    try:
+        assert main(ref.argv("train-cls", run_dir)) == 2
+    finally:
+        run_dir.chmod(0o755)
+    assert capsys.readouterr().err == f"error: {run_dir}: cannot write here (Permission denied)\n"
