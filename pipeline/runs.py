@@ -201,14 +201,16 @@ def prepare(folder: Path, stage_hash: str) -> Path:
     return staging
 
 
-def finish(folder: Path, staging: Path, manifest: dict) -> None:
+def finish(folder: Path, staging: Path, manifest: dict) -> dict:
     """Write the manifest, listing every file the stage wrote, and put the staged result in place
-    of the folder's previous one."""
+    of the folder's previous one; returns the manifest as written."""
     staging = Path(staging)
     files = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*")
                    if path.is_file() and path.relative_to(staging).as_posix() not in (STARTED, MANIFEST))
-    write_json(staging / MANIFEST, {**manifest, "files": files})
+    written = {**manifest, "files": files}
+    write_json(staging / MANIFEST, written)
     _swap_in(staging, Path(folder))
+    return written
 
 
 def settle(folder: Path, stage_hash: str) -> None:
@@ -278,13 +280,17 @@ def _take_lock(path: Path, mine: dict) -> None:
 
 
 def _create_lock(path: Path, mine: dict) -> bool:
-    """Create the lock file holding `mine`, unless it exists: False then."""
+    """Create the lock file holding `mine` unless it exists (False then): a hard link to a file
+    written beforehand, so that no reader sees the lock half-written."""
+    written = path.parent / f".{path.name}.{os.getpid()}{TEMPORARY}"
+    with os.fdopen(os.open(written, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o644), "w") as lock:
+        json.dump(mine, lock)
     try:
-        handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.link(written, path)
     except FileExistsError:
         return False
-    with os.fdopen(handle, "w") as lock:
-        json.dump(mine, lock)
+    finally:
+        written.unlink()
     return True
 
 

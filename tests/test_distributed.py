@@ -22,7 +22,7 @@ from pipeline.data.transforms import normalised_batch
 from pipeline.data.voc import VocDataset
 from pipeline.models.checkpoints import load_classifier
 from pipeline.runs import MANIFEST, read_json, staging_folder
-from pipeline.stages import execute, stage_folder, stage_hash
+from pipeline.stages import execute, settings_hash, stage_folder, stage_hash
 from pipeline.stages import pseudo as pseudo_stage
 
 pytestmark = pytest.mark.slow  # torchrun with 2 processes: `make test-fast` leaves it out
@@ -77,7 +77,7 @@ def run(tmp_path_factory):
         kill_after_first_epoch(monkeypatch)
         with pytest.raises(Killed):
             execute("train-cls", cfg)
-    staged = staging_folder(stage_folder("train-cls", cfg), stage_hash("train-cls", cfg))
+    staged = staging_folder(stage_folder("train-cls", cfg), settings_hash("train-cls", cfg))
     killed = train.load_checkpoint(staged / "last.pt")
     train_output = torchrun(tmp, "train-cls", tmp / "run")
     shutil.copytree(tmp / "run", tmp / "single")

@@ -27,7 +27,7 @@ from pipeline.refine.pseudo import confident_mask
 from pipeline.report.build import _fmt
 from pipeline.runs import MANIFEST, STARTED, StageError, load_manifest, read_json, staging_folder
 from pipeline.stages import (ROUND_TWO, STAGES, UPPER_BOUND, execute, execute_all, pipeline_stages,
-                             round_two_config, stage_folder, upper_bound_config)
+                             round_two_config, settings_hash, stage_folder, upper_bound_config)
 from pipeline.train import load_checkpoint
 
 pytestmark = pytest.mark.slow  # every stage on a small dataset: `make test-fast` leaves it out
@@ -393,7 +393,7 @@ def test_killed_cams_stage_resumes_where_it_stopped(run, tmp_path):
                       + [f"run_dir={copy}"])
     folder = copy / "cams"
     manifest = read_json(folder / MANIFEST)
-    killed = staging_folder(folder, manifest["hash"])
+    killed = staging_folder(folder, settings_hash("cams", cfg))
     folder.rename(killed)
     (killed / MANIFEST).unlink()
     (killed / STARTED).write_text('{"hash": "%s"}' % manifest["hash"])

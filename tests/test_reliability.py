@@ -30,7 +30,7 @@ from pipeline.models.checkpoints import load_segmenter
 from pipeline.models.segmenter import build_segmenter
 from pipeline.runs import (MANIFEST, STARTED, StageError, finish, load_manifest, prepare, read_json,
                            staging_folder)
-from pipeline.stages import STAGES, enabled, execute, stage_folder, stage_hash
+from pipeline.stages import STAGES, enabled, execute, settings_hash, stage_folder
 from pipeline.train import save_checkpoint
 
 pytestmark = pytest.mark.slow  # stages killed and rerun as subprocesses: `make test-fast` leaves it out
@@ -85,7 +85,7 @@ def copy_run(ref: Runs, to: Path, stages: list[str], models: bool = False) -> Pa
 
 def staged(stage: str, cfg) -> Path:
     """The staging folder a run of `stage` on `cfg` writes into until it finishes."""
-    return staging_folder(stage_folder(stage, cfg), stage_hash(stage, cfg))
+    return staging_folder(stage_folder(stage, cfg), settings_hash(stage, cfg))
 
 
 def copy_data(ref: Runs, to: Path) -> Path:
@@ -123,7 +123,7 @@ def load_whole(path: Path) -> None:
             image.load()
     elif path.suffix == ".pt":  # mapped, not read: fast, and a cut zip lacks its directory
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    elif path.suffix == ".json":
+    elif path.suffix in (".json", ".lock"):
         json.loads(path.read_text())
     elif path.suffix == ".yaml":
         OmegaConf.create(path.read_text())
