@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -82,6 +84,26 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
         _write_and_rename(path, write)
     except OSError as error:
         raise StageError(f"{path}: cannot write ({error.strerror or error})") from None
+    _die_if_asked()
+
+
+# Test-only fault injection: with CAMSEG_FAULT_AFTER_WRITES=N in its environment, a process is
+# killed (SIGKILL, as a crash or `kill -9` would) right after its N-th file write; a pool worker,
+# which counts from the count its parent had when it forked, takes its parent with it. The tests
+# kill stages at many points this way and check that the resumed runs end where uninterrupted ones do.
+FAULT_AFTER_WRITES = "CAMSEG_FAULT_AFTER_WRITES"
+
+
+def _die_if_asked() -> None:
+    left = os.environ.get(FAULT_AFTER_WRITES)
+    if left is None:
+        return
+    if int(left) > 1:
+        os.environ[FAULT_AFTER_WRITES] = str(int(left) - 1)
+        return
+    if multiprocessing.parent_process() is not None:
+        os.kill(os.getppid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def write_bytes(path: Path, data: bytes) -> None:
