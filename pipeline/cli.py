@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # a folder that cannot be made or read, anywhere a stage looks
-        print(f"error: {error.filename or ''}{': ' if error.filename else ''}{error.strerror or error}",
+        print(f"error: {error.filename}: {error.strerror}" if error.filename else f"error: {error}",
               file=sys.stderr)
         return 2
     return 0

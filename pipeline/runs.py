@@ -1,12 +1,13 @@
 """Run folders: atomic writes, manifests and skip-if-done.
 
 Every stage writes `manifest.json` beside its outputs when it finishes: the files it wrote, and a
-`hash` of the stage's config section and of the upstream manifests, so a change anywhere upstream
-re-runs everything downstream of it and nothing else. A stage runs in a staging folder beside its
-folder, named after the hash it is working towards (`started.json` inside holds it too): a killed
-run with the same hash resumes there and keeps the per-image files it had finished; a run with
-another hash starts in another, empty one. Only a finished run replaces the folder's previous
-result, and of that camseg deletes only the files its manifest lists.
+`hash` of the stage's config section, of the upstream manifests and of the dataset files it reads,
+so a change anywhere upstream re-runs everything downstream of it and nothing else. A stage runs
+in a staging folder beside its folder, named after the hash of its settings (`started.json`
+inside holds it too): a killed run of the same settings resumes there and keeps the per-image
+files it had finished; a run of other settings starts in another, empty one. Only a finished run
+replaces the folder's previous result, and of that camseg deletes only the files its manifest
+lists. One command at a time writes to a run folder (`locked`).
 """
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ TEMPORARY = ".tmp"  # the suffix of files being written, hidden behind a leading
 LOCK = "camseg.lock"  # in a run folder (or an --out folder) while a command writes there
 PACKAGES = ("torch", "torchvision", "numpy", "segmentation-models-pytorch", "albumentations",
             "scikit-image", "pydensecrf2", "omegaconf")
-
 
 log = logging.getLogger("pipeline")
 
@@ -206,8 +206,9 @@ def check_owned(folder: Path) -> None:
         if not path.is_dir() and path.relative_to(folder).as_posix() not in listed]
     if strangers:
         more = f" and {len(strangers) - 1} more files" if len(strangers) > 1 else ""
-        raise StageError(f"{folder}: holds {strangers[0]}{more}, which no camseg manifest there lists; "
-                         f"camseg deletes only what it wrote: move them away or set run_dir to another folder")
+        raise StageError(f"{folder}: holds {strangers[0]}{more}, which no camseg manifest there "
+                         f"lists; camseg deletes only what it wrote: move them away or set run_dir to "
+                         f"another folder")
 
 
 def prepare(folder: Path, stage_hash: str) -> Path:
@@ -333,8 +334,8 @@ def _has_ended(holder: dict) -> bool:
         os.kill(holder["pid"], 0)
     except ProcessLookupError:
         return True
-    except PermissionError:  # another user's process
-        return False
+    except PermissionError:  # another user's process, running
+        pass
     return False
 
 

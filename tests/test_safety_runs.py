@@ -274,3 +274,15 @@ def test_run_folder_without_write_permission_is_one_line_and_exit_2(ref, tmp_pat
     finally:
         run_dir.chmod(0o755)
     assert capsys.readouterr().err == f"error: {run_dir}: cannot write here (Permission denied)\n"
+
+
+def test_a_folder_that_cannot_be_made_is_one_line_and_exit_2(ref, tmp_path, capsys):
+    """A dataset to build under a path that passes through a file."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    argv = ref.argv("data", tmp_path / "run", tmp_path / "a-file" / "scenes")
+    assert main(argv) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {blocker}") and line.endswith(("Not a directory", "File exists"))
+    [staged] = (tmp_path / "run").iterdir()  # the failed stage's staging folder, to resume: no result
+    assert staged.name.startswith(".data.staging-") and [p.name for p in staged.iterdir()] == ["started.json"]
