@@ -200,10 +200,13 @@ def check_owned(folder: Path) -> None:
     folder = Path(folder)
     if not folder.exists():
         return
-    listed = _listed_files(folder) or set()
+    listed = _listed_files(folder)
+    if listed is None and (folder / MANIFEST).is_file():
+        raise StageError(f"{folder}: its manifest lists no files (an earlier camseg's), so camseg cannot "
+                         f"tell its files from others: move the folder away to run this stage again")
     strangers = [folder] if not folder.is_dir() else [
         path for path in sorted(folder.rglob("*"))
-        if not path.is_dir() and path.relative_to(folder).as_posix() not in listed]
+        if not path.is_dir() and path.relative_to(folder).as_posix() not in (listed or set())]
     if strangers:
         more = f" and {len(strangers) - 1} more files" if len(strangers) > 1 else ""
         raise StageError(f"{folder}: holds {strangers[0]}{more}, which no camseg manifest there "

@@ -83,6 +83,18 @@ def test_finished_folder_with_a_users_file_added_is_refused_on_rerun(ref, tmp_pa
     assert contents(run_dir) == before
 
 
+def test_folder_of_an_earlier_camseg_whose_manifest_lists_no_files_is_refused(ref, tmp_path, capsys):
+    run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls"], models=True)
+    manifest = run_dir / "classifier" / MANIFEST
+    manifest.write_text(json.dumps({key: value for key, value in read_json(manifest).items() if key != "files"}))
+    before = contents(run_dir)
+    assert main(ref.argv("train-cls", run_dir, extra=("cls.epochs=1",))) == 2
+    assert capsys.readouterr().err == (
+        f"error: {run_dir / 'classifier'}: its manifest lists no files (an earlier camseg's), so camseg "
+        f"cannot tell its files from others: move the folder away to run this stage again\n")
+    assert contents(run_dir) == before
+
+
 # ---- a failed rerun keeps the previous result; a finished one replaces the listed files --------
 
 @pytest.mark.parametrize("override, problem", [
