@@ -10,16 +10,17 @@ import argparse
 import logging
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
-from pipeline import stages
+from pipeline import distributed, stages
 from pipeline.cam.engine import FUSIONS
 from pipeline.config import load_config
 from pipeline.data.images import DataError
 from pipeline.errors import ConfigError
 from pipeline.explain.command import ExplainRequest, explain_images
 from pipeline.label import label_folder, run_config
-from pipeline.runs import StageError
+from pipeline.runs import StageError, locked
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -86,19 +87,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_explain(argv[1:]) if explaining else parse(argv)
     try:
         if explaining:
-            return 1 if explain_images(args)["failed"] else 0
+            with locked(args.out):
+                return 1 if explain_images(args)["failed"] else 0
         cfg = (run_config(args.run, args.overrides) if args.stage == "label"
                else load_config(args.config, args.overrides))
         if cfg.threads > 0:
             import torch
             torch.set_num_threads(cfg.threads)
         if args.stage == "label":
-            return 1 if label_folder(cfg, args.run, args.images, args.labels, args.out)["failed"] else 0
+            with locked(args.out):
+                return 1 if label_folder(cfg, args.run, args.images, args.labels, args.out)["failed"] else 0
+        run_stages(args, cfg)
+    except (ConfigError, StageError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a folder that cannot be made or read, anywhere a stage looks
+        print(f"error: {error.filename}: {error.strerror}" if error.filename else f"error: {error}",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_stages(args: argparse.Namespace, cfg) -> None:
+    """The stage (or `all`) the command names, holding the run folder; under torchrun rank 0 holds
+    it for every rank."""
+    distributed.init(cfg.device)
+    with locked(cfg.run_dir) if distributed.is_main() else nullcontext():
         if args.stage == "all":
             stages.execute_all(cfg, force=args.force)
         else:
             stages.execute(args.stage, cfg, force=args.force)
-    except (ConfigError, StageError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0

@@ -9,14 +9,50 @@ import difflib
 import functools
 import hashlib
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.errors import ConfigError
+
+
+class Range(NamedTuple):
+    """The values a numeric config key (or each number of a list key) may take; None: unbounded."""
+    at_least: float | None = None
+    above: float | None = None
+    at_most: float | None = None
+    below: float | None = None
+
+    def __contains__(self, value: float) -> bool:
+        return (math.isfinite(value)
+                and (self.at_least is None or value >= self.at_least)
+                and (self.above is None or value > self.above)
+                and (self.at_most is None or value <= self.at_most)
+                and (self.below is None or value < self.below))
+
+    def __str__(self) -> str:
+        bounds = [f"{sign} {bound}" for sign, bound in
+                  ((">=", self.at_least), (">", self.above), ("<=", self.at_most), ("<", self.below))
+                  if bound is not None]
+        return " and ".join(bounds)
+
+
+def ranged(default: Any, **bounds: float) -> Any:
+    """A schema field whose numbers must lie in `Range(**bounds)`; a callable default makes the
+    list of a list field."""
+    made = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**made, metadata={"range": Range(**bounds)})
+
+
+# Process (and thread) counts above this are refused: a fixed cap, so that a config valid on one
+# machine is valid on every machine; 0 (one per core) suits machines with more cores.
+MAX_WORKERS = 64
+SEED_MAX = 2 ** 32 - 1  # numpy's seeds are 32-bit
 
 
 @dataclass
@@ -25,28 +61,30 @@ class DataConfig:
     # "folder" reads images under `root` with image-level labels from a CSV (no masks).
     name: str = "fashion-scenes"
     root: str = "data/fashion-scenes"
-    seed: int = 0
+    seed: int = ranged(0, at_least=0, at_most=SEED_MAX)
     # Built benchmark only ------------------------------------------------------------------
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
-    image_size: int = 64
-    n_train_pool: int = 20000  # scenes for the classifier (image-level labels only)
-    n_train: int = 2000  # first scenes of the pool whose pseudo-masks are made and scored
-    n_val: int = 1000
+    image_size: int = ranged(64, at_least=1)
+    n_train_pool: int = ranged(20000, at_least=1)  # scenes for the classifier (image-level labels only)
+    n_train: int = ranged(2000, at_least=1)  # first scenes of the pool whose pseudo-masks are made and scored
+    n_val: int = ranged(1000, at_least=1)
     classes: list[str] = field(default_factory=lambda: [
         "tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"])
-    items_min: int = 1
-    items_max: int = 3
-    item_size_min: int = 24
-    item_size_max: int = 40
-    n_items: int = 40000  # single-item scenes on a small canvas, for the classifier's pretraining
-    item_canvas: int = 32
+    items_min: int = ranged(1, at_least=1)
+    items_max: int = ranged(3, at_least=1)
+    item_size_min: int = ranged(24, at_least=1)
+    item_size_max: int = ranged(40, at_least=1)
+    # single-item scenes on a small canvas, for the classifier's pretraining
+    n_items: int = ranged(40000, at_least=0)
+    item_canvas: int = ranged(32, at_least=1)
     # Reader ----------------------------------------------------------------------------------
     class_names: list[str] = field(default_factory=list)  # VOC: names of ids 1..C (0 = background)
     image_dir: str = "JPEGImages"
     mask_dir: str = "SegmentationClass"
     # Folder dataset only: rows `image,labels` (labels separated by ';'); "" = <root>/labels.csv.
     labels_csv: str = ""
-    val_fraction: float = 0.1  # share of the CSV's images in split "val"; "train" holds the rest
+    # share of the CSV's images in split "val"; "train" holds the rest
+    val_fraction: float = ranged(0.1, at_least=0, at_most=1)
 
 
 @dataclass
@@ -56,27 +94,29 @@ class ClsConfig:
     arch: str = "resnet18"
     # "none", a path to a local state dict, or a torchvision weight name for `arch` (IMAGENET1K_V1)
     weights: str = "none"
-    last_stride: int = 2  # 1 keeps layer4 at layer3's resolution (IRN uses strides 2,2,2,1)
-    crop_size: int = 64  # training crops (smaller images are padded); 0 = the images' own size
+    # 1 keeps layer4 at layer3's resolution (IRN uses strides 2,2,2,1)
+    last_stride: int = ranged(2, at_least=1, at_most=2)
+    # training crops (smaller images are padded); 0 = the images' own size
+    crop_size: int = ranged(64, at_least=0)
     # Pretraining on single-item images (image-level labels only, as ImageNet is for VOC);
     # an empty split skips it.
     pretrain_split: str = ""
-    pretrain_epochs: int = 1
-    pretrain_crop_size: int = 32  # 0 = the items' own size
-    pretrain_batch_size: int = 128
+    pretrain_epochs: int = ranged(1, at_least=1)
+    pretrain_crop_size: int = ranged(32, at_least=0)  # 0 = the items' own size
+    pretrain_batch_size: int = ranged(128, at_least=1)
     # The schedules' length in images seen (warm-up and decay follow it), so a dataset of another
     # size gets the same budget; 0 = whole passes (`pretrain_epochs`, `epochs`) over the split.
-    pretrain_samples: int = 0
-    samples: int = 0
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 2e-3
+    pretrain_samples: int = ranged(0, at_least=0)
+    samples: int = ranged(0, at_least=0)
+    epochs: int = ranged(10, at_least=1)
+    batch_size: int = ranged(64, at_least=1)
+    lr: float = ranged(2e-3, above=0)
     # The linear head's learning rate relative to `lr`: a new head on pretrained weights learns
     # faster than the layers it reads (IRN: 10x)
-    head_lr_scale: float = 1.0
-    weight_decay: float = 1e-4
-    max_minutes: float = 0.0  # > 0 stops training when this wall budget is spent
-    workers: int = 0
+    head_lr_scale: float = ranged(1.0, above=0)
+    weight_decay: float = ranged(1e-4, at_least=0)
+    max_minutes: float = ranged(0.0, at_least=0)  # > 0 stops training when this wall budget is spent
+    workers: int = ranged(0, at_least=0, at_most=MAX_WORKERS)
 
 
 @dataclass
@@ -88,23 +128,24 @@ class CamConfig:
     # "layercam" (LayerCAM: shallow layers tanh-scaled, then max)
     # Test-time augmentation: raw maps at these input scales (1.0 must be one) and, with `flip`,
     # of their mirror images, are summed (IRN uses 1.0, 0.5, 1.5, 2.0 and flip).
-    scales: list[float] = field(default_factory=lambda: [1.0])
+    scales: list[float] = ranged(lambda: [1.0], above=0)
     flip: bool = False
     save_layers: bool = False  # also store each layer's raw (augmented) map in cams/<id>.npz
     # "cam" reads the linear layer `head`, which follows global pooling of `head_layer`; for every
     # other layer a linear head is fitted on pooled features of `head_images` images of cls.split.
     head: str = "fc"
     head_layer: str = "layer4"
-    head_images: int = 2000
-    batch_size: int = 64
+    head_images: int = ranged(2000, at_least=1)
+    batch_size: int = ranged(64, at_least=1)
 
 
 @dataclass
 class EvalConfig:
     split: str = "train"
-    bg_threshold: float = 0.15  # the configured seed background threshold (IRN's cam_eval_thres)
-    sweep_max: float = 0.60
-    sweep_step: float = 0.01
+    # the configured seed background threshold (IRN's cam_eval_thres)
+    bg_threshold: float = ranged(0.15, at_least=0, at_most=1)
+    sweep_max: float = ranged(0.60, at_least=0, at_most=1)
+    sweep_step: float = ranged(0.01, above=0, at_most=1)
     # Side-by-side comparison of methods and layer sets (one trained classifier, the configured
     # scales, flip and fusion) on the first `compare_images` images of the split; 0 skips it.
     compare_methods: list[str] = field(default_factory=lambda: [
@@ -112,7 +153,7 @@ class EvalConfig:
     compare_layer_sets: list[list[str]] = field(default_factory=lambda: [
         ["layer4"], ["layer3"], ["layer2"], ["layer3", "layer4"], ["layer2", "layer3"],
         ["layer2", "layer3", "layer4"]])
-    compare_images: int = 1000
+    compare_images: int = ranged(1000, at_least=0)
 
 
 @dataclass
@@ -120,26 +161,26 @@ class PseudoConfig:
     splits: list[str] = field(default_factory=lambda: ["train"])
     # Foreground wins where its normalised CAM exceeds the threshold; where the high and low
     # thresholds disagree after the CRF, the pixel is 255 (ignore).
-    fg_threshold_high: float = 0.30
-    fg_threshold_low: float = 0.05
+    fg_threshold_high: float = ranged(0.30, at_least=0, at_most=1)
+    fg_threshold_low: float = ranged(0.05, at_least=0, at_most=1)
     # Each class map is divided by this quantile of its values (1.0: its max) and clipped at 1
     # before the thresholds: a map whose peak is one sharp spot would otherwise keep only that
     # spot above them, and a quantile is a peak one stray pixel cannot set.
-    peak_quantile: float = 1.0
+    peak_quantile: float = ranged(1.0, above=0, at_most=1)
     # "constant": the background channel is the threshold above (IRN); "power": it is
     # (1 - max_c M^c)^alpha (PSA), with alpha `bg_alpha_high` for sure foreground and
     # `bg_alpha_low` for sure background (PSA's "la" 4 and "ha" 32).
     background: str = "constant"
-    bg_alpha_high: float = 4.0
-    bg_alpha_low: float = 32.0
+    bg_alpha_high: float = ranged(4.0, above=0)
+    bg_alpha_low: float = ranged(32.0, above=0)
     crf: bool = True
-    crf_gt_prob: float = 0.7
-    crf_iterations: int = 10
+    crf_gt_prob: float = ranged(0.7, above=0, below=1)
+    crf_iterations: int = ranged(10, at_least=0)
     # Bilateral kernel of the label CRF (IRN: 50 px, 5 levels); pixel units are for a 500 px
     # photo and scaled to the image's size.
-    crf_bilateral_sxy: float = 50.0
-    crf_bilateral_srgb: float = 5.0
-    workers: int = 0  # 0 = one per CPU core
+    crf_bilateral_sxy: float = ranged(50.0, above=0)
+    crf_bilateral_srgb: float = ranged(5.0, above=0)
+    workers: int = ranged(0, at_least=0, at_most=MAX_WORKERS)  # 0 = one per CPU core
 
 
 @dataclass
@@ -154,19 +195,21 @@ class SegConfig:
     encoder: str = "resnet18"
     # "none", "classifier" (our classifier's backbone), a path, or a torchvision weight name
     encoder_weights: str = "none"
-    decoder_channels: list[int] = field(default_factory=list)  # U-Net only; empty = smp's default
-    encoder_lr_scale: float = 1.0  # the encoder's learning rate relative to seg.lr; 0 freezes it
-    crop_size: int = 64  # 0 = the images' own size
-    samples: int = 0  # images seen in training (the schedule's length); 0 = `epochs` passes
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    decoder_channels: list[int] = ranged(list, at_least=1)  # U-Net only; empty = smp's default
+    # the encoder's learning rate relative to seg.lr; 0 freezes it
+    encoder_lr_scale: float = ranged(1.0, at_least=0)
+    crop_size: int = ranged(64, at_least=0)  # 0 = the images' own size
+    # images seen in training (the schedule's length); 0 = `epochs` passes
+    samples: int = ranged(0, at_least=0)
+    epochs: int = ranged(10, at_least=1)
+    batch_size: int = ranged(32, at_least=1)
+    lr: float = ranged(1e-3, above=0)
+    weight_decay: float = ranged(1e-4, at_least=0)
     # Cross-entropy class weights (median frequency / the class's pixel frequency in the training
     # targets) raised to this power: 0 = unweighted, 1 = full median-frequency balancing.
-    class_balance: float = 0.0
-    max_minutes: float = 0.0
-    workers: int = 0
+    class_balance: float = ranged(0.0, at_least=0)
+    max_minutes: float = ranged(0.0, at_least=0)
+    workers: int = ranged(0, at_least=0, at_most=MAX_WORKERS)
     # With a frozen encoder (encoder_lr_scale 0): compute its features of each image and its
     # mirror once and train the decoder on them (flip is then the only augmentation).
     cache_features: bool = False
@@ -184,22 +227,24 @@ class AffinityConfig:
     # (stages train-aff and pseudo-aff, run by `all` when `enabled`).
     enabled: bool = False
     split: str = "train"  # the head learns from this split's pseudo-masks
-    stride: int = 4  # the finest feature level the head reads (deeper ones too): its output's stride
-    width: int = 32  # channels per level (IRN's edge branch)
-    train_radius: int = 10  # pairs within this radius (at `stride`) train the head (IRN: 10)
-    samples: int = 0  # images seen in training; 0 = `epochs` passes
-    epochs: int = 3  # IRN: 3
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    max_minutes: float = 0.0
-    workers: int = 0
+    # the finest feature level the head reads (deeper ones too): its output's stride
+    stride: int = ranged(4, at_least=2, at_most=8)
+    width: int = ranged(32, at_least=1)  # channels per level (IRN's edge branch)
+    # pairs within this radius (at `stride`) train the head (IRN: 10)
+    train_radius: int = ranged(10, at_least=1)
+    samples: int = ranged(0, at_least=0)  # images seen in training; 0 = `epochs` passes
+    epochs: int = ranged(3, at_least=1)  # IRN: 3
+    batch_size: int = ranged(32, at_least=1)
+    lr: float = ranged(1e-3, above=0)
+    weight_decay: float = ranged(1e-4, at_least=0)
+    max_minutes: float = ranged(0.0, at_least=0)
+    workers: int = ranged(0, at_least=0, at_most=MAX_WORKERS)
     # The walk (IRN's semantic-segmentation inference): affinities within `radius`, raised to
     # `beta`, 2^exp_times steps. The walked seeds then become pseudo-masks as the seeds do in
     # the pseudo stage (its thresholds, CRF and confidence band).
-    radius: int = 5
-    beta: float = 10.0
-    exp_times: int = 8
+    radius: int = ranged(5, at_least=1)
+    beta: float = ranged(10.0, above=0)
+    exp_times: int = ranged(8, at_least=0, at_most=12)
     flip: bool = True  # the boundary logits averaged with the mirrored image's (IRN)
 
 
@@ -217,10 +262,10 @@ class RoundTwoConfig:
 class LabelConfig:
     # `python -m pipeline label` without a labels CSV: an image's classes are those whose sigmoid
     # score exceeds this (a score is 0.5 where the logit is 0, the decision boundary BCE trains).
-    score_threshold: float = 0.5
+    score_threshold: float = ranged(0.5, at_least=0, at_most=1)
     # Images whose longer side exceeds this are labelled at this size and their masks written at
     # the image's own size; 0 = 8 x the classifier's training size (512 px for 64 px scenes).
-    max_side: int = 0
+    max_side: int = ranged(0, at_least=0)
     # What the masks come from: "seeds" (the run's CAMs, as the pseudo stage makes its masks) or
     # "segmenter" (the run's last segmenter restricted to the image's classes, as pseudo-r2 does)
     masks_from: str = "seeds"
@@ -228,14 +273,15 @@ class LabelConfig:
 
 @dataclass
 class ReportConfig:
-    examples: int = 8
+    examples: int = ranged(8, at_least=0)
 
 
 @dataclass
 class Config:
     run_dir: str = "runs/default"
-    seed: int = 0
-    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    seed: int = ranged(0, at_least=0, at_most=SEED_MAX)
+    # torch intra-op threads; 0 = leave torch's default
+    threads: int = ranged(0, at_least=0, at_most=MAX_WORKERS)
     # Where the trainings run: "auto" (CUDA when torch sees a GPU, else the CPU), "cpu" or "cuda";
     # under torchrun each process takes the GPU of its LOCAL_RANK.
     device: str = "auto"
@@ -266,6 +312,10 @@ def _one_line(error: OmegaConfBaseException, source: str, key: str = "?") -> Con
     message = str(error).splitlines()[0]
     if "not in struct" in message or "Key '" in message and "not" in message:
         valid = _valid_keys(OmegaConf.structured(Config))
+        if "." in key and key in valid:  # `seg.epochs: 3` in a YAML file is one key with a dot in its name
+            section, name = key.rsplit(".", 1)
+            return ConfigError(f"{source}: '{key}' is one key with a dot in its name in YAML; nest it: "
+                               f"{section}: {{{name}: ...}}")
         close = difflib.get_close_matches(key, valid, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         parent = key.rsplit(".", 1)[0] if "." in key else ""
@@ -279,24 +329,47 @@ def _one_line(error: OmegaConfBaseException, source: str, key: str = "?") -> Con
 BASE_KEY = "base"  # a config file may start from another: `base: default.yaml` (relative to it)
 
 
+def _merge(merged: Any, layer: Any, source: str, key: str = "?") -> Any:
+    """`layer` on top of `merged`; one line naming `source` (and the key, where known) if it does
+    not fit the schema."""
+    try:
+        return OmegaConf.merge(merged, layer)
+    except OmegaConfBaseException as error:
+        raise _one_line(error, source, key) from None
+    except TypeError as error:  # OmegaConf's, for a list where the schema has a section or the reverse
+        raise ConfigError(f"{source}: bad value for config key '{key}': {error}") from None
+
+
+def _read_yaml(path: Path) -> Any:
+    """The mapping a config file holds; one line naming the file if it is not YAML or not a mapping."""
+    try:
+        layer = OmegaConf.load(path)
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:
+        problem = " ".join(str(error).split())  # YAML's messages span lines
+        raise ConfigError(f"{path}: not a readable YAML file ({problem})") from None
+    except OmegaConfBaseException as error:
+        raise _one_line(error, str(path)) from None
+    if not OmegaConf.is_dict(layer):
+        raise ConfigError(f"{path}: holds a {type(layer).__name__.removesuffix('Config').lower()}, "
+                          f"not a mapping of config keys")
+    return layer
+
+
 def _merge_file(merged: Any, path: Path, seen: tuple[Path, ...] = ()) -> Any:
     """`merged` with the YAML file at `path` on top, after the file's own `base` chain."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     if path.resolve() in seen:
         raise ConfigError(f"{path}: '{BASE_KEY}' chain comes back to this file")
-    try:
-        layer = OmegaConf.load(path)
-        base = layer.pop(BASE_KEY, None) if OmegaConf.is_dict(layer) else None
-        if base is not None:
-            base_path = path.parent / str(base)
-            if not base_path.is_file():  # named from the file that names it: the path is relative to it
-                raise ConfigError(f"{path}: '{BASE_KEY}: {base}' not found (no file {base_path.resolve()}; "
-                                  f"a base is relative to the file naming it)")
-            merged = _merge_file(merged, base_path, (*seen, path.resolve()))
-        return OmegaConf.merge(merged, layer)
-    except OmegaConfBaseException as error:
-        raise _one_line(error, str(path)) from None
+    layer = _read_yaml(path)
+    base = layer.pop(BASE_KEY, None)
+    if base is not None:
+        base_path = path.parent / str(base)
+        if not base_path.is_file():  # named from the file that names it: the path is relative to it
+            raise ConfigError(f"{path}: '{BASE_KEY}: {base}' not found (no file {base_path.resolve()}; "
+                              f"a base is relative to the file naming it)")
+        merged = _merge_file(merged, base_path, (*seen, path.resolve()))
+    return _merge(merged, layer, str(path))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -306,20 +379,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     merged = OmegaConf.structured(Config)
     OmegaConf.set_struct(merged, True)
     if recorded is not None:
-        try:
-            merged = OmegaConf.merge(merged, recorded)
-        except OmegaConfBaseException as error:
-            raise _one_line(error, "recorded settings") from None
+        merged = _merge(merged, recorded, "recorded settings")
     if path is not None:
         merged = _merge_file(merged, Path(path))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"command line: override '{item}' is not of the form key=value")
+        key = item.split("=", 1)[0]
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            layer = OmegaConf.from_dotlist([item])
         except OmegaConfBaseException as error:
-            raise _one_line(error, "command line", item.split("=", 1)[0]) from None
-    cfg = OmegaConf.to_object(merged)
+            raise _one_line(error, "command line", key) from None
+        except yaml.YAMLError as error:  # the value is parsed as YAML: `[1` is not
+            raise ConfigError(f"command line: override '{item}': the value is not valid YAML "
+                              f"({' '.join(str(error).split())})") from None
+        merged = _merge(merged, layer, "command line", key)
+    try:  # interpolations (`${...}`) resolve here
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        raise _one_line(error, "config") from None
+    check_ranges(cfg)
     check_choices(cfg)
     return cfg
 
@@ -369,6 +448,33 @@ def dotted_value(cfg: "Config", dotted: str) -> Any:
     return value
 
 
+def _ranged_numbers(node: Any, prefix: str = ""):
+    """(key, number, its Range) for every number of every key whose schema field declares a range,
+    list items as `key[i]` (`key[i][j]` in a list of lists)."""
+    for spec in fields(node):
+        key, value = f"{prefix}{spec.name}", getattr(node, spec.name)
+        if is_dataclass(value):
+            yield from _ranged_numbers(value, f"{key}.")
+        elif "range" in spec.metadata:
+            yield from _numbers(key, value, spec.metadata["range"])
+
+
+def _numbers(key: str, value: Any, allowed: Range):
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _numbers(f"{key}[{index}]", item, allowed)
+    else:
+        yield key, value, allowed
+
+
+def check_ranges(cfg: "Config") -> None:
+    """Every number lies in the range its key declares in the schema: one line naming the key, the
+    value and the range otherwise (an epoch count of -2 would mark an untrained model done)."""
+    for key, value, allowed in _ranged_numbers(cfg):
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}': {value} is out of range (allowed: {allowed})")
+
+
 def check_choices(cfg: "Config") -> None:
     """Every choice (method, fusion, background, labels, arch, device, dataset kind, layer names)
     is one of its valid values: a typo stops here, in one line, before any stage does work."""
@@ -378,12 +484,13 @@ def check_choices(cfg: "Config") -> None:
             if value not in valid:
                 raise ConfigError(f"config key '{key}': '{value}' is not a valid choice "
                                   f"(valid: {', '.join(valid)})")
+    if 1.0 not in cfg.cam.scales:
+        raise ConfigError(f"config key 'cam.scales': {cfg.cam.scales} lacks 1.0 (the maps of every scale "
+                          f"are summed at its resolution)")
     switch = LABEL_SWITCHES.get(cfg.seg.labels)
     if switch and not dotted_value(cfg, switch):
         raise ConfigError(f"config key 'seg.labels': '{cfg.seg.labels}' needs the stages that make "
                           f"those masks ({switch}=true)")
-    if not 0.0 < cfg.pseudo.peak_quantile <= 1.0:
-        raise ConfigError(f"config key 'pseudo.peak_quantile': {cfg.pseudo.peak_quantile} is not in (0, 1]")
     if cfg.seg.cache_features and cfg.seg.encoder_lr_scale != 0:
         raise ConfigError(f"config key 'seg.cache_features': needs a frozen encoder "
                           f"(seg.encoder_lr_scale=0, not {cfg.seg.encoder_lr_scale})")

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pipeline import distributed
-from pipeline.runs import CheckpointError, progress, write_bytes
+from pipeline.runs import CheckpointError, StageError, progress, write_bytes
 
 log = logging.getLogger("pipeline")
 
@@ -131,7 +131,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: Callable, spec: TrainSpec, 
     loader = training_loader(dataset, spec, generator, pin_memory=device.type == "cuda")
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise ValueError(f"{desc}: {len(loader.sampler)} images per process are fewer than one batch "
+        raise StageError(f"{desc}: {len(loader.sampler)} images per process are fewer than one batch "
                          f"of {spec.batch_size}")
     # channels_last: the CPU's convolutions (oneDNN) run ~7% faster in it, cuDNN's too; and before
     # the optimizer loads its state, which follows the parameters' device

@@ -151,7 +151,7 @@ def test_a_quantile_peak_lifts_a_map_with_one_sharp_spot_and_not_a_flat_one():
 
 
 def test_peak_quantile_outside_zero_one_is_one_line():
-    with pytest.raises(ConfigError, match="'pseudo.peak_quantile': 1.5 is not in"):
+    with pytest.raises(ConfigError, match=r"'pseudo.peak_quantile': 1.5 is out of range \(allowed: > 0 and <= 1\)"):
         load_config(None, ["pseudo.peak_quantile=1.5"])
 
 

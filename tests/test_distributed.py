@@ -21,13 +21,13 @@ from pipeline.config import load_config
 from pipeline.data.transforms import normalised_batch
 from pipeline.data.voc import VocDataset
 from pipeline.models.checkpoints import load_classifier
-from pipeline.runs import MANIFEST, read_json
-from pipeline.stages import execute, stage_hash
+from pipeline.runs import MANIFEST, read_json, staging_folder
+from pipeline.stages import execute, settings_hash, stage_folder, stage_hash
 from pipeline.stages import pseudo as pseudo_stage
 
 pytestmark = pytest.mark.slow  # torchrun with 2 processes: `make test-fast` leaves it out
 
-MANIFEST_KEYS = {"stage", "hash", "config", "upstream", "seconds", "peak_rss_mib", "git_commit",
+MANIFEST_KEYS = {"stage", "hash", "config", "upstream", "seconds", "peak_rss_mib", "git_commit", "files",
                  "packages", "metrics"}
 
 
@@ -77,7 +77,8 @@ def run(tmp_path_factory):
         kill_after_first_epoch(monkeypatch)
         with pytest.raises(Killed):
             execute("train-cls", cfg)
-    killed = train.load_checkpoint(tmp / "run" / "classifier" / "last.pt")
+    staged = staging_folder(stage_folder("train-cls", cfg), settings_hash("train-cls", cfg))
+    killed = train.load_checkpoint(staged / "last.pt")
     train_output = torchrun(tmp, "train-cls", tmp / "run")
     shutil.copytree(tmp / "run", tmp / "single")
     single_cfg = load_config(None, overrides(tmp, tmp / "single"))
@@ -119,6 +120,7 @@ def test_two_processes_write_exactly_the_cams_of_one(run):
     manifest = read_json(sharded / MANIFEST)
     assert manifest["hash"] == read_json(single / MANIFEST)["hash"]
     assert manifest["metrics"]["images"] == 40
+    assert manifest["files"] == names  # every rank's files, listed by rank 0
     assert [rank["written_now"] for rank in manifest["metrics"]["ranks"]] == [20, 20]
     assert not (sharded / "started.json").exists()
 

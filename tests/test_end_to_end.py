@@ -25,9 +25,9 @@ from pipeline.refine.crf import dense_crf
 from pipeline.refine.masks import crf_settings
 from pipeline.refine.pseudo import confident_mask
 from pipeline.report.build import _fmt
-from pipeline.runs import MANIFEST, STARTED, StageError, load_manifest, read_json
+from pipeline.runs import MANIFEST, STARTED, StageError, load_manifest, read_json, staging_folder
 from pipeline.stages import (ROUND_TWO, STAGES, UPPER_BOUND, execute, execute_all, pipeline_stages,
-                             round_two_config, stage_folder, upper_bound_config)
+                             round_two_config, settings_hash, stage_folder, upper_bound_config)
 from pipeline.train import load_checkpoint
 
 pytestmark = pytest.mark.slow  # every stage on a small dataset: `make test-fast` leaves it out
@@ -384,7 +384,8 @@ def test_report_links_resolve(run):
 
 
 def test_killed_cams_stage_resumes_where_it_stopped(run, tmp_path):
-    """A run killed mid-stage (started.json, no manifest) redoes only the missing images."""
+    """A run killed mid-stage (its staging folder: started.json, no manifest) redoes only the
+    missing images."""
     copy = tmp_path / "run"
     shutil.copytree(run["dir"], copy, ignore=shutil.ignore_patterns("*.pt"))
     shutil.copy2(run["dir"] / "classifier" / "model.pt", copy / "classifier" / "model.pt")
@@ -392,13 +393,16 @@ def test_killed_cams_stage_resumes_where_it_stopped(run, tmp_path):
                       + [f"run_dir={copy}"])
     folder = copy / "cams"
     manifest = read_json(folder / MANIFEST)
-    (folder / MANIFEST).unlink()
-    (folder / STARTED).write_text('{"hash": "%s"}' % manifest["hash"])
+    killed = staging_folder(folder, settings_hash("cams", cfg))
+    folder.rename(killed)
+    (killed / MANIFEST).unlink()
+    (killed / STARTED).write_text('{"hash": "%s"}' % manifest["hash"])
     lost = ["train_00003", "train_00040", "val_00007"]
     for image_id in lost:
-        (folder / f"{image_id}.npz").unlink()
-    kept = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.npz")}
+        (killed / f"{image_id}.npz").unlink()
+    kept = {p.name: p.stat().st_mtime_ns for p in killed.glob("*.npz")}
     resumed = execute("cams", cfg)
+    assert not killed.exists()
     assert resumed["hash"] == manifest["hash"]
     assert resumed["metrics"]["written_now"] == 3 and resumed["metrics"]["images"] == 80
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.npz") if p.name in kept} == kept

@@ -327,7 +327,6 @@ def test_data_stage_builds_fashion_scenes(fake_mnist, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("overrides, named", [
     (["data.item_size_max=80"], "data.item_size_min=20, data.item_size_max=80, data.image_size=48"),
-    (["data.items_min=0"], "data.items_min=0, data.items_max=3"),
     (["data.items_min=4"], "data.items_min=4, data.items_max=3"),
     (["data.item_canvas=6"], "data.item_canvas=6"),
     (["data.n_train=7"], "data.n_train=7, data.n_train_pool=6"),

@@ -241,7 +241,7 @@ def test_corrupt_files_are_reported_skipped_and_retried(run, odd_folder, tmp_pat
 def test_no_class_above_threshold_gives_background_and_is_listed(run, odd_folder, tmp_path, capsys):
     folder = odd_folder[0]
     out = tmp_path / "out"
-    assert label(run, folder, out, "label.score_threshold=1.01") == 0
+    assert label(run, folder, out, "label.score_threshold=1.0") == 0  # no sigmoid score exceeds it
     summary = read_json(out / "summary.json")
     assert summary["no_class"] == sorted(name for name, _, _ in ODD)
     for name, _, _ in ODD:

@@ -21,6 +21,7 @@ def toy_stage(runs: list) -> types.ModuleType:
     toy.OUTPUT = lambda cfg: "toy"
     toy.UPSTREAM = lambda cfg: []
     toy.SECTION = lambda cfg: {"seed": cfg.seed}
+    toy.DATASET_SPLITS = lambda cfg: []  # it reads no dataset
 
     def run(cfg, out, run_dir):
         runs.append(out)
@@ -45,7 +46,8 @@ def test_a_registered_stage_runs_with_a_manifest_and_is_skipped_while_up_to_date
     cfg = load_config(None, [f"run_dir={tmp_path / 'run'}"])
     manifest = stages.execute("toy", cfg)
     folder = tmp_path / "run" / "toy"
-    assert toy_runs == [folder] and (folder / "toy.txt").read_text() == "made"
+    assert toy_runs == [tmp_path / "run" / f".toy.staging-{stages.settings_hash('toy', cfg)}"]  # moved in
+    assert (folder / "toy.txt").read_text() == "made"
     assert read_json(folder / MANIFEST) == manifest
     assert manifest["stage"] == "toy" and manifest["config"] == {"seed": 0}
     assert manifest["metrics"] == {"files": 1}

@@ -29,8 +29,9 @@ from pipeline.cam.seeds import load_cams
 from pipeline.data.images import read_mask, save_mask
 from pipeline.models.checkpoints import load_segmenter
 from pipeline.models.segmenter import build_segmenter
-from pipeline.runs import MANIFEST, STARTED, StageError, finish, load_manifest, read_json
-from pipeline.stages import STAGES, enabled, execute, stage_folder
+from pipeline.runs import (MANIFEST, STARTED, StageError, finish, load_manifest, prepare, read_json,
+                           staging_folder)
+from pipeline.stages import STAGES, enabled, execute, settings_hash, stage_folder
 from pipeline.train import save_checkpoint
 
 pytestmark = pytest.mark.slow  # stages killed and rerun as subprocesses: `make test-fast` leaves it out
@@ -83,6 +84,11 @@ def copy_run(ref: Runs, to: Path, stages: list[str], models: bool = False) -> Pa
     return to
 
 
+def staged(stage: str, cfg) -> Path:
+    """The staging folder a run of `stage` on `cfg` writes into until it finishes."""
+    return staging_folder(stage_folder(stage, cfg), settings_hash(stage, cfg))
+
+
 def copy_data(ref: Runs, to: Path) -> Path:
     shutil.copytree(ref.data, to)
     return to
@@ -118,7 +124,7 @@ def load_whole(path: Path) -> None:
             image.load()
     elif path.suffix == ".pt":  # mapped, not read: fast, and a cut zip lacks its directory
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    elif path.suffix == ".json":
+    elif path.suffix in (".json", ".lock"):
         json.loads(path.read_text())
     elif path.suffix == ".yaml":
         OmegaConf.create(path.read_text())
@@ -165,9 +171,9 @@ def kill_midway(ref: Runs, stage: str, run_dir: Path, started: callable) -> set[
 
 def test_train_cls_killed_after_an_epoch_resumes_to_the_same_weights(ref, tmp_path):
     run_dir = copy_run(ref, tmp_path / "run", ["data"])
-    checkpoint = run_dir / "classifier" / "last.pt"
+    checkpoint = staged("train-cls", ref.cfg(run_dir)) / "last.pt"
     assert checkpoint in kill_midway(ref, "train-cls", run_dir, checkpoint.is_file)
-    assert not (run_dir / "classifier" / "model.pt").exists()
+    assert not (checkpoint.parent / "model.pt").exists() and not (run_dir / "classifier").exists()
     assert main(ref.argv("train-cls", run_dir)) == 0
     assert files(run_dir / "classifier").keys() == files(ref.dir / "classifier").keys()
     resumed = torch.load(run_dir / "classifier" / "model.pt", weights_only=True)
@@ -182,9 +188,9 @@ def test_train_cls_killed_after_an_epoch_resumes_to_the_same_weights(ref, tmp_pa
 
 def test_cams_killed_midway_resumes_to_the_same_seeds(ref, tmp_path):
     run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls"], models=True)
-    cams = run_dir / "cams"
-    kill_midway(ref, "cams", run_dir, lambda: any(cams.glob("*.npz")))
-    assert 0 < len(list(cams.glob("*.npz"))) < len(TRAIN + VAL)
+    cams, killed = run_dir / "cams", staged("cams", ref.cfg(run_dir))
+    kill_midway(ref, "cams", run_dir, lambda: any(killed.glob("*.npz")))
+    assert 0 < len(list(killed.glob("*.npz"))) < len(TRAIN + VAL)
     assert main(ref.argv("cams", run_dir)) == 0
     assert files(cams).keys() == files(ref.dir / "cams").keys()
     assert load_manifest(cams)["hash"] == load_manifest(ref.dir / "cams")["hash"]
@@ -200,9 +206,9 @@ def test_pseudo_killed_midway_resumes_to_byte_identical_masks(ref, tmp_path):
     """The masks of a killed and resumed run, made in other processes, equal the reference's
     byte for byte: same config, same machine, same pseudo-masks."""
     run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls", "cams"])
-    pseudo = run_dir / "pseudo"
-    kill_midway(ref, "pseudo", run_dir, lambda: any(pseudo.glob("*.png")))
-    assert 0 < len(list(pseudo.glob("*.png"))) < len(TRAIN + VAL)
+    pseudo, killed = run_dir / "pseudo", staged("pseudo", ref.cfg(run_dir))
+    kill_midway(ref, "pseudo", run_dir, lambda: any(killed.glob("*.png")))
+    assert 0 < len(list(killed.glob("*.png"))) < len(TRAIN + VAL)
     assert main(ref.argv("pseudo", run_dir)) == 0
     assert files(pseudo).keys() == files(ref.dir / "pseudo").keys()
     for image_id in TRAIN + VAL:
@@ -240,9 +246,10 @@ def test_cams_skips_bad_images_lists_them_and_resumes_once_fixed(ref, tmp_path, 
                         "drop them from the split list, then rerun (1 image):")
     [truncated] = lines[1:]
     assert truncated.startswith(f"{images / 'train_00003.png'}: cannot read image (")
-    written = files(cams)
+    staging = staged("cams", ref.cfg(run_dir, data))
+    written = files(staging)
     assert sorted(written) == sorted([STARTED, *(f"{i}.npz" for i in TRAIN + VAL if i != "train_00003")])
-    assert load_cams(cams / "train_00004.npz")[1].tolist() == []
+    assert load_cams(staging / "train_00004.npz")[1].tolist() == []
 
     (images / "train_00003.png").write_bytes(whole)
     assert main(ref.argv("cams", run_dir, data)) == 0
@@ -259,6 +266,7 @@ def test_pseudo_skips_unreadable_and_missing_images(ref, tmp_path, capsys):
     (images / "train_00002.png").write_bytes(b"not an image at all")
     (images / "val_00001.png").unlink()
     run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls", "cams"])
+    pseudo = staged("pseudo", ref.cfg(run_dir, data))
 
     assert main(ref.argv("pseudo", run_dir, data)) == 2
     lines = error_lines(capsys)
@@ -266,13 +274,12 @@ def test_pseudo_skips_unreadable_and_missing_images(ref, tmp_path, capsys):
     unreadable, missing = sorted(lines[1:])
     assert missing == f"{images / 'val_00001'}.*: image not found"
     assert unreadable.startswith(f"{images / 'train_00002.png'}: cannot read image (cannot identify")
-    pseudo = run_dir / "pseudo"
     good = [i for i in TRAIN + VAL if i not in ("train_00002", "val_00001")]
     assert sorted(p.stem for p in pseudo.glob("*.png")) == good
     for image_id in good:
         name = f"{image_id}.png"
         assert (pseudo / name).read_bytes() == (ref.dir / "pseudo" / name).read_bytes()
-    assert (pseudo / STARTED).is_file() and load_manifest(pseudo) is None  # downstream waits
+    assert (pseudo / STARTED).is_file() and not (run_dir / "pseudo").exists()  # downstream waits
 
 
 @pytest.mark.parametrize("stage", ["eval-cams", "eval-pseudo"])
@@ -292,8 +299,8 @@ def test_evaluation_skips_masks_of_another_size_or_out_of_range_labels(ref, tmp_
         f"{masks / 'train_00001.png'}: mask size 32x30 differs from its image's 32x32",
         (f"{masks / 'train_00007.png'}: label ids [9] out of range (0..3 and 255: "
          f"{data / 'classes.txt'} names 3 classes)")]
-    results = stage_folder(stage, ref.cfg(run_dir, data))
-    assert sorted(p.name for p in results.iterdir()) == [STARTED]  # no results
+    assert not stage_folder(stage, ref.cfg(run_dir, data)).exists()
+    assert sorted(p.name for p in staged(stage, ref.cfg(run_dir, data)).iterdir()) == [STARTED]  # no results
 
 
 def test_training_refuses_labels_the_class_list_does_not_cover(ref, tmp_path, capsys):
@@ -313,7 +320,8 @@ def test_training_refuses_labels_the_class_list_does_not_cover(ref, tmp_path, ca
     expected = {f"{masks / f'{i}.png'}: label ids [3] out of range (0..2 and 255: "
                  f"{data / 'classes.txt'} names 2 classes)" for i in crosses if i != "train_00000"}
     assert len(crosses) >= 2 and set(lines[1:]) == expected
-    assert sorted(p.name for p in (run_dir / "classifier").iterdir()) == [STARTED]
+    assert not (run_dir / "classifier").exists()
+    assert sorted(p.name for p in staged("train-cls", ref.cfg(run_dir, data)).iterdir()) == [STARTED]
 
 
 def test_segmenter_refuses_to_train_on_a_mask_of_another_size(ref, tmp_path, capsys):
@@ -324,7 +332,9 @@ def test_segmenter_refuses_to_train_on_a_mask_of_another_size(ref, tmp_path, cap
 
     assert main(ref.argv("train-seg", run_dir, data, ("seg.labels=gt",))) == 2
     assert error_lines(capsys)[1:] == [f"{mask}: mask size 32x36 differs from its image's 32x32"]
-    assert sorted(p.name for p in (run_dir / "segmenter-gt").iterdir()) == [STARTED]
+    gt = ref.cfg(run_dir, data, ("seg.labels=gt",))
+    assert not (run_dir / "segmenter-gt").exists()
+    assert sorted(p.name for p in staged("train-seg", gt).iterdir()) == [STARTED]
 
 
 def test_eval_seg_skips_bad_images_and_keeps_the_other_predictions(ref, tmp_path, capsys):
@@ -335,19 +345,20 @@ def test_eval_seg_skips_bad_images_and_keeps_the_other_predictions(ref, tmp_path
     save_mask(mask, read_mask(mask)[:, :31])
     run_dir = copy_run(ref, tmp_path / "run", ["data"])
     segmenter = run_dir / "segmenter"  # untrained: the test is about the files, not the scores
-    save_checkpoint(segmenter / "model.pt", {
+    staging = prepare(segmenter, "untrained")
+    save_checkpoint(staging / "model.pt", {
         "model": build_segmenter("unet", "resnet18", 4, [8] * 5).state_dict(), "arch": "unet",
         "encoder": "resnet18", "decoder_channels": [8] * 5, "labels": "pseudo",
         "class_names": ["square", "disc", "cross"]})
-    finish(segmenter, {"hash": "untrained"})
+    finish(segmenter, staging, {"hash": "untrained"})
 
     assert main(ref.argv("eval-seg", run_dir, data)) == 2
     unreadable, wrong_size = error_lines(capsys)[1:]
     assert unreadable.startswith(f"{image}: cannot read image (")
     assert wrong_size == f"{mask}: mask size 31x32 differs from its image's 32x32"
-    predictions = run_dir / "eval" / "seg" / "predictions"
+    predictions = staged("eval-seg", ref.cfg(run_dir, data)) / "predictions"
     assert sorted(p.stem for p in predictions.glob("*.png")) == [i for i in VAL if i != "val_00003"]
-    assert not (run_dir / "eval" / "seg" / "results.json").exists()
+    assert not (predictions.parent / "results.json").exists() and not (run_dir / "eval" / "seg").exists()
 
 
 # ---- checkpoints -----------------------------------------------------------------------------

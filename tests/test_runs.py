@@ -54,56 +54,46 @@ def test_failed_write_keeps_the_old_file_and_cleans_up(tmp_path):
     assert listing(tmp_path) == ["m.bin"]
 
 
-def test_prepare_starts_fresh_for_another_hash(tmp_path):
+def test_prepare_makes_a_staging_folder_per_hash_and_leaves_the_folder_alone(tmp_path):
     folder = tmp_path / "stage"
-    folder.mkdir()
-    (folder / "old.npz").write_bytes(b"x")
-    runs.write_json(folder / runs.STARTED, {"hash": "aaaa"})
-    runs.prepare(folder, "bbbb")
-    assert listing(folder) == [runs.STARTED]
-    assert runs.read_json(folder / runs.STARTED) == {"hash": "bbbb"}
+    runs.finish(folder, runs.prepare(folder, "aaaa"), {"hash": "aaaa"})
+    staging = runs.prepare(folder, "bbbb")
+    assert staging == tmp_path / ".stage.staging-bbbb"
+    assert listing(staging) == [runs.STARTED]
+    assert runs.read_json(staging / runs.STARTED) == {"hash": "bbbb"}
+    assert runs.is_done(folder, "aaaa")  # the previous result stays until the new one is finished
 
 
 def test_prepare_resumes_same_hash(tmp_path):
-    folder = tmp_path / "stage"
-    folder.mkdir()
-    (folder / "done_1.npz").write_bytes(b"x")
-    runs.write_json(folder / runs.STARTED, {"hash": "aaaa"})
-    runs.prepare(folder, "aaaa")
-    assert listing(folder) == ["done_1.npz", runs.STARTED]
-    assert (folder / "done_1.npz").read_bytes() == b"x"
+    staging = runs.prepare(tmp_path / "stage", "aaaa")
+    (staging / "done_1.npz").write_bytes(b"x")
+    assert runs.prepare(tmp_path / "stage", "aaaa") == staging
+    assert listing(staging) == ["done_1.npz", runs.STARTED]
+    assert (staging / "done_1.npz").read_bytes() == b"x"
 
 
 def test_resume_drops_temporaries_a_kill_left_behind(tmp_path):
-    folder = tmp_path / "stage"
-    (folder / "predictions").mkdir(parents=True)
-    (folder / "done_1.npz").write_bytes(b"x")
-    (folder / ".done_2.npz.k3j2.tmp").write_bytes(b"half")  # the name _atomic gives a file in flight
-    (folder / "predictions" / ".a.png.x1y2.tmp").write_bytes(b"half")
-    runs.write_json(folder / runs.STARTED, {"hash": "aaaa"})
-    runs.prepare(folder, "aaaa")
-    assert listing(folder) == ["done_1.npz", "predictions", runs.STARTED]
-    assert listing(folder / "predictions") == []
-
-
-def test_prepare_wipes_a_folder_without_started_record(tmp_path):
-    folder = tmp_path / "stage"
-    folder.mkdir()
-    (folder / "stray.txt").write_text("?")
-    runs.prepare(folder, "cccc")
-    assert listing(folder) == [runs.STARTED]
-    runs.prepare(tmp_path / "new" / "deep", "dddd")  # creates missing folders
-    assert listing(tmp_path / "new" / "deep") == [runs.STARTED]
+    staging = runs.prepare(tmp_path / "stage", "aaaa")
+    (staging / "predictions").mkdir(parents=True)
+    (staging / "done_1.npz").write_bytes(b"x")
+    (staging / ".done_2.npz.k3j2.tmp").write_bytes(b"half")  # the name _atomic gives a file in flight
+    (staging / "predictions" / ".a.png.x1y2.tmp").write_bytes(b"half")
+    runs.prepare(tmp_path / "stage", "aaaa")
+    assert listing(staging) == ["done_1.npz", "predictions", runs.STARTED]
+    assert listing(staging / "predictions") == []
 
 
 def test_finish_and_is_done(tmp_path):
     folder = tmp_path / "stage"
-    runs.prepare(folder, "h1")
+    staging = runs.prepare(folder, "h1")
     assert not runs.is_done(folder, "h1")  # started, not finished
-    (folder / "out.txt").write_text("result")
-    runs.finish(folder, {"hash": "h1", "seconds": 1.5})
-    assert listing(folder) == [runs.MANIFEST, "out.txt"]
-    assert runs.load_manifest(folder) == {"hash": "h1", "seconds": 1.5}
+    (staging / "out.txt").write_text("result")
+    (staging / "sub").mkdir()
+    (staging / "sub" / "a.png").write_bytes(b"png")
+    runs.finish(folder, staging, {"hash": "h1", "seconds": 1.5})
+    assert listing(tmp_path) == ["stage"]
+    assert listing(folder) == [runs.MANIFEST, "out.txt", "sub"]
+    assert runs.load_manifest(folder) == {"hash": "h1", "seconds": 1.5, "files": ["out.txt", "sub/a.png"]}
     assert runs.is_done(folder, "h1")
     assert not runs.is_done(folder, "h2")
     assert not runs.is_done(tmp_path / "elsewhere", "h1")

@@ -15,12 +15,16 @@ and, unless it is a plain stage (run on rank 0 while the other ranks wait), its 
 and, if the config can switch it off, SWITCH: the dotted key of the boolean that does (e.g.
 "affinity.enabled"); `all` and the report leave out a stage that is off, and running it alone
 is refused;
+and, if its hash must cover other dataset splits than every one the config names (see
+`pipeline.data.fingerprint`), DATASET_SPLITS(cfg) -> list[str];
 and, if it reads ground-truth masks (to score, or to write the report of the scores), SCORES = True:
 `all` leaves it out on a dataset that has none (a labelled image folder), as it does the upper bound.
 Adding a stage is its module plus its name in STAGES.
 
-Under torchrun, rank 0 alone prepares a stage's folder and writes its manifest. The manifests
-(and the checkpoints, which hold the whole config) are the run's record of its settings.
+A stage writes into a staging folder beside its folder (`runs.prepare`); its finished result
+replaces the folder's previous one (`runs.finish`). Under torchrun, rank 0 alone prepares the
+staging folder, writes the manifest and moves the result in. The manifests (and the checkpoints,
+which hold the whole config) are the run's record of its settings.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from pathlib import Path
 from pipeline import distributed, runs
 from pipeline.config import Config, config_hash, dotted_value
 from pipeline.data import has_masks
+from pipeline.data.fingerprint import config_splits, fingerprint, remembering
 
 log = logging.getLogger("pipeline")
 
@@ -111,8 +116,10 @@ def stage_folders(cfg: Config) -> dict[str, Path]:
     return folders
 
 
-def stage_hash(name: str, cfg: Config) -> str:
-    """Hash of the stage's own config section and of the manifests it reads from."""
+def settings_hash(name: str, cfg: Config) -> str:
+    """Hash of the stage's own config section and of the manifests it reads from: the name of the
+    staging folder it runs in, so that a killed run, or one stopped by bad images, resumes there
+    once they are fixed."""
     stage = module(name)
     upstream = {}
     for parent in stage.UPSTREAM(cfg):
@@ -122,6 +129,23 @@ def stage_hash(name: str, cfg: Config) -> str:
                                   f"run `python -m pipeline {parent}` (or `make {parent}`) first")
         upstream[parent] = manifest["hash"]
     return config_hash({"stage": name, "config": stage.SECTION(cfg), "upstream": upstream})
+
+
+def dataset_splits(name: str, cfg: Config) -> list[str]:
+    """The dataset splits whose files the stage's hash covers: every split the config names,
+    unless the stage says otherwise."""
+    return getattr(module(name), "DATASET_SPLITS", config_splits)(cfg)
+
+
+def with_dataset(settings: str, name: str, cfg: Config) -> str:
+    """The stage's hash: its `settings_hash` and the content of the dataset splits it reads."""
+    splits = dataset_splits(name, cfg)
+    return config_hash({"settings": settings, "dataset": fingerprint(cfg.data, splits) if splits else None})
+
+
+def stage_hash(name: str, cfg: Config) -> str:
+    """What a finished stage's manifest must hold for the stage to be up to date."""
+    return with_dataset(settings_hash(name, cfg), name, cfg)
 
 
 def run_on_ranks(name: str, cfg: Config, folder: Path) -> dict | None:
@@ -146,19 +170,23 @@ def execute(name: str, cfg: Config, force: bool = False) -> dict:
     distributed.init(cfg.device)
     stage = module(name)
     folder = stage_folder(name, cfg)
-    digest = stage_hash(name, cfg)
+    settings = settings_hash(name, cfg)
+    digest = with_dataset(settings, name, cfg)
+    if distributed.is_main():
+        runs.settle(folder, settings)
     if distributed.from_main(not force and runs.is_done(folder, digest)):
         log.info("%s: up to date (%s), skipped", name, folder)
         return runs.load_manifest(folder)
+    staging = runs.staging_folder(folder, settings)
     if distributed.is_main():
-        runs.prepare(folder, digest)
-        log.info("%s: running -> %s", name, folder)
-    distributed.barrier()  # no rank reads the folder while rank 0 may still be emptying it
+        runs.prepare(folder, settings)
+        log.info("%s: running -> %s (in %s until it finishes)", name, folder, staging.name)
+    distributed.barrier()  # no rank writes to the staging folder before rank 0 has made it
     runs.reset_peak_rss()
     with runs.Timer() as timer:
-        metrics = run_on_ranks(name, cfg, folder)
+        metrics = run_on_ranks(name, cfg, staging)
     if not distributed.is_main():
-        distributed.barrier()  # until rank 0 has written the manifest
+        distributed.barrier()  # until rank 0 has written the manifest and moved the result in
         return runs.load_manifest(folder)
     manifest = {
         "stage": name,
@@ -171,7 +199,7 @@ def execute(name: str, cfg: Config, force: bool = False) -> dict:
         "packages": runs.package_versions(),
         "metrics": metrics,
     }
-    runs.finish(folder, manifest)
+    manifest = runs.finish(folder, staging, manifest)
     log.info("%s: done in %.1f s", name, timer.seconds)
     distributed.barrier()
     return manifest
@@ -184,9 +212,10 @@ def execute_all(cfg: Config, force: bool = False) -> dict[str, dict]:
     if not has_masks(cfg.data):
         log.info("%s has no masks: `all` leaves out the stages that score against them (%s) and the "
                  "upper bound", cfg.data.root, ", ".join(name for name in STAGES if scores(name)))
-    manifests = {name: execute(name, cfg, force) for name in pipeline_stages(cfg)}
-    for _, suffix, config, names in reruns(cfg):
-        manifests.update({f"{name} {suffix}": execute(name, config, force) for name in names})
-    manifests.update({name: execute(name, cfg, force) for name in runnable(STAGES, cfg)
-                      if kind(name) == "summary"})
+    with remembering():
+        manifests = {name: execute(name, cfg, force) for name in pipeline_stages(cfg)}
+        for _, suffix, config, names in reruns(cfg):
+            manifests.update({f"{name} {suffix}": execute(name, config, force) for name in names})
+        manifests.update({name: execute(name, cfg, force) for name in runnable(STAGES, cfg)
+                          if kind(name) == "summary"})
     return manifests

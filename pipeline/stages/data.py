@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipeline.config import Config, config_hash, to_dict
 from pipeline.data import fashion, open_split
+from pipeline.data.fingerprint import config_splits
 from pipeline.data.images import DataError
 from pipeline.data.shapes import build_shapes
 from pipeline.data.voc import build_once
@@ -27,6 +28,12 @@ def UPSTREAM(cfg: Config) -> list[str]:
 
 def SECTION(cfg: Config) -> dict:
     return to_dict(cfg.data)
+
+
+def DATASET_SPLITS(cfg: Config) -> list[str]:
+    # A built dataset is what its settings make (the record in data.root says which); one that
+    # is read (voc, folder) is its files, which may change under the same settings.
+    return [] if cfg.data.name in BUILDERS else config_splits(cfg)
 
 
 def _fashion(cfg: Config, folder: Path) -> dict:
@@ -60,8 +67,6 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
         info = build_if_needed(cfg)
     else:  # a reader (voc, folder): config.check_choices has refused any other name
         info = {"name": cfg.data.name, "seed": cfg.data.seed}
-    splits = {cfg.cls.split, cfg.cls.val_split, *filter(None, [cfg.cls.pretrain_split]),
-              *cfg.cam.splits, *cfg.pseudo.splits, cfg.eval.split, cfg.seg.split, cfg.seg.val_split}
-    sizes = {split: len(open_split(cfg.data, split)) for split in sorted(splits)}
+    sizes = {split: len(open_split(cfg.data, split)) for split in config_splits(cfg)}
     return {"name": info["name"], "seed": info["seed"], "root": cfg.data.root, "sizes": sizes,
             "classes": open_split(cfg.data, cfg.cls.split).class_names}
