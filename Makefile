@@ -69,7 +69,7 @@ cams: install ## extract seeds (CAMs) for every present class
 	$(STAGE) cams $(STAGE_ARGS)
 eval-cams: install ## score seeds over a sweep of background thresholds
 	$(STAGE) eval-cams $(STAGE_ARGS)
-compare-cams: install ## score CAM, Grad-CAM and Grad-CAM++ from several layer sets side by side
+compare-cams: install ## score every CAM method of eval.compare_methods (six by default) from several layer sets side by side
 	$(STAGE) compare-cams $(STAGE_ARGS)
 pseudo: install ## turn seeds into confident pseudo-masks (threshold + dense CRF)
 	$(STAGE) pseudo $(STAGE_ARGS)

@@ -1,4 +1,5 @@
-"""Stage `compare-cams`: CAM, Grad-CAM and Grad-CAM++ from several layer sets, side by side.
+"""Stage `compare-cams`: the CAM methods of `eval.compare_methods` (all six by default) from
+several layer sets, side by side.
 
 Every method of `eval.compare_methods` and layer set of `eval.compare_layer_sets` is computed from
 the one trained classifier on the first `eval.compare_images` images of the eval split, with the
