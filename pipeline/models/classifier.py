@@ -13,12 +13,6 @@ ARCHS = {"resnet18": torchvision.models.resnet18, "resnet34": torchvision.models
          "resnet50": torchvision.models.resnet50}
 
 
-def is_classifier_arch(arch: str) -> bool:
-    """A torchvision ResNet of ARCHS, or an architecture timm can build."""
-    import timm  # only a name outside ARCHS pays for its import
-    return arch in ARCHS or timm.is_model(arch)
-
-
 def _torchvision_resnet(arch: str, num_classes: int, last_stride: int) -> nn.Module:
     model = ARCHS[arch](weights=None, num_classes=num_classes)
     if last_stride == 1:
@@ -32,7 +26,7 @@ def _torchvision_resnet(arch: str, num_classes: int, last_stride: int) -> nn.Mod
 def _timm_model(arch: str, num_classes: int, last_stride: int) -> nn.Module:
     """timm's `arch` with average pooling and a linear head; `last_stride` 1 dilates its last
     stage (output stride 16), as timm does for segmentation backbones."""
-    import timm
+    import timm  # only an arch outside ARCHS pays for its import
     if not timm.is_model(arch):
         raise ConfigError(f"config key 'cls.arch': '{arch}' is neither a torchvision ResNet "
                           f"({', '.join(ARCHS)}) nor a timm architecture (timm.list_models())")
