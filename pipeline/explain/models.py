@@ -57,10 +57,10 @@ def timm_classifier(name: str, weights: str = RANDOM) -> Classifier:
 
 def named_classifier(name: str, weights: str = RANDOM) -> Classifier:
     """A torchvision classification model by name, else a timm architecture by name."""
-    import timm
-    if name not in classification_models() and timm.is_model(name):
-        return timm_classifier(name, weights)
-    return torchvision_classifier(name, weights)
+    if name in classification_models():
+        return torchvision_classifier(name, weights)
+    import timm  # only a name torchvision lacks pays for its import
+    return timm_classifier(name, weights) if timm.is_model(name) else torchvision_classifier(name, weights)
 
 
 def torchvision_classifier(name: str, weights: str = RANDOM) -> Classifier:
