@@ -111,9 +111,9 @@ class ClsConfig:
     epochs: int = ranged(10, at_least=1)
     batch_size: int = ranged(64, at_least=1)
     lr: float = ranged(2e-3, above=0)
-    # The linear head's learning rate relative to `lr`: a new head on pretrained weights learns
-    # faster than the layers it reads (IRN: 10x)
-    head_lr_scale: float = ranged(1.0, above=0)
+    # the backbone's learning rate relative to `lr` (the linear head's); 0 freezes it, a linear
+    # probe on pretrained features (IRN trains its backbone at 0.1)
+    backbone_lr_scale: float = ranged(1.0, at_least=0)
     weight_decay: float = ranged(1e-4, at_least=0)
     max_minutes: float = ranged(0.0, at_least=0)  # > 0 stops training when this wall budget is spent
     workers: int = ranged(0, at_least=0, at_most=MAX_WORKERS)

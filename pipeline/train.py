@@ -87,6 +87,20 @@ def train_mode(model: nn.Module) -> None:
             module.eval()
 
 
+def pretrained_groups(model: nn.Module, lr: float, scale: float, pretrained: Callable[[str], bool]) -> list[dict]:
+    """Optimizer groups: the parameters whose names `pretrained` picks at `scale` x lr (frozen,
+    BatchNorm statistics too, at 0: `train_mode`), the new ones at lr. Pretrained weights learn
+    more gently than the layers put on top of them, which start from random."""
+    named = list(model.named_parameters())
+    old = [p for name, p in named if pretrained(name)]
+    new = [p for name, p in named if not pretrained(name)]
+    if scale == 0:
+        for parameter in old:
+            parameter.requires_grad_(False)
+        return [{"params": new}]
+    return [{"params": old, "lr": lr * scale}, {"params": new}]
+
+
 def training_loader(dataset: Dataset, spec: TrainSpec, generator: torch.Generator,
                     pin_memory: bool) -> DataLoader:
     """Shuffled batches of `spec.batch_size`; under torchrun each rank draws its own share of

@@ -43,7 +43,7 @@ def run(tmp_path_factory):
     cfg = load_config(None, [
         f"run_dir={tmp}/run", "data.name=voc", f"data.root={tmp}/data", "seed=0",
         "cls.arch=test_efficientnet", "cls.split=train", "cls.crop_size=32", "cls.epochs=2",
-        "cls.batch_size=8", "cls.head_lr_scale=10", "cam.method=gradcam", "cam.layers=[blocks.3,bn2]",
+        "cls.batch_size=8", "cls.backbone_lr_scale=0.1", "cam.method=gradcam", "cam.layers=[blocks.3,bn2]",
         "cam.head=classifier", "cam.head_layer=bn2", "cam.flip=true", "cam.batch_size=8",
         "eval.compare_images=4", "eval.compare_methods=[cam,gradcam]", "eval.compare_layer_sets=[[bn2]]",
         "pseudo.workers=1", "pseudo.splits=[train,val]", "pseudo.peak_quantile=1.0",

@@ -94,3 +94,16 @@ def test_median_frequency_class_weights_by_hand():
     assert class_weights(counts, 0.5).tolist() == pytest.approx([0.375 ** 0.5, 0.75 ** 0.5, 1.5 ** 0.5,
                                                                  1.5 ** 0.5, 0.0])
     assert class_weights(counts, 0.0) is None
+
+
+def test_pretrained_groups_scale_and_freeze():
+    from pipeline.train import pretrained_groups, train_mode
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    groups = pretrained_groups(model, 1e-3, 0.1, lambda name: not name.startswith("2."))
+    assert [len(g["params"]) for g in groups] == [4, 2]
+    assert groups[0]["lr"] == pytest.approx(1e-4) and "lr" not in groups[1]
+    frozen = pretrained_groups(model, 1e-3, 0.0, lambda name: not name.startswith("2."))
+    assert [len(g["params"]) for g in frozen] == [2]
+    assert not any(p.requires_grad for p in model[0].parameters()) and model[2].weight.requires_grad
+    train_mode(model)
+    assert not model[1].training and model[2].training  # a frozen BatchNorm keeps its statistics

@@ -1,5 +1,5 @@
 """Training the segmenter: its training masks checked before it starts, a class-balanced
-cross-entropy that ignores 255, and the optimizer's encoder and decoder groups."""
+cross-entropy that ignores 255."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,16 +28,6 @@ def segmentation_loss(weights: torch.Tensor | None):
         weight = None if weights is None else weights.to(logits.device)
         return F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
     return loss
-
-
-def param_groups(model: torch.nn.Module, lr: float, encoder_scale: float) -> list[dict]:
-    """Optimizer groups: the encoder at `encoder_scale` x lr (frozen, statistics too, at 0)."""
-    decoder = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
-    if encoder_scale == 0:
-        model.encoder.requires_grad_(False)
-        return [{"params": decoder}]
-    return [{"params": list(model.encoder.parameters()), "lr": lr * encoder_scale},
-            {"params": decoder}]
 
 
 def check_targets(voc: Split, read_target, target_path) -> np.ndarray:

@@ -13,7 +13,7 @@ from pipeline.data.images import DataError
 from pipeline.data.transforms import ClassificationSet, crop_size, train_transform
 from pipeline.models.checkpoints import predict_scores
 from pipeline.models.classifier import build_classifier, head_name
-from pipeline.train import TrainSpec, fit, mean_average_precision, save_checkpoint, seed_everything
+from pipeline.train import TrainSpec, fit, mean_average_precision, pretrained_groups, save_checkpoint, seed_everything
 
 KIND = "training"
 
@@ -52,12 +52,10 @@ def pretrain(cfg: Config, model: torch.nn.Module, out: Path, config: dict) -> di
     return fit(model, dataset, single_label_loss, spec, out / "pretrain.pt", config, "pretrain-cls")
 
 
-def head_groups(model: torch.nn.Module, lr: float, head_scale: float) -> list[dict]:
-    """Optimizer groups: the linear head at `head_scale` x lr, the backbone at lr."""
+def backbone_groups(model: torch.nn.Module, lr: float, scale: float) -> list[dict]:
+    """Everything but the linear head at `scale` x lr (frozen at 0), the head at lr."""
     head = head_name(model) + "."
-    named = list(model.named_parameters())
-    return [{"params": [p for name, p in named if not name.startswith(head)]},
-            {"params": [p for name, p in named if name.startswith(head)], "lr": lr * head_scale}]
+    return pretrained_groups(model, lr, scale, lambda name: not name.startswith(head))
 
 
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
@@ -72,7 +70,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     spec = TrainSpec(cfg.cls.epochs, cfg.cls.batch_size, cfg.cls.lr, cfg.cls.weight_decay,
                      cfg.cls.max_minutes, cfg.cls.workers, cfg.seed, WARMUP, cfg.cls.samples)
     history = fit(model, dataset, F.binary_cross_entropy_with_logits, spec, out / "last.pt", config,
-                  "train-cls", head_groups(model, cfg.cls.lr, cfg.cls.head_lr_scale))
+                  "train-cls", backbone_groups(model, cfg.cls.lr, cfg.cls.backbone_lr_scale))
     model.eval().to(distributed.device(cfg.device))
     val = open_split(cfg.data, cfg.cls.val_split)
     val_map, per_class = mean_average_precision(predict_scores(model, val), val.label_matrix())

@@ -15,10 +15,10 @@ from pipeline.data.images import read_mask
 from pipeline.data.transforms import SegmentationSet, crop_size, train_transform
 from pipeline.models.checkpoints import segmenter_folder
 from pipeline.models.frozen import DecoderOnly, EncodedSet
-from pipeline.models.seg_training import check_targets, class_weights, param_groups, segmentation_loss
+from pipeline.models.seg_training import check_targets, class_weights, segmentation_loss
 from pipeline.models.segmenter import build_segmenter, load_encoder
 from pipeline.refine.masks import mask_path
-from pipeline.train import TrainSpec, fit, save_checkpoint, seed_everything
+from pipeline.train import TrainSpec, fit, pretrained_groups, save_checkpoint, seed_everything
 
 log = logging.getLogger("pipeline")
 
@@ -57,7 +57,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
         load_encoder(model, run_dir / "classifier" / "model.pt")
     elif cfg.seg.encoder_weights != "none":
         load_encoder(model, cfg.seg.encoder_weights)
-    groups = param_groups(model, cfg.seg.lr, cfg.seg.encoder_lr_scale)
+    groups = pretrained_groups(model, cfg.seg.lr, cfg.seg.encoder_lr_scale, lambda name: name.startswith("encoder."))
     if cfg.seg.cache_features:
         dataset = EncodedSet(model.encoder, voc, read_target, distributed.device(cfg.device))
         trained = DecoderOnly(model)
