@@ -3,6 +3,7 @@ VENV ?= .venv
 CONFIG ?= configs/default.yaml
 RUN ?= runs/$(basename $(notdir $(CONFIG)))
 ARGS ?=
+SEEDS ?= 3
 PYTHON_BASE ?= python3.11
 FASHION_MNIST_DIR ?=
 FASHION_MNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
@@ -24,7 +25,7 @@ all: install fashion-mnist-if-needed imagenet-if-needed ## set up and run every 
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
-	@echo "variables: CONFIG=$(CONFIG) RUN=$(RUN) VENV=$(VENV) ARGS='key=value ...' FASHION_MNIST_DIR=<folder>"
+	@echo "variables: CONFIG=$(CONFIG) RUN=$(RUN) VENV=$(VENV) ARGS='key=value ...' SEEDS=$(SEEDS) FASHION_MNIST_DIR=<folder>"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
@@ -104,8 +105,9 @@ test: install ## run the test suite (offline, CPU only, no dataset needed)
 test-fast: install ## the test suite without the tests marked slow (end to end, subprocesses, torchrun)
 	HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -m "not slow"
 
-bench: install fashion-mnist ## the whole pipeline at 3 seeds (mean, std, worst seed), then the grid on seed 0 -> bench/out/
-	HF_HUB_OFFLINE=1 $(PY) bench/seeds.py --config $(CONFIG) --run $(RUN) $(ARGS)
+bench: install fashion-mnist ## the whole pipeline at SEEDS seeds (mean, std, worst seed) -> bench/out/ and docs/benchmark.md's results table, then the grid on seed 0
+	HF_HUB_OFFLINE=1 $(PY) bench/seeds.py --config $(CONFIG) --run $(RUN) --seeds $(SEEDS) $(ARGS)
+	$(PY) bench/results_table.py --run $(RUN) --seeds $(SEEDS) --write docs/benchmark.md
 	HF_HUB_OFFLINE=1 $(PY) bench/grid.py --config $(CONFIG) --run $(RUN)
 
 bench-speed: bench-cam bench-crf ## CAM, CRF, data loading and training speed, tiny-map convolutions, per-image stages' memory at 1k/4k images, RUN's stage times, label's memory on a 6000 x 4000 photo

@@ -1,4 +1,4 @@
-"""IoU from one confusion matrix over a whole split (DESIGN.md section 6).
+"""IoU from one confusion matrix over a whole split (docs/design.md, section 6).
 
 Background (0) is a class like any other; ground-truth pixels of 255 are ignored. IoU is
 TP / (TP + FP + FN); mIoU is the mean over classes that occur in the ground truth or the
@@ -76,8 +76,9 @@ def swept_best(sweep: np.ndarray, grid: np.ndarray) -> tuple[float, float]:
 
 
 def pseudo_counts(gt: np.ndarray, pseudo: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """How a pseudo-mask scores (DESIGN.md section 6): (confusion with 255 counted as background,
-    [correct, confident, labelled] pixel counts for the confident pixels' precision and coverage)."""
+    """How a pseudo-mask scores (docs/design.md, section 6): (confusion with 255 counted as
+    background, [correct, confident, labelled] pixel counts for the confident pixels' precision
+    and coverage)."""
     sure = pseudo != IGNORE
     valid = gt != IGNORE
     matrix = confusion(gt, np.where(sure, pseudo, 0), num_classes)

@@ -147,7 +147,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_fn: Callable, spec: TrainSpec, 
     if steps_per_epoch == 0:
         raise StageError(f"{desc}: {len(loader.sampler)} images per process are fewer than one batch "
                          f"of {spec.batch_size}")
-    # channels_last: the CPU's convolutions (oneDNN) run ~7% faster in it, cuDNN's too; and before
+    # channels_last: the CPU's convolutions (oneDNN) run faster in it, cuDNN's too; and before
     # the optimizer loads its state, which follows the parameters' device
     model.to(device, memory_format=torch.channels_last)
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]

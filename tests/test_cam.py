@@ -1,4 +1,5 @@
-"""The CAM engine against direct autograd computations of the papers' equations (DESIGN.md 4)."""
+"""The CAM engine against direct autograd computations of the papers' equations (docs/design.md,
+section 4)."""
 from __future__ import annotations
 
 import numpy as np

@@ -61,7 +61,8 @@ def test_stage_before_its_upstream(config_file, capsys):
 
 
 def test_missing_dataset_is_one_line_not_a_traceback(config_file, capsys, monkeypatch):
-    """DESIGN 8: bad input gets a clear one-line error naming the file and the problem."""
+    """Bad input gets a clear one-line error naming the file and the problem (docs/design.md,
+    section 8)."""
     monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)
     assert main(["data", "--config", str(config_file)]) == 2
     err = _error_line(capsys)

@@ -3,7 +3,7 @@
 One module-scoped run on the shapes dataset (32 px, 32 + 8 images): a single-process classifier
 training killed after its first epoch, resumed and finished by two torchrun processes; then CAMs
 by two torchrun processes and by this process from that one classifier. Each torchrun launch
-costs about 10-25 s, most of it starting python and torch in three processes.
+starts python and torch in three processes, so the launches are few and shared.
 """
 from __future__ import annotations
 

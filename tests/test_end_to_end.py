@@ -1,6 +1,6 @@
 """Every stage, in process, on the procedural shapes dataset (32 px, 64 + 16 images).
 
-One module-scoped run (about 25 s on one core); the tests read its files and check the numbers
+One module-scoped run, shared because it takes a while; the tests read its files and check the numbers
 each stage reported against numbers recomputed here from those files.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 7: a run killed with SIGKILL resumes to the files of an uninterrupted run, and no reader ever
+"""A run killed with SIGKILL resumes to the files of an uninterrupted run, and no reader ever
 sees half a file; bad images are skipped (per-image stages) or refused (trainings) with one line
 per file; checkpoints are checked against the run's config; changing one key reruns exactly the
 stages that depend on it.

@@ -1,4 +1,4 @@
-"""The import structure DESIGN.md section 1 asks for: stage modules are leaves that only the stage
+"""The import structure of docs/design.md, section 1: stage modules are leaves that only the stage
 runner and the command line reach, and no modules import each other in a circle.
 
 Imports are read from the source (module level and inside functions alike), not by importing.

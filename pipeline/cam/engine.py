@@ -1,6 +1,6 @@
 """Class activation maps for every requested class and layer from one forward and one backward.
 
-Notation (DESIGN.md section 4): A^k is channel k of a layer's activations, y^c the class-c logit
+Notation (docs/design.md, section 4): A^k is channel k of a layer's activations, y^c the class-c logit
 and g^k = dy^c / dA^k. Maps are returned raw: after the ReLU, before any normalisation, at the
 layer's own resolution.
 """

@@ -1,7 +1,7 @@
 """Training a segmenter whose encoder is frozen: the encoder runs once per image, not per epoch.
 
 With `seg.encoder_lr_scale: 0` the encoder's output for an image never changes, yet a training
-step spends about 45% of its time recomputing it (U-Net on ResNet-18 at 64 px). `EncodedSet`
+step would spend a large share of its time recomputing it (docs/choices.md). `EncodedSet`
 computes the features of every training image and of its mirror image once, in float16, and
 `DecoderOnly` trains the decoder and head on them. The only augmentation left is the flip: scale
 jitter and crops would need the encoder again.

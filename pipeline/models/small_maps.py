@@ -1,12 +1,12 @@
 """Convolutions on tiny feature maps as one matrix product, for the CPU.
 
 At the benchmark's 64 px a ResNet's layer4 works on 2x2 maps (1x1 on the 32 px pretraining
-items). There oneDNN, PyTorch's CPU convolution, ran a 3x3 512-channel convolution forward and
-backward 2.5x slower (4.8x on 1x1 maps) than unfolding the input (im2col) and making one
-matrix product of all the batch's output positions; with every such layer switched, the
-classifier's training step ran 1.43x faster on scenes and 2.31x on items (`bench/small_maps.py`,
-docs/performance.md). From 4x4 outputs on, oneDNN is as fast or faster, so larger maps and
-other devices keep the usual path. The result is the same convolution, up to float rounding.
+items). On such maps oneDNN, PyTorch's CPU convolution, runs a 3x3 convolution forward and
+backward slower than unfolding the input (im2col) and making one matrix product of all the
+batch's output positions, and the classifier's training step spends much of its time there
+(`bench/small_maps.py` measures both; figures in docs/performance.md). From 4x4 outputs on,
+oneDNN is as fast or faster, so larger maps and other devices keep the usual path. The result
+is the same convolution, up to float rounding.
 """
 from __future__ import annotations
 
