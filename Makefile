@@ -105,7 +105,7 @@ test: install ## run the test suite (offline, CPU only, no dataset needed)
 test-fast: install ## the test suite without the tests marked slow (end to end, subprocesses, torchrun)
 	HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -m "not slow"
 
-bench: install fashion-mnist ## the whole pipeline at SEEDS seeds (mean, std, worst seed) -> bench/out/ and docs/benchmark.md's results table, then the grid on seed 0
+bench: install fashion-mnist-if-needed imagenet-if-needed ## the whole pipeline at SEEDS seeds (mean, std, worst seed) -> bench/out/ and docs/benchmark.md's results table, then the grid on seed 0
 	HF_HUB_OFFLINE=1 $(PY) bench/seeds.py --config $(CONFIG) --run $(RUN) --seeds $(SEEDS) $(ARGS)
 	$(PY) bench/results_table.py --run $(RUN) --seeds $(SEEDS) --write docs/benchmark.md
 	HF_HUB_OFFLINE=1 $(PY) bench/grid.py --config $(CONFIG) --run $(RUN)
