@@ -20,6 +20,7 @@ from pipeline.data.images import DataError
 from pipeline.errors import ConfigError
 from pipeline.explain.command import ExplainRequest, explain_images
 from pipeline.label import label_folder, run_config
+from pipeline.preflight import check_model_settings
 from pipeline.runs import StageError, locked
 
 
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             import torch
             torch.set_num_threads(cfg.threads)
         if args.stage == "label":
+            check_model_settings(cfg)  # before any image is read, as the stage runner does before a stage
             with locked(args.out):
                 return 1 if label_folder(cfg, args.run, args.images, args.labels, args.out)["failed"] else 0
         run_stages(args, cfg)

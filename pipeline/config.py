@@ -6,7 +6,6 @@ catch it and re-raise it as one line that names the key and, for unknown keys, t
 from __future__ import annotations
 
 import difflib
-import functools
 import hashlib
 import json
 import math
@@ -399,14 +398,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except OmegaConfBaseException as error:
         raise _one_line(error, "config") from None
     check_ranges(cfg)
-    check_choices(cfg)
+    check_choices(cfg, _choices())
+    check_agreement(cfg)
     return cfg
 
 
 def file_setting(path: str | Path, dotted: str) -> Any:
     """One setting of a config file, after its base chain and the schema's defaults but unchecked:
-    for a caller that needs one key (the Makefile: which dataset) without the model and CAM imports
-    the choices' check pulls in."""
+    for a caller that needs one key (the Makefile: which dataset) of a file that may not be valid."""
     return OmegaConf.select(_merge_file(OmegaConf.structured(Config), Path(path)), dotted)
 
 
@@ -418,24 +417,12 @@ DATASETS = ("fashion-scenes", "shapes", "voc", "folder")
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
-    """Each key that names a choice, and its valid values (from the modules that implement them)."""
-    from pipeline.cam.engine import FUSIONS, METHODS
+    """Each key that names a choice, and its valid values (from the modules that implement them);
+    those of the model and CAM modules are `pipeline.preflight`'s."""
     from pipeline.distributed import DEVICES
-    from pipeline.models.segmenter import ARCHS as SEGMENTERS
     from pipeline.refine.pseudo import BACKGROUNDS
-    return {"data.name": DATASETS, "cam.method": METHODS,
-            "eval.compare_methods": METHODS, "cam.fuse": FUSIONS, "pseudo.background": BACKGROUNDS,
-            "seg.labels": SEG_LABELS, "seg.arch": tuple(SEGMENTERS), "label.masks_from": LABEL_SOURCES,
-            "device": DEVICES}
-
-
-@functools.lru_cache(maxsize=None)
-def _layer_names(arch: str, last_stride: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The classifier's module names (conv1, layer1, ..., layer4.1.conv2, ...) that CAMs can hook,
-    and its stages' names; built once per architecture, since every config load checks them."""
-    from pipeline.models.classifier import build_classifier, stage_names
-    model = build_classifier(arch, 1, last_stride)  # an unknown arch is a ConfigError here
-    return tuple(name for name, _ in model.named_modules() if name), tuple(stage_names(model))
+    return {"data.name": DATASETS, "pseudo.background": BACKGROUNDS, "seg.labels": SEG_LABELS,
+            "label.masks_from": LABEL_SOURCES, "device": DEVICES}
 
 
 def dotted_value(cfg: "Config", dotted: str) -> Any:
@@ -472,15 +459,19 @@ def check_ranges(cfg: "Config") -> None:
             raise ConfigError(f"config key '{key}': {value} is out of range (allowed: {allowed})")
 
 
-def check_choices(cfg: "Config") -> None:
-    """Every choice (method, fusion, background, labels, arch, device, dataset kind, layer names)
-    is one of its valid values: a typo stops here, in one line, before any stage does work."""
-    for key, valid in _choices().items():
+def check_choices(cfg: "Config", choices: dict[str, tuple[str, ...]]) -> None:
+    """Each key of `choices` holds one of its valid values (each value, for a list key): a typo
+    stops in one line naming the key and the valid values, before any stage does work."""
+    for key, valid in choices.items():
         values = dotted_value(cfg, key)
         for value in values if isinstance(values, list) else [values]:
             if value not in valid:
                 raise ConfigError(f"config key '{key}': '{value}' is not a valid choice "
                                   f"(valid: {', '.join(valid)})")
+
+
+def check_agreement(cfg: "Config") -> None:
+    """Settings that are valid alone but not together, in one line."""
     if 1.0 not in cfg.cam.scales:
         raise ConfigError(f"config key 'cam.scales': {cfg.cam.scales} lacks 1.0 (the maps of every scale "
                           f"are summed at its resolution)")
@@ -491,15 +482,6 @@ def check_choices(cfg: "Config") -> None:
     if cfg.seg.cache_features and cfg.seg.encoder_lr_scale != 0:
         raise ConfigError(f"config key 'seg.cache_features': needs a frozen encoder "
                           f"(seg.encoder_lr_scale=0, not {cfg.seg.encoder_lr_scale})")
-    layers = {"cam.layers": cfg.cam.layers, "cam.head_layer": [cfg.cam.head_layer],
-              "eval.compare_layer_sets": [n for group in cfg.eval.compare_layer_sets for n in group]}
-    names, stages = _layer_names(cfg.cls.arch, cfg.cls.last_stride)
-    for key, wanted in layers.items():
-        unknown = [name for name in wanted if name not in names]
-        if unknown:
-            raise ConfigError(f"config key '{key}': no layer '{unknown[0]}' in {cfg.cls.arch} "
-                              f"(its stages: {', '.join(stages)}; or any dotted module name of it, "
-                              f"such as {stages[-1]}.0)")
 
 
 def to_dict(section: Any) -> dict:

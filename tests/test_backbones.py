@@ -16,6 +16,7 @@ from pipeline.models.classifier import build_classifier, head_name, stage_names
 from pipeline.models.segmenter import build_segmenter, load_encoder
 from pipeline.data.transforms import MEAN, STD
 from pipeline.models.weights import convert_package_state
+from pipeline.preflight import check_model_settings
 from pipeline.runs import CheckpointError, StageError
 
 ARCH = "tf_efficientnet_lite0"
@@ -138,15 +139,14 @@ def test_weights_for_another_architecture_or_a_missing_package_are_one_line(monk
 
 def test_cam_layers_are_checked_against_the_timm_model():
     timm_keys = [f"cls.arch={ARCH}", "cam.head=classifier", "cam.head_layer=bn2", "eval.compare_layer_sets=[[bn2]]"]
-    cfg = load_config(None, [*timm_keys, "cam.layers=[blocks.4,bn2]"])
-    assert cfg.cam.layers == ["blocks.4", "bn2"]
+    check_model_settings(load_config(None, [*timm_keys, "cam.layers=[blocks.4,bn2]"]))
     with pytest.raises(ConfigError) as error:
-        load_config(None, [*timm_keys, "cam.layers=[layer4]"])
+        check_model_settings(load_config(None, [*timm_keys, "cam.layers=[layer4]"]))
     assert str(error.value) == (f"config key 'cam.layers': no layer 'layer4' in {ARCH} (its stages: blocks.0, "
                                 f"blocks.1, blocks.2, blocks.4, blocks.6; or any dotted module name of it, "
                                 f"such as blocks.6.0)")
     with pytest.raises(ConfigError, match="'cls.arch': 'resnet19' is neither a torchvision ResNet"):
-        load_config(None, ["cls.arch=resnet19"])
+        check_model_settings(load_config(None, ["cls.arch=resnet19"]))
 
 
 def test_stages_of_a_resnet_and_of_a_timm_model():

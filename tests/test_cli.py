@@ -72,6 +72,7 @@ def test_missing_dataset_is_one_line_not_a_traceback(config_file, capsys, monkey
 @pytest.mark.parametrize("stage, override, key, valid", [
     ("cams", "cam.method=scorecam", "cam.method", "cam, gradcam, gradcam++"),
     ("all", "seg.labels=gtt", "seg.labels", "pseudo, affinity, round2, gt"),
+    ("train-seg", "seg.arch=unet3", "seg.arch", "unet, deeplabv3plus"),
     ("compare-cams", "cam.fuse=median", "cam.fuse", "max, mean"),
     ("train-cls", "cls.arch=resnet19", "cls.arch", "resnet18, resnet34, resnet50"),
     ("pseudo", "pseudo.background=softmax", "pseudo.background", "constant, power"),
@@ -116,5 +117,7 @@ def test_a_layer_the_classifier_lacks_stops_before_any_stage_runs(config_file, t
 
 def test_dotted_module_names_are_valid_layers(config_file):
     from pipeline.config import load_config
-    assert load_config(config_file, ["cam.layers=[layer4.1,layer3.0.conv2]"]).cam.layers == [
-        "layer4.1", "layer3.0.conv2"]
+    from pipeline.preflight import check_model_settings
+    cfg = load_config(config_file, ["cam.layers=[layer4.1,layer3.0.conv2]"])
+    check_model_settings(cfg)
+    assert cfg.cam.layers == ["layer4.1", "layer3.0.conv2"]

@@ -175,3 +175,16 @@ def test_editing_the_comparison_reruns_compare_cams_only():
     assert eval_cams.SECTION(edited) == eval_cams.SECTION(base)
     assert compare_cams.SECTION(edited) != compare_cams.SECTION(base)
     assert eval_cams.SECTION(load_config(None, ["eval.bg_threshold=0.3"])) != eval_cams.SECTION(base)
+
+
+def test_loading_a_config_imports_no_model_code():
+    """Reading a config builds no model: the model, CAM and segmentation packages stay unloaded
+    (the layer names are checked by the stage runner, `pipeline.preflight`)."""
+    script = ("import sys; from pipeline.config import load_config; load_config('configs/default.yaml'); "
+              "print(' '.join(sorted(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert "pipeline.config" in loaded
+    heavy = [name for name in loaded if name.startswith(("pipeline.models", "pipeline.cam",
+                                                         "segmentation_models_pytorch", "torchvision.models"))]
+    assert heavy == []
