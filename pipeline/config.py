@@ -238,6 +238,10 @@ class AffinityConfig:
     weight_decay: float = ranged(1e-4, at_least=0)
     max_minutes: float = ranged(0.0, at_least=0)
     workers: int = ranged(0, at_least=0, at_most=MAX_WORKERS)
+    crop_size: int = ranged(64, at_least=0)  # training crops; 0 = the images' own size
+    # The frozen classifier's features of each image and its mirror computed once, the head
+    # trained on them (flip is then the only augmentation)
+    cache_features: bool = False
     # The walk (IRN's semantic-segmentation inference): affinities within `radius`, raised to
     # `beta`, 2^exp_times steps. The walked seeds then become pseudo-masks as the seeds do in
     # the pseudo stage (its thresholds, CRF and confidence band).

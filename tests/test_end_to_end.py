@@ -37,8 +37,8 @@ def overrides(tmp):
             "data.n_train=64", "data.n_val=16", "cls.split=train", "cls.crop_size=32", "cls.epochs=3",
             "cls.batch_size=16", "cam.layers=[layer3,layer4]", "cam.batch_size=16", "pseudo.workers=1",
             "pseudo.splits=[train,val]", "seg.eval_flip=true", "seg.eval_crf=true", "seg.crop_size=32", "seg.epochs=1", "seg.batch_size=8", "report.examples=2",
-            "affinity.enabled=true", "affinity.epochs=1", "affinity.batch_size=8", "affinity.train_radius=3",
-            "affinity.exp_times=1", "round2.enabled=true"]
+            "affinity.enabled=true", "affinity.epochs=1", "affinity.batch_size=8", "affinity.crop_size=32",
+            "affinity.train_radius=3", "affinity.exp_times=1", "round2.enabled=true"]
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,8 @@ def run(tmp_path_factory):
         "pseudo.workers=1", "pseudo.splits=[train,val]", "pseudo.peak_quantile=1.0",
         "seg.encoder=tu-test_efficientnet", "seg.crop_size=32", "seg.epochs=1", "seg.batch_size=8",
         "seg.eval_flip=true", "seg.eval_crf=true", "report.examples=2", "affinity.enabled=true",
-        "affinity.epochs=1", "affinity.batch_size=8", "affinity.train_radius=3", "affinity.exp_times=1"])
+        "affinity.epochs=1", "affinity.batch_size=8", "affinity.crop_size=32", "affinity.train_radius=3",
+        "affinity.exp_times=1"])
     manifests = execute_all(cfg)
     return {"tmp": tmp, "dir": tmp / "run", "manifests": manifests,
             "train": VocDataset(tmp / "data", "train"), "val": VocDataset(tmp / "data", "val")}

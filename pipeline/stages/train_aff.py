@@ -21,7 +21,7 @@ log = logging.getLogger("pipeline")
 SWITCH = "affinity.enabled"
 KIND = "training"
 SETTINGS = ("split", "stride", "width", "train_radius", "samples", "epochs", "batch_size", "lr",
-            "weight_decay", "max_minutes", "workers")
+            "weight_decay", "max_minutes", "workers", "crop_size", "cache_features")
 
 
 def OUTPUT(cfg: Config) -> str:
@@ -34,8 +34,7 @@ def UPSTREAM(cfg: Config) -> list[str]:
 
 def SECTION(cfg: Config) -> dict:
     affinity = to_dict(cfg.affinity)
-    return {"affinity": {key: affinity[key] for key in SETTINGS},
-            "cache_features": cfg.seg.cache_features, "crop_size": cfg.seg.crop_size, "seed": cfg.seed}
+    return {"affinity": {key: affinity[key] for key in SETTINGS}, "seed": cfg.seed}
 
 
 def run(cfg: Config, out: Path, run_dir: Path) -> dict:
@@ -45,10 +44,10 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     encoder = classifier_encoder(cfg.cls.arch, run_dir / "classifier" / "model.pt")
     seed_everything(cfg.seed)  # the head's initial weights too
     net = build_affinity_net(encoder, settings)
-    if cfg.seg.cache_features:
+    if settings.cache_features:
         dataset, trained = EncodedSet(encoder, voc, read_target, distributed.device(cfg.device)), net
     else:
-        transform = train_transform(crop_size(voc, cfg.seg.crop_size))
+        transform = train_transform(crop_size(voc, settings.crop_size))
         dataset, trained = SegmentationSet(voc, read_target, transform), Backbone(encoder, net)
     spec = TrainSpec(settings.epochs, settings.batch_size, settings.lr, settings.weight_decay,
                      settings.max_minutes, settings.workers, cfg.seed, samples=settings.samples)
