@@ -15,16 +15,16 @@ export FASHION_MNIST_DIR
 
 .DEFAULT_GOAL := all
 .PHONY: all help install fashion-mnist fashion-mnist-if-needed imagenet-if-needed data train-cls cams eval-cams compare-cams pseudo train-aff pseudo-aff eval-pseudo train-seg \
-        eval-seg pseudo-r2 round2 upper-bound report quick test test-fast bench bench-speed bench-cam bench-crf bench-rw bench-faith \
+        eval-seg pseudo-r2 eval-pseudo-r2 train-seg-r2 eval-seg-r2 train-seg-gt eval-seg-gt round2 upper-bound report quick test test-fast bench bench-speed bench-cam bench-crf bench-rw bench-faith \
         bench-explain label explain clean
 
-all: install fashion-mnist-if-needed imagenet-if-needed ## set up and run every stage (upper bound included) on CONFIG in one process, then print where the report is
+all: install fashion-mnist-if-needed imagenet-if-needed ## set up and run every stage CONFIG switches on (upper bound included) in one process, then print where the report is
 	$(STAGE) all $(STAGE_ARGS)
 	@if [ -f $(RUN)/report/report.md ]; then echo "report: $(RUN)/report/report.md and $(RUN)/report/index.html"; \
 	else echo "no masks to score, so no report: pseudo-masks in $(RUN)/pseudo*, segmenters in $(RUN)/segmenter*"; fi
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 	@echo "variables: CONFIG=$(CONFIG) RUN=$(RUN) VENV=$(VENV) ARGS='key=value ...' SEEDS=$(SEEDS) FASHION_MNIST_DIR=<folder>"
 
 $(VENV)/.installed: pyproject.toml
@@ -86,13 +86,18 @@ eval-seg: install ## score the segmenter on val and write its predictions
 	$(STAGE) eval-seg $(STAGE_ARGS)
 pseudo-r2: install ## the second round's pseudo-masks, from the segmenter's predictions (needs round2.enabled, on in configs/default.yaml)
 	$(STAGE) pseudo-r2 $(STAGE_ARGS)
-round2: install ## score the second round's pseudo-masks, then train and score its segmenter on them (after pseudo-r2)
-	$(STAGE) eval-pseudo $(STAGE_ARGS) seg.labels=round2
-	$(STAGE) train-seg $(STAGE_ARGS) seg.labels=round2
-	$(STAGE) eval-seg $(STAGE_ARGS) seg.labels=round2
-upper-bound: install ## the same segmenter, budget and seed trained on ground truth, scored on val
-	$(STAGE) train-seg $(STAGE_ARGS) seg.labels=gt
-	$(STAGE) eval-seg $(STAGE_ARGS) seg.labels=gt
+eval-pseudo-r2: install ## score the second round's pseudo-masks (needs round2.enabled)
+	$(STAGE) eval-pseudo-r2 $(STAGE_ARGS)
+train-seg-r2: install imagenet-if-needed ## train the second round's segmenter on its pseudo-masks (needs round2.enabled)
+	$(STAGE) train-seg-r2 $(STAGE_ARGS)
+eval-seg-r2: install ## score the second round's segmenter on val (needs round2.enabled)
+	$(STAGE) eval-seg-r2 $(STAGE_ARGS)
+train-seg-gt: install imagenet-if-needed ## the upper bound: the same segmenter, budget and seed trained on ground truth
+	$(STAGE) train-seg-gt $(STAGE_ARGS)
+eval-seg-gt: install ## score the upper bound's segmenter on val
+	$(STAGE) eval-seg-gt $(STAGE_ARGS)
+round2: eval-pseudo-r2 train-seg-r2 eval-seg-r2 ## the second round's stages after pseudo-r2, in order
+upper-bound: train-seg-gt eval-seg-gt ## the upper bound's stages, in order
 report: install ## write report.md, index.html, summary.json and figures
 	$(STAGE) report $(STAGE_ARGS)
 

@@ -23,6 +23,7 @@ from pipeline.data import open_split
 from pipeline.data.shapes import shapes_scene
 from pipeline.label import run_config
 from pipeline.refine.masks import pseudo_mask
+from pipeline.stages import output_path, run_outputs
 from bench_out import save
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,9 +33,10 @@ SETTINGS = load_config(ROOT / "configs/default.yaml").pseudo
 
 def run_inputs(run_dir: Path) -> list[tuple]:
     """(image, seeds, classes) of the run's first train scenes."""
-    cfg = run_config(run_dir, [])
+    cfg = run_config(run_outputs(run_dir), [])
     voc = open_split(cfg.data, "train")
-    return [(voc.image(i), *load_cams(cam_path(run_dir / "cams", i))) for i in voc.ids[:IMAGES]]
+    seeds = output_path(run_dir, "cams", "seeds")
+    return [(voc.image(i), *load_cams(cam_path(seeds, i))) for i in voc.ids[:IMAGES]]
 
 
 def synthetic_inputs() -> list[tuple]:
@@ -87,7 +89,8 @@ def pool_rates(inputs: list[tuple]) -> dict[int, float]:
 
 def main() -> None:
     run_dir = ROOT / "runs/default"
-    from_run = (run_dir / "cams").is_dir() and any((run_dir / "cams").glob("*.npz"))
+    seeds = output_path(run_dir, "cams", "seeds")
+    from_run = seeds.is_dir() and any(seeds.glob("*.npz"))
     inputs = run_inputs(run_dir) if from_run else synthetic_inputs()
     source = f"{len(inputs)} train scenes of {run_dir.relative_to(ROOT)}" if from_run else \
         f"{len(inputs)} synthetic shapes scenes"

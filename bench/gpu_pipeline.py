@@ -20,7 +20,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.runs import read_json
-from pipeline.stages import execute_all
+from pipeline.stages import execute_all, output_path
 from bench_out import save
 
 HEADLINE = ["cls_map", "pseudo_miou", "pseudo_aff_miou", "pseudo_r2_miou", "seg_miou", "seg_r2_miou",
@@ -70,7 +70,7 @@ def main() -> int:
     for run, device in runs.items():
         torch.manual_seed(0)
         execute_all(load_config(DEFAULT, settings(root / run, device)))
-        summaries[run] = read_json(root / run / "run" / "report" / "summary.json")
+        summaries[run] = read_json(output_path(root / run / "run", "report", "summary"))
     checks = {}
     for key in HEADLINE:
         cpu, checked = summaries["reference"].get(key), summaries["checked"].get(key)

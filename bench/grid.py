@@ -16,7 +16,6 @@ import os
 import time
 from dataclasses import replace
 from multiprocessing import get_context
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -33,6 +32,7 @@ from pipeline.metrics import PseudoTally, sweep_confusions, swept_best, threshol
 from pipeline.models.checkpoints import load_classifier  # noqa: E402
 from pipeline.refine.masks import pseudo_mask  # noqa: E402
 from pipeline.runs import git_commit  # noqa: E402
+from pipeline.stages import output_path  # noqa: E402
 from bench_out import save  # noqa: E402
 
 LAYER_SETS = [["layer4"], ["layer3"], ["layer3", "layer4"], ["layer2", "layer3", "layer4"]]
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     cfg = load_config(args.config, [f"run_dir={args.run}"])
-    model, _ = load_classifier(Path(args.run))
+    model, _ = load_classifier(output_path(args.run, "train-cls", "model"))
     voc = open_split(cfg.data, cfg.eval.split)
     ids = voc.ids[:args.images]
     grid, n = thresholds(cfg.eval), voc.num_classes + 1

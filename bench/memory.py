@@ -13,11 +13,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.runs import load_manifest
+from pipeline.runs import read_json
+from pipeline.stages import output_path
 from bench_out import save
 
 SIZES = (1000, 4000)
-STAGES = {"cams": "cams", "eval-cams": "eval/cams", "pseudo": "pseudo", "eval-pseudo": "eval/pseudo"}
+STAGES = ["cams", "eval-cams", "pseudo", "eval-pseudo"]
 
 
 def overrides(work: Path, images: int) -> list[str]:
@@ -42,11 +43,12 @@ def main() -> None:
             if images == SIZES[0]:
                 stage("train-cls", args)
             else:
-                shutil.copytree(work / f"run{SIZES[0]}" / "classifier", work / f"run{images}" / "classifier")
+                classifier = lambda size: output_path(work / f"run{size}", "train-cls", "manifest").parent
+                shutil.copytree(classifier(SIZES[0]), classifier(images))
             for name in STAGES:
                 stage(name, args)
-            rows[images] = {name: load_manifest(work / f"run{images}" / folder)["peak_rss_mib"]
-                            for name, folder in STAGES.items()}
+            rows[images] = {name: read_json(output_path(work / f"run{images}", name, "manifest"))["peak_rss_mib"]
+                            for name in STAGES}
     small, large = SIZES
     print(f"| stage | peak RSS, {small} images (MiB) | {large} images (MiB) | change |")
     print("|---|---|---|---|")

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from pipeline.runs import git_commit, read_json
+from pipeline.stages import output_path
 from bench_out import save
 
 # Higher is better for each, so a seed's worst is its minimum.
@@ -27,35 +28,39 @@ HEADLINE = ["cls_map", "seed_miou_best", "pseudo_miou", "pseudo_val_miou", "pseu
             "seg_r2_min_class_iou"]
 
 
-def optional_lowest(path: Path, section: str | None = None) -> float | None:
-    """`lowest_class_iou` of a results file (or of one of its sections) the run may lack."""
-    if not path.is_file():
-        return None
-    results = read_json(path)
+def results_of(run: Path, stage: str) -> dict | None:
+    """A scoring stage's results in a run; None where the run lacks the stage."""
+    path = output_path(run, stage, "results")
+    return read_json(path) if path.is_file() else None
+
+
+def optional_lowest(run: Path, stage: str, section: str | None = None) -> float | None:
+    """`lowest_class_iou` of a stage's results (or of one of their sections) the run may lack."""
+    results = results_of(run, stage)
     if section is not None:
         results = results.get(section)
     return lowest_class_iou(results) if results else None
 
 
-# The pipeline's steps, each scored per class: (name, results folder under eval/, section of its
+# The pipeline's steps, each scored per class: (name, the stage that scores it, section of its
 # results or None, the step its gain is measured from or None). Seeds and pseudo-masks are
 # scored on the train split, segmenters on val.
-STEPS = [("seeds, best threshold (oracle)", "cams", None, None),
-         ("pseudo-masks: seeds + CRF + band", "pseudo", None, "seeds, best threshold (oracle)"),
-         ("affinity pseudo-masks: walked seeds + CRF + band", "pseudo", "affinity", "pseudo-masks: seeds + CRF + band"),
-         ("round-2 pseudo-masks: segmenter, known classes + CRF + band", "pseudo-r2", None,
+STEPS = [("seeds, best threshold (oracle)", "eval-cams", None, None),
+         ("pseudo-masks: seeds + CRF + band", "eval-pseudo", None, "seeds, best threshold (oracle)"),
+         ("affinity pseudo-masks: walked seeds + CRF + band", "eval-pseudo", "affinity",
           "pseudo-masks: seeds + CRF + band"),
-         ("segmenter", "seg", None, None),
-         ("round-2 segmenter", "seg-r2", None, "segmenter"),
-         ("upper bound", "seg-gt", None, None)]
+         ("round-2 pseudo-masks: segmenter, known classes + CRF + band", "eval-pseudo-r2", None,
+          "pseudo-masks: seeds + CRF + band"),
+         ("segmenter", "eval-seg", None, None),
+         ("round-2 segmenter", "eval-seg-r2", None, "segmenter"),
+         ("upper bound", "eval-seg-gt", None, None)]
 
 
 def step_scores(run: Path) -> dict[str, dict]:
     """Each step's mIoU and per-class IoU in one seed's run, by step name (steps it lacks left out)."""
     found = {}
-    for name, folder, section, _ in STEPS:
-        path = run / "eval" / folder / "results.json"
-        results = read_json(path) if path.is_file() else None
+    for name, stage, section, _ in STEPS:
+        results = results_of(run, stage)
         results = results.get(section) if results and section else results
         if results:
             per_class = results.get("per_class_iou") or results["per_class_iou_best"]
@@ -108,15 +113,14 @@ def lowest_class_iou(results: dict) -> float:
 
 
 def seed_numbers(run: Path) -> dict:
-    summary = read_json(run / "report" / "summary.json")
+    summary = read_json(output_path(run, "report", "summary"))
     numbers = {key: summary.get(key) for key in HEADLINE}
     numbers["seg_minus_val_pseudo"] = round(summary["seg_miou"] - summary["seg_pseudo_val_miou"], 4)
-    scores = run / "eval"
-    numbers["seg_min_class_iou"] = lowest_class_iou(read_json(scores / "seg" / "results.json"))
-    numbers["pseudo_min_class_iou"] = lowest_class_iou(read_json(scores / "pseudo" / "results.json"))
-    numbers["pseudo_aff_min_class_iou"] = optional_lowest(scores / "pseudo" / "results.json", "affinity")
-    numbers["pseudo_r2_min_class_iou"] = optional_lowest(scores / "pseudo-r2" / "results.json")
-    numbers["seg_r2_min_class_iou"] = optional_lowest(scores / "seg-r2" / "results.json")
+    numbers["seg_min_class_iou"] = lowest_class_iou(results_of(run, "eval-seg"))
+    numbers["pseudo_min_class_iou"] = lowest_class_iou(results_of(run, "eval-pseudo"))
+    numbers["pseudo_aff_min_class_iou"] = optional_lowest(run, "eval-pseudo", "affinity")
+    numbers["pseudo_r2_min_class_iou"] = optional_lowest(run, "eval-pseudo-r2")
+    numbers["seg_r2_min_class_iou"] = optional_lowest(run, "eval-seg-r2")
     numbers["warnings"] = summary.get("warnings", [])
     return numbers
 

@@ -1,5 +1,5 @@
 """Command line: `python -m pipeline <stage> --config FILE [key=value ...]` (stage `all`: every
-stage and the upper bound in one process),
+stage the config runs, in one process),
 `python -m pipeline label --images DIR [--labels CSV] --run RUN --out DIR [key=value ...]`
 (the settings the run's seeds and pseudo-masks were made with, then the overrides), and
 `python -m pipeline explain --images PATH... --out DIR (--run RUN | --model NAME) [...]`
@@ -76,7 +76,8 @@ def parse_explain(argv: list[str]) -> ExplainRequest:
     for name in ("top_k", "size", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    return ExplainRequest(**vars(args))
+    run = stages.run_outputs(args.run) if args.run else None
+    return ExplainRequest(**{**vars(args), "run": run})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         if explaining:
             with locked(args.out):
                 return 1 if explain_images(args)["failed"] else 0
-        cfg = (run_config(args.run, args.overrides) if args.stage == "label"
+        cfg = (run_config(stages.run_outputs(args.run), args.overrides) if args.stage == "label"
                else load_config(args.config, args.overrides))
         if cfg.threads > 0:
             import torch
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "label":
             check_model_settings(cfg)  # before any image is read, as the stage runner does before a stage
             with locked(args.out):
-                return 1 if label_folder(cfg, args.run, args.images, args.labels, args.out)["failed"] else 0
+                summary = label_folder(cfg, stages.run_outputs(args.run), args.images, args.labels, args.out)
+                return 1 if summary["failed"] else 0
         run_stages(args, cfg)
     except (ConfigError, StageError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)

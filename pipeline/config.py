@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 import yaml
 from omegaconf import OmegaConf
@@ -184,9 +184,9 @@ class PseudoConfig:
 
 @dataclass
 class SegConfig:
-    # "pseudo" (the pseudo stage's masks), "affinity" (the random walk's, pseudo-aff), "round2"
-    # (the second round's, pseudo-r2: set by `all` with round2.enabled) or "gt" (the fully
-    # supervised upper bound)
+    # The pseudo-masks train-seg learns from (and the second round starts from): "pseudo" (the
+    # pseudo stage's) or "affinity" (the random walk's, pseudo-aff, with affinity.enabled).
+    # train-seg-r2 learns from the second round's and train-seg-gt from the ground truth.
     labels: str = "pseudo"
     split: str = "train"
     val_split: str = "val"
@@ -255,8 +255,9 @@ class AffinityConfig:
 class RoundTwoConfig:
     # Self-training, the second round: the first segmenter's predictions (flip-averaged when
     # `flip`), restricted to each image's known classes and made into pseudo-masks as the seeds
-    # are (stage pseudo-r2, the `pseudo` section's CRF and confidence band); then eval-pseudo,
-    # train-seg and eval-seg run again with seg.labels=round2, which `all` does when `enabled`.
+    # are (stage pseudo-r2, the `pseudo` section's CRF and confidence band), scored by
+    # eval-pseudo-r2; then train-seg-r2 learns from them and eval-seg-r2 scores it. `all` runs
+    # these stages when `enabled`.
     enabled: bool = False
     flip: bool = True
 
@@ -413,10 +414,10 @@ def file_setting(path: str | Path, dotted: str) -> Any:
     return OmegaConf.select(_merge_file(OmegaConf.structured(Config), Path(path)), dotted)
 
 
-SEG_LABELS = ("pseudo", "affinity", "round2", "gt")
+SEG_LABELS = ("pseudo", "affinity")
 LABEL_SOURCES = ("seeds", "segmenter")
 # The switch of the stages that make the masks of these `seg.labels`.
-LABEL_SWITCHES = {"affinity": "affinity.enabled", "round2": "round2.enabled"}
+LABEL_SWITCHES = {"affinity": "affinity.enabled"}
 DATASETS = ("fashion-scenes", "shapes", "voc", "folder")
 
 
@@ -491,6 +492,26 @@ def check_agreement(cfg: "Config") -> None:
 def to_dict(section: Any) -> dict:
     """A config (or one of its sections) as plain JSON-friendly data."""
     return OmegaConf.to_container(OmegaConf.structured(section), resolve=True)
+
+
+def selected(cfg: Config, keys: Iterable[str]) -> dict:
+    """The values of `keys` (sections, "cls", or dotted keys, "seg.epochs") as nested plain data:
+    {"cls": {...}, "seg": {"epochs": 10}}."""
+    chosen: dict = {}
+    for key in keys:
+        *sections, last = key.split(".")
+        node = chosen
+        for section in sections:
+            node = node.setdefault(section, {})
+        value = dotted_value(cfg, key)
+        node[last] = to_dict(value) if is_dataclass(value) else value
+    return chosen
+
+
+def section_keys(section: str, but: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The dotted keys of a section of the schema, but those named in `but`."""
+    schema = {spec.name: spec for spec in fields(Config)}[section].default_factory
+    return tuple(f"{section}.{spec.name}" for spec in fields(schema) if spec.name not in but)
 
 
 def from_dict(data: dict) -> Config:

@@ -38,11 +38,11 @@ from pipeline.data.folder import LabelledImage, as_text_cell, folder_images, rea
 from pipeline.data.images import IGNORE, PALETTE, read_image, read_or_skip, save_mask
 from pipeline.data.outputs import check_apart, output_file
 from pipeline.data.transforms import normalised_batch, same_size_batches
-from pipeline.models.checkpoints import (class_scores, classifier_checkpoint, last_segmenter_folder,
-                                        load_classifier, load_segmenter, training_size)
+from pipeline.models.checkpoints import (class_scores, classifier_checkpoint, load_classifier, load_segmenter,
+                                        training_size)
 from pipeline.models.segmenter import predict_probs
 from pipeline.refine.masks import known_class_probs, mask_settings, pseudo_mask
-from pipeline.runs import StageError, load_manifest, progress, read_json, write_json, write_text, write_with
+from pipeline.runs import RunOutputs, StageError, progress, read_json, write_json, write_text, write_with
 from pipeline.train import load_checkpoint
 
 log = logging.getLogger("pipeline")
@@ -80,7 +80,7 @@ def listed_images(images_dir: Path, labels_csv: Path | None, class_names: list[s
     return folder_images(images_dir)
 
 
-def settings_hash(cfg: Config, run_dir: Path, labels_csv: Path | None, segmenter: Path | None) -> str:
+def settings_hash(cfg: Config, classifier: Path, labels_csv: Path | None, segmenter: Path | None) -> str:
     """What the outputs depend on: CAM, pseudo-mask and label settings, classifier, segmenter
     (when the masks come from it), labels CSV."""
     def digest(path: Path) -> str:
@@ -88,7 +88,7 @@ def settings_hash(cfg: Config, run_dir: Path, labels_csv: Path | None, segmenter
             return hashlib.file_digest(handle, "sha256").hexdigest()
     return config_hash({"cam": to_dict(cfg.cam), "pseudo": mask_settings(cfg.pseudo),
                         "label": to_dict(cfg.label), "flip": cfg.round2.flip,
-                        "classifier": digest(run_dir / "classifier" / "model.pt"),
+                        "classifier": digest(classifier),
                         "segmenter": digest(segmenter) if segmenter else None,
                         "labels_csv": digest(labels_csv) if labels_csv else None})
 
@@ -230,40 +230,40 @@ def write_summary(out: Path, items: list[LabelledImage], failed: list[dict], wri
     return summary
 
 
-# The stages whose settings make a label command's masks, and the config section each recorded.
-MADE_BY = {"cams": "cam", "pseudo": "pseudo"}
+# The stages whose settings make a label command's masks.
+MADE_BY = ("cams", "pseudo")
 
 
-def run_config(run_dir: Path, overrides: list[str]) -> Config:
+def run_config(run: RunOutputs, overrides: list[str]) -> Config:
     """The settings a run's seeds and pseudo-masks were made with: the config stored in its
     classifier's checkpoint, with the `cam` and `pseudo` sections of its cams and pseudo
     manifests where those stages ran, then `overrides`. A later command that failed or ran
     with other overrides changes neither."""
-    recorded = load_checkpoint(classifier_checkpoint(run_dir))["config"]
-    for folder, section in MADE_BY.items():
-        manifest = load_manifest(Path(run_dir) / folder)
-        if manifest is not None:
-            recorded[section] = {**recorded[section], **manifest["config"]}
-    return load_config(None, [f"run_dir={run_dir}", *overrides], recorded=recorded)
+    recorded = load_checkpoint(classifier_checkpoint(run.path("train-cls", "model")))["config"]
+    for stage in MADE_BY:
+        manifest = run.path(stage, "manifest")
+        for section, settings in (read_json(manifest)["config"] if manifest.is_file() else {}).items():
+            recorded[section] = {**recorded[section], **settings}
+    return load_config(None, [f"run_dir={run.folder}", *overrides], recorded=recorded)
 
 
-def mask_segmenter(cfg: Config, run_dir: Path,
+def mask_segmenter(cfg: Config, run: RunOutputs,
                    class_names: list[str]) -> tuple[Path | None, torch.nn.Module | None]:
     """(checkpoint, model) of the segmenter the masks come from ((None, None) when they come from
     seeds), refused in one line when the run has none or it knows other classes than the classifier."""
     if cfg.label.masks_from != "segmenter":
         return None, None
-    folder = Path(run_dir) / last_segmenter_folder(cfg)
-    if not (folder / "model.pt").is_file():
-        raise StageError(f"{folder / 'model.pt'}: no trained segmenter in this run for "
+    checkpoint = run.path("train-seg-r2" if cfg.round2.enabled else "train-seg", "model")  # the last one
+    if not checkpoint.is_file():
+        raise StageError(f"{checkpoint}: no trained segmenter in this run for "
                          f"label.masks_from=segmenter; train it (make) or label with label.masks_from=seeds")
-    model, state = load_segmenter(folder)
+    model, state = load_segmenter(checkpoint)
     if list(state["class_names"]) != class_names:
-        raise StageError(f"{folder / 'model.pt'}: its classes are not the classifier's {class_names}")
-    return folder / "model.pt", model
+        raise StageError(f"{checkpoint}: its classes are not the classifier's {class_names}")
+    return checkpoint, model
 
 
-def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path | None, out: Path) -> dict:
+def label_folder(cfg: Config, run: RunOutputs, images_dir: Path, labels_csv: Path | None, out: Path) -> dict:
     """Pseudo-label every image of `images_dir` not done yet in `out`; returns the summary.
 
     Under torchrun each rank labels its share of the images (`distributed.shard`) and writes
@@ -271,13 +271,13 @@ def label_folder(cfg: Config, run_dir: Path, images_dir: Path, labels_csv: Path 
     returns the summary, the other ranks only what failed and how many were written.
     """
     distributed.init(cfg.device)
-    classifier_checkpoint(run_dir)
-    model, state = load_classifier(run_dir)
+    classifier = classifier_checkpoint(run.path("train-cls", "model"))
+    model, state = load_classifier(classifier)
     class_names = list(state["class_names"])
     items = listed_images(images_dir, labels_csv, class_names)
     check_apart(out, [images_dir, *filter(None, [labels_csv]), *(item.path for item in items)])
-    segmenter_file, segmenter = mask_segmenter(cfg, run_dir, class_names)
-    claim_output(out, settings_hash(cfg, run_dir, labels_csv, segmenter_file))
+    segmenter_file, segmenter = mask_segmenter(cfg, run, class_names)
+    claim_output(out, settings_hash(cfg, classifier, labels_csv, segmenter_file))
     todo = [item for item in distributed.shard(items) if not output_path(out, "records", item.id).is_file()]
     workers = cfg.pseudo.workers or os.cpu_count() or 1
     failed: list[dict] = []

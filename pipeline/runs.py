@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -340,6 +341,18 @@ def _has_ended(holder: dict) -> bool:
     except PermissionError:  # another user's process, running
         pass
     return False
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """A finished run, for the commands that read one (label, explain) and not through the stage
+    runner: its folder, and where a stage's output lies in it, `path(stage, output)`, by the stage
+    registry's `locate` (`pipeline.stages.output_path`)."""
+    folder: Path
+    locate: Callable[[Path, str, str], Path]
+
+    def path(self, stage: str, output: str) -> Path:
+        return self.locate(self.folder, stage, output)
 
 
 class Timer:

@@ -71,7 +71,7 @@ def test_missing_dataset_is_one_line_not_a_traceback(config_file, capsys, monkey
 
 @pytest.mark.parametrize("stage, override, key, valid", [
     ("cams", "cam.method=scorecam", "cam.method", "cam, gradcam, gradcam++"),
-    ("all", "seg.labels=gtt", "seg.labels", "pseudo, affinity, round2, gt"),
+    ("all", "seg.labels=gtt", "seg.labels", "pseudo, affinity"),
     ("train-seg", "seg.arch=unet3", "seg.arch", "unet, deeplabv3plus"),
     ("compare-cams", "cam.fuse=median", "cam.fuse", "max, mean"),
     ("train-cls", "cls.arch=resnet19", "cls.arch", "resnet18, resnet34, resnet50"),
@@ -92,8 +92,8 @@ def test_a_bad_choice_stops_before_any_stage_runs(config_file, tmp_path, capsys,
     (["train-aff"], "stage 'train-aff' is off in this config; run it with affinity.enabled=true"),
     (["pseudo-aff"], "stage 'pseudo-aff' is off in this config; run it with affinity.enabled=true"),
     (["pseudo-r2"], "stage 'pseudo-r2' is off in this config; run it with round2.enabled=true"),
-    (["all", "seg.labels=affinity"], "'seg.labels': 'affinity' needs the stages that make those masks (affinity.enabled=true)"),
-    (["all", "seg.labels=round2"], "'seg.labels': 'round2' needs the stages that make those masks (round2.enabled=true)")])
+    (["eval-seg-r2"], "stage 'eval-seg-r2' is off in this config; run it with round2.enabled=true"),
+    (["all", "seg.labels=affinity"], "'seg.labels': 'affinity' needs the stages that make those masks (affinity.enabled=true)")])
 def test_switched_off_stages_and_their_masks_need_them_switched_on(config_file, tmp_path, capsys, argv,
                                                                    expected):
     assert main([argv[0], "--config", str(config_file), *argv[1:]]) == 2

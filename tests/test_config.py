@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, config_hash, file_setting, from_dict, load_config, to_dict
+from pipeline.config import (Config, config_hash, file_setting, from_dict, load_config, section_keys, selected,
+                             to_dict)
 from pipeline.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,12 +170,20 @@ def test_quick_config_is_the_default_recipe_on_fewer_scenes():
 
 
 def test_editing_the_comparison_reruns_compare_cams_only():
-    from pipeline.stages import compare_cams, eval_cams
+    from pipeline.stages import settings
     base = load_config(None)
     edited = load_config(None, ["eval.compare_images=7", "eval.compare_methods=[gradcam]"])
-    assert eval_cams.SECTION(edited) == eval_cams.SECTION(base)
-    assert compare_cams.SECTION(edited) != compare_cams.SECTION(base)
-    assert eval_cams.SECTION(load_config(None, ["eval.bg_threshold=0.3"])) != eval_cams.SECTION(base)
+    assert settings("eval-cams", edited) == settings("eval-cams", base)
+    assert settings("compare-cams", edited) != settings("compare-cams", base)
+    assert settings("eval-cams", load_config(None, ["eval.bg_threshold=0.3"])) != settings("eval-cams", base)
+
+
+def test_selected_keys_nest_as_the_config_does():
+    cfg = load_config(None, ["seg.epochs=3"])
+    assert selected(cfg, ("seed", "seg.epochs", "round2")) == {"seed": 0, "seg": {"epochs": 3},
+                                                                "round2": {"enabled": False, "flip": True}}
+    assert section_keys("round2") == ("round2.enabled", "round2.flip")
+    assert section_keys("round2", but=("enabled",)) == ("round2.flip",)
 
 
 def test_loading_a_config_imports_no_model_code():

@@ -22,7 +22,7 @@ from pipeline.data.transforms import normalised_batch
 from pipeline.data.voc import VocDataset
 from pipeline.models.checkpoints import load_classifier
 from pipeline.runs import MANIFEST, read_json, staging_folder
-from pipeline.stages import execute, settings_hash, stage_folder, stage_hash
+from pipeline.stages import execute, input_paths, settings_hash, stage_folder, stage_hash
 from pipeline.stages import pseudo as pseudo_stage
 
 pytestmark = pytest.mark.slow  # torchrun with 2 processes: `make test-fast` leaves it out
@@ -99,7 +99,7 @@ def test_torchrun_training_resumes_a_killed_run_and_rank_0_writes_one_checkpoint
     assert metrics["epochs_run"] == 2 and len(metrics["train_loss"]) == 2
     assert metrics["train_loss"][0] == round(run["killed"]["history"][0], 5)
     assert metrics["train_loss"][1] > 0 and 0.0 <= metrics["val_map"] <= 1.0
-    model, state = load_classifier(run["tmp"] / "run")
+    model, state = load_classifier(run["tmp"] / "run" / "classifier" / "model.pt")
     assert state["class_names"] == ["square", "disc", "cross"]
     val = VocDataset(run["tmp"] / "data", "val")
     with torch.inference_mode():
@@ -133,7 +133,7 @@ def test_pseudo_shards_of_two_ranks_make_the_masks_of_one(run, monkeypatch):
     for rank in (0, 1):
         monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
         monkeypatch.setattr(distributed, "world_size", lambda: 2)
-        assert pseudo_stage.run(cfg, sharded, run_dir)["written_now"] == 16
+        assert pseudo_stage.run(cfg, sharded, input_paths("pseudo", cfg))["written_now"] == 16
     single = run_dir / "pseudo"
     names = sorted(p.name for p in single.glob("*.png"))
     assert len(names) == 32 and sorted(p.name for p in sharded.glob("*.png")) == names

@@ -25,9 +25,8 @@ from pipeline.refine.crf import dense_crf
 from pipeline.refine.masks import crf_settings
 from pipeline.refine.pseudo import confident_mask
 from pipeline.report.build import _fmt
-from pipeline.runs import MANIFEST, STARTED, StageError, load_manifest, read_json, staging_folder
-from pipeline.stages import (ROUND_TWO, STAGES, UPPER_BOUND, execute, execute_all, pipeline_stages,
-                             round_two_config, settings_hash, stage_folder, upper_bound_config)
+from pipeline.runs import MANIFEST, STARTED, load_manifest, read_json, staging_folder
+from pipeline.stages import STAGES, execute, execute_all, pipeline_stages, settings_hash, stage_folder
 from pipeline.train import load_checkpoint
 
 pytestmark = pytest.mark.slow  # every stage on a small dataset: `make test-fast` leaves it out
@@ -46,10 +45,9 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     torch.manual_seed(0)
     cfg = load_config(None, overrides(tmp))
-    gt_cfg, r2_cfg = upper_bound_config(cfg), round_two_config(cfg)
     manifests = execute_all(cfg)  # what `python -m pipeline all` (and `make`) runs
     run_dir = tmp / "run"
-    return {"tmp": tmp, "cfg": cfg, "gt_cfg": gt_cfg, "r2_cfg": r2_cfg, "dir": run_dir, "manifests": manifests,
+    return {"tmp": tmp, "cfg": cfg, "dir": run_dir, "manifests": manifests,
             "summary": read_json(run_dir / "report" / "summary.json"),
             "train": VocDataset(tmp / "data", "train"), "val": VocDataset(tmp / "data", "val")}
 
@@ -89,17 +87,15 @@ def test_summary_has_every_key_in_range(run):
     assert s["dataset"] == {"name": "shapes", "seed": 0, "sizes": {"train": 64, "val": 16}}
     assert s["classes"] == ["square", "disc", "cross"]
     assert isinstance(s["git_commit"], str) and s["git_commit"]
-    # The config the run's segmenter was trained with, as its checkpoint records it; not the upper bound's.
-    trained = load_checkpoint(run["dir"] / "segmenter" / "model.pt")["config"]
-    assert s["config_hash"] == config_hash(trained)
-    assert s["config_hash"] != config_hash(load_checkpoint(run["dir"] / "segmenter-gt" / "model.pt")["config"])
+    # The config the run's segmenters were trained with, as their checkpoints record it.
+    for folder in ("segmenter", "segmenter-r2", "segmenter-gt"):
+        assert s["config_hash"] == config_hash(load_checkpoint(run["dir"] / folder / "model.pt")["config"])
     assert re.fullmatch(r"[0-9a-f]{16}", s["config_hash"])
     assert s["seg_upper_bound_miou"] > 0
     assert s["seg_ratio"] == round(s["seg_miou"] / s["seg_upper_bound_miou"], 4)
     assert s["seg_r2_ratio"] == round(s["seg_r2_miou"] / s["seg_upper_bound_miou"], 4)
-    manifests = {**{stage: run["manifests"][stage] for stage in pipeline_stages(run["cfg"])},
-                 **{f"round-2 {stage}": run["manifests"][f"{stage} r2"] for stage in ROUND_TWO},
-                 **{f"upper-bound {stage}": run["manifests"][f"{stage} gt"] for stage in UPPER_BOUND}}
+    manifests = {stage: run["manifests"][stage] for stage in pipeline_stages(run["cfg"])}
+    assert list(manifests) == STAGES[:-1]  # every stage but the report, the second round's and the upper bound's too
     assert s["stage_seconds"] == {stage: manifest["seconds"] for stage, manifest in manifests.items()}
     # the total is rounded once more, so it may differ from the rounded parts' sum by that rounding
     assert s["total_seconds"] == pytest.approx(sum(m["seconds"] for m in manifests.values()), abs=0.051)
@@ -138,7 +134,7 @@ def _average_precision(scores, targets):
 
 
 def test_classifier_beats_chance(run):
-    model, state = load_classifier(run["dir"])
+    model, state = load_classifier(run["dir"] / "classifier" / "model.pt")
     assert state["class_names"] == ["square", "disc", "cross"]
     val = run["val"]
     scores, targets = predict_scores(model, val), val.label_matrix()
@@ -244,7 +240,7 @@ def test_eval_seg_recomputed_from_predictions(run, folder, key):
 def test_eval_seg_predictions_are_flip_averaged_and_crf_refined(run):
     """Each saved prediction is the label CRF's argmax over the flip-averaged softmax."""
     cfg, voc = run["cfg"], run["val"]
-    model, _ = load_segmenter(run["dir"] / "segmenter", cfg)
+    model, _ = load_segmenter(run["dir"] / "segmenter" / "model.pt", cfg)
     images = [voc.image(i) for i in voc.ids]
     probs = predict_probs(model, normalised_batch(images))
     mirrored = predict_probs(model, normalised_batch([image[:, ::-1] for image in images])).flip(-1)
@@ -260,7 +256,7 @@ def test_round_two_masks_are_the_segmenters_known_class_predictions_refined(run)
     renormalised over the background and the image's labelled classes, their channels taking
     the seeds' place."""
     cfg, voc = run["cfg"], run["val"]
-    model, _ = load_segmenter(run["dir"] / "segmenter", cfg)
+    model, _ = load_segmenter(run["dir"] / "segmenter" / "model.pt", cfg)
     images = [voc.image(i) for i in voc.ids]
     probs = predict_probs(model, normalised_batch(images))
     mirrored = predict_probs(model, normalised_batch([image[:, ::-1] for image in images])).flip(-1)
@@ -275,29 +271,20 @@ def test_round_two_masks_are_the_segmenters_known_class_predictions_refined(run)
         assert np.array_equal(saved, expected)
 
 
-def test_the_second_round_trains_on_its_masks(run):
-    state = load_checkpoint(run["dir"] / "segmenter-r2" / "model.pt")
-    assert state["labels"] == "round2" and state["config"]["seg"]["labels"] == "round2"
-    assert run["manifests"]["train-seg r2"]["upstream"] == ["pseudo-r2"]  # the segmenter starts from no weights here
-    assert run["manifests"]["pseudo-r2"]["upstream"] == ["train-seg"]
-
-
-def test_pseudo_r2_on_the_second_rounds_config_is_refused_before_its_masks_are_touched(run, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(run["dir"], copy, ignore=shutil.ignore_patterns("*.pt"))
-    base = [o for o in overrides(run["tmp"]) if not o.startswith("run_dir=")] + [f"run_dir={copy}"]
-    masks = {p.name: p.read_bytes() for p in (copy / "pseudo-r2").glob("*.png")}
-    with pytest.raises(StageError, match="reads the first round's segmenter"):
-        execute("pseudo-r2", load_config(None, base + ["seg.labels=round2"]))
-    assert {p.name: p.read_bytes() for p in (copy / "pseudo-r2").glob("*.png")} == masks
-    assert len(masks) == 80 and (copy / "pseudo-r2" / MANIFEST).is_file()
+def test_each_segmenter_trains_on_its_masks(run):
+    """Each segmenter stage reads the masks it declares (its upstream: the segmenters start from
+    no weights here), and the second round's masks come from the first round's segmenter."""
+    upstream = {stage: run["manifests"][stage]["upstream"]
+                for stage in ("train-seg", "pseudo-r2", "train-seg-r2", "train-seg-gt", "eval-seg-r2", "eval-seg-gt")}
+    assert upstream == {"train-seg": ["pseudo"], "pseudo-r2": ["train-seg"], "train-seg-r2": ["pseudo-r2"],
+                        "train-seg-gt": ["data"], "eval-seg-r2": ["train-seg-r2"], "eval-seg-gt": ["train-seg-gt"]}
+    assert run["manifests"]["eval-pseudo-r2"]["upstream"] == ["pseudo-r2"]
 
 
 def test_every_stage_has_a_manifest(run):
     versions = run["manifests"]["data"]["packages"]
-    folders = [*(stage_folder(stage, run["cfg"]) for stage in STAGES),
-               *(stage_folder(stage, run["r2_cfg"]) for stage in ROUND_TWO),
-               *(stage_folder(stage, run["gt_cfg"]) for stage in UPPER_BOUND)]
+    folders = [stage_folder(stage, run["cfg"]) for stage in STAGES]
+    assert len({folder.relative_to(run["dir"]).as_posix() for folder in folders}) == len(STAGES)
     for folder in folders:
         manifest = load_manifest(folder)
         assert manifest is not None, folder
@@ -318,12 +305,6 @@ def test_unchanged_stages_are_skipped(run):
         manifest = execute(stage, run["cfg"])
         assert path.stat().st_mtime_ns == before, stage
         assert manifest == read_json(path)
-    for stages, cfg in ((ROUND_TWO, run["r2_cfg"]), (UPPER_BOUND, run["gt_cfg"])):
-        for stage in stages:
-            path = stage_folder(stage, cfg) / MANIFEST
-            before = path.stat().st_mtime_ns
-            execute(stage, cfg)
-            assert path.stat().st_mtime_ns == before, stage
 
 
 def test_changed_threshold_reruns_eval_cams_only(run, tmp_path):

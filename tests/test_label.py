@@ -28,7 +28,7 @@ from pipeline.models.checkpoints import load_classifier, load_segmenter
 from pipeline.models.segmenter import predict_probs
 from pipeline.refine.masks import pseudo_mask
 from pipeline.runs import StageError, read_json
-from pipeline.stages import execute, execute_all
+from pipeline.stages import execute, execute_all, run_outputs
 
 COLOURS = np.array(PALETTE, np.uint8).reshape(256, 3)
 # name, mode, (height, width): every mode the label command must read, each at its own size.
@@ -46,7 +46,7 @@ def run(tmp_path_factory):
     cfg = load_config(None, [f"run_dir={tmp}/run", *overrides])
     execute("data", cfg)
     execute("train-cls", cfg)
-    model, _ = load_classifier(tmp / "run")
+    model, _ = load_classifier(tmp / "run" / "classifier" / "model.pt")
     return {"dir": tmp / "run", "data": tmp / "data", "model": model, "cfg": cfg, "overrides": overrides}
 
 
@@ -171,7 +171,7 @@ def test_label_from_the_segmenter_restricts_its_softmax_to_the_images_classes(ru
     out = tmp_path / "out"
     assert main(["label", "--images", str(folder), "--run", str(copy), "--out", str(out), "--labels",
                  str(tmp_path / "labels.csv"), "label.masks_from=segmenter", "round2.enabled=false"]) == 0
-    segmenter, _ = load_segmenter(copy / "segmenter")
+    segmenter, _ = load_segmenter(copy / "segmenter" / "model.pt")
     for name, _, _ in ODD:
         mask = check_outputs(out, folder, name, truth[name])
         image, classes = read_image(folder / name), np.array([SHAPES.index(c) for c in truth[name]])
@@ -271,7 +271,7 @@ def test_label_takes_the_settings_the_runs_seeds_were_made_with(run, tmp_path, c
     run_dir = tmp_path / "run"
     shutil.copytree(run["dir"], run_dir)
     # Before any cams stage: the settings the classifier was trained in (its checkpoint's)
-    assert run_config(run_dir, []).cam.layers == ["layer3", "layer4"]
+    assert run_config(run_outputs(run_dir), []).cam.layers == ["layer3", "layer4"]
     cfg = load_config(None, [*run["overrides"], f"run_dir={run_dir}", "cam.layers=[layer4]",
                              "cam.splits=[val]", "pseudo.fg_threshold_high=0.4"])
     execute("cams", cfg)
@@ -282,7 +282,7 @@ def test_label_takes_the_settings_the_runs_seeds_were_made_with(run, tmp_path, c
     assert main(["train-seg", *run["overrides"], f"run_dir={run_dir}"]) == 2  # no pseudo stage yet
     capsys.readouterr()
     assert _manifests(run_dir) == settled and not (run_dir / "config.yaml").exists()
-    labelled = run_config(run_dir, ["pseudo.workers=1"])
+    labelled = run_config(run_outputs(run_dir), ["pseudo.workers=1"])
     assert labelled.cam.layers == ["layer4"]  # the cams manifest's, not the classifier's
     # no pseudo stage ran: its settings are the classifier's, not the cams command's
     assert labelled.pseudo.fg_threshold_high == run["cfg"].pseudo.fg_threshold_high != 0.4
@@ -400,7 +400,7 @@ def test_train_cls_on_a_folder_dataset(run, tmp_path):
     assert data["name"] == "folder" and data["sizes"] == {"train": 24, "val": 8}
     metrics = execute("train-cls", cfg)["metrics"]
     assert metrics["label_prior"] == [round(float(x), 4) for x in train.label_matrix().mean(0)]
-    _, state = load_classifier(tmp_path / "run")
+    _, state = load_classifier(tmp_path / "run" / "classifier" / "model.pt")
     assert state["class_names"] == SHAPES
 
 
@@ -412,9 +412,9 @@ def test_all_on_a_folder_dataset_runs_the_stages_that_need_no_masks(run, tmp_pat
                                "seg.crop_size=32", "seg.epochs=1", "seg.batch_size=8", "round2.enabled=true")
     with caplog.at_level("INFO", logger="pipeline"):
         manifests = execute_all(cfg)
-    assert list(manifests) == ["data", "train-cls", "cams", "pseudo", "train-seg", "pseudo-r2", "train-seg r2"]
-    assert "leaves out the stages that score against them (eval-cams, compare-cams, eval-pseudo, " \
-           "eval-seg, report) and the upper bound" in caplog.text
+    assert list(manifests) == ["data", "train-cls", "cams", "pseudo", "train-seg", "pseudo-r2", "train-seg-r2"]
+    assert "leaves out the stages that read them (eval-cams, compare-cams, eval-pseudo, eval-seg, " \
+           "eval-pseudo-r2, eval-seg-r2, train-seg-gt, eval-seg-gt, report)" in caplog.text
     run_dir = tmp_path / "run"
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "cams", "classifier", "data", "pseudo", "pseudo-r2", "segmenter", "segmenter-r2"]

@@ -330,11 +330,10 @@ def test_segmenter_refuses_to_train_on_a_mask_of_another_size(ref, tmp_path, cap
     save_mask(mask, np.pad(read_mask(mask), ((0, 4), (0, 0))))
     run_dir = copy_run(ref, tmp_path / "run", ["data"])
 
-    assert main(ref.argv("train-seg", run_dir, data, ("seg.labels=gt",))) == 2
+    assert main(ref.argv("train-seg-gt", run_dir, data)) == 2
     assert error_lines(capsys)[1:] == [f"{mask}: mask size 32x36 differs from its image's 32x32"]
-    gt = ref.cfg(run_dir, data, ("seg.labels=gt",))
     assert not (run_dir / "segmenter-gt").exists()
-    assert sorted(p.name for p in staged("train-seg", gt).iterdir()) == [STARTED]
+    assert sorted(p.name for p in staged("train-seg-gt", ref.cfg(run_dir, data)).iterdir()) == [STARTED]
 
 
 def test_eval_seg_skips_bad_images_and_keeps_the_other_predictions(ref, tmp_path, capsys):
@@ -405,7 +404,7 @@ def test_segmenter_made_for_another_architecture_is_refused(ref, tmp_path):
                                           "class_names": ["square", "disc", "cross"]})
     cfg = ref.cfg(tmp_path / "run", extra=("seg.arch=fpn", "seg.encoder=resnet34"))
     with pytest.raises(StageError) as error:
-        load_segmenter(folder, cfg)
+        load_segmenter(folder / "model.pt", cfg)
     assert str(error.value) == (f"{folder / 'model.pt'}: made for arch 'unet' (this run's config: "
                                 f"'fpn'); encoder 'resnet18' (this run's config: 'resnet34'); "
                                 f"retrain it or point run_dir at the run it belongs to")
@@ -432,5 +431,25 @@ def test_changed_pseudo_key_reruns_pseudo_and_downstream_only(ref, tmp_path):
     reran = {stage for stage in before if after[stage] != before[stage]}
     assert reran == {"pseudo", "eval-pseudo", "train-seg", "eval-seg", "report"}
     assert files(run_dir / "cams") == cams
-    assert read_json(run_dir / "pseudo" / MANIFEST)["config"]["fg_threshold_high"] == 0.6
+    assert read_json(run_dir / "pseudo" / MANIFEST)["config"]["pseudo"]["fg_threshold_high"] == 0.6
+
+
+def test_an_evaluation_key_reruns_the_evaluations_only(ref, tmp_path):
+    """seg.eval_flip is eval-seg's: the segmenters keep their manifests (none is trained again)
+    and every eval-seg stage runs again."""
+    run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls", "cams", "pseudo"], models=True)
+    before = run_every_stage(ref.cfg(run_dir))
+    after = run_every_stage(ref.cfg(run_dir, extra=("seg.eval_flip=true",)))
+    assert {stage for stage in before if after[stage] != before[stage]} == {"eval-seg", "eval-seg-gt", "report"}
+    assert after["eval-seg"]["config"]["seg"]["eval_flip"] is True
+
+
+def test_the_segmenters_crop_size_leaves_the_affinity_head_alone(ref, tmp_path):
+    run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls", "cams", "pseudo"], models=True)
+    walk = ("affinity.enabled=true", "affinity.epochs=1", "affinity.batch_size=8", "affinity.crop_size=32",
+            "affinity.train_radius=3", "affinity.exp_times=1")
+    before = run_every_stage(ref.cfg(run_dir, extra=walk))
+    after = run_every_stage(ref.cfg(run_dir, extra=(*walk, "seg.crop_size=0")))
+    assert {stage for stage in before if after[stage] != before[stage]} == {
+        "train-seg", "eval-seg", "train-seg-gt", "eval-seg-gt", "report"}
 

@@ -37,7 +37,7 @@ from pipeline.explain.maps import Explanation, class_indices, default_methods, e
 from pipeline.explain.models import RANDOM, Classifier, named_classifier, run_classifier
 from pipeline.explain.page import write_page
 from pipeline.explain.ranking import FaithfulnessTotals, faithfulness_module, faithfulness_scores
-from pipeline.runs import git_commit, progress, write_bytes, write_json, write_with
+from pipeline.runs import RunOutputs, git_commit, progress, write_bytes, write_json, write_with
 
 log = logging.getLogger("pipeline")
 
@@ -47,7 +47,7 @@ class ExplainRequest:
     """What the command line asks for; None means the model's default."""
     images: list[Path]
     out: Path
-    run: Path | None = None
+    run: RunOutputs | None = None  # a camseg run, whose classifier is explained
     model: str | None = None
     weights: str = "none"
     methods: list[str] | None = None

@@ -15,6 +15,7 @@ from pipeline.data.transforms import MEAN, STD
 from pipeline.errors import ConfigError
 from pipeline.models.checkpoints import classifier_checkpoint, load_classifier, training_size
 from pipeline.models.weights import IMAGENET_PACKAGES, load_weights, torchvision_weights
+from pipeline.runs import RunOutputs
 
 TORCHVISION_SIZE = 224  # torchvision's ImageNet models are evaluated at 224 px (most of them)
 RANDOM = "none"
@@ -87,9 +88,9 @@ def torchvision_classifier(name: str, weights: str = RANDOM) -> Classifier:
                       tuple(transform.mean), tuple(transform.std), "softmax", "torchvision")
 
 
-def run_classifier(run_dir: Path) -> Classifier:
+def run_classifier(run: RunOutputs) -> Classifier:
     """A camseg run's trained classifier, at its training size, with its classes (multi-label)."""
-    checkpoint = classifier_checkpoint(run_dir)
-    model, state = load_classifier(run_dir)
-    return Classifier(model, f"{run_dir} ({state['arch']})", str(checkpoint), list(state["class_names"]),
+    checkpoint = classifier_checkpoint(run.path("train-cls", "model"))
+    model, state = load_classifier(checkpoint)
+    return Classifier(model, f"{run.folder} ({state['arch']})", str(checkpoint), list(state["class_names"]),
                       training_size(state), MEAN, STD, "sigmoid", "run")

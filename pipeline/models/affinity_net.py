@@ -98,9 +98,9 @@ class Backbone(nn.Module):
         return self.net(features)
 
 
-def load_affinity_net(folder: Path, encoder: nn.Module) -> AffinityNet:
-    """The trained affinity net in `folder` (train-aff's `model.pt`), in eval mode."""
-    state = load_checkpoint(Path(folder) / "model.pt")
+def load_affinity_net(path: Path, encoder: nn.Module) -> AffinityNet:
+    """The trained affinity net of checkpoint `path` (train-aff's model), in eval mode."""
+    state = load_checkpoint(path)
     net = AffinityNet(list(encoder.out_channels), state["stride"], state["width"])
     net.load_state_dict(state["model"])
     return net.eval()

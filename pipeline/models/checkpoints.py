@@ -16,22 +16,6 @@ from pipeline.runs import StageError, check_recorded
 from pipeline.train import load_checkpoint
 
 
-# The segmenters that have their own folders, by `seg.labels`; the others are the first round's.
-SEGMENTER_FOLDERS = {"gt": "segmenter-gt", "round2": "segmenter-r2"}
-
-
-def segmenter_folder(cfg: Config) -> str:
-    """The run folder of the segmenter `cfg` trains: on the first round's pseudo-masks, on the
-    second round's, or on ground truth for the fully supervised upper bound."""
-    return SEGMENTER_FOLDERS.get(cfg.seg.labels, "segmenter")
-
-
-def last_segmenter_folder(cfg: Config) -> str:
-    """The run folder of the last segmenter `cfg` trains on pseudo-masks: the second round's
-    when it has one."""
-    return SEGMENTER_FOLDERS["round2"] if cfg.round2.enabled else "segmenter"
-
-
 def read_checkpoint(path: Path, expected: dict) -> dict:
     """A checkpoint's contents, refused in one line naming the file when it would run code on
     loading or was made for other settings than `expected` (which its keys must equal)."""
@@ -45,20 +29,21 @@ def training_size(state: dict) -> int:
     return state.get("train_size") or state["config"]["cls"]["crop_size"]
 
 
-def classifier_checkpoint(run_dir: Path) -> Path:
-    checkpoint = Path(run_dir) / "classifier" / "model.pt"
-    if not checkpoint.is_file():
-        raise StageError(f"{checkpoint}: no trained classifier; run train-cls for this run first")
-    return checkpoint
+def classifier_checkpoint(path: Path) -> Path:
+    """`path` (train-cls's model), refused in one line where no classifier was trained."""
+    if not Path(path).is_file():
+        raise StageError(f"{path}: no trained classifier; run train-cls for this run first")
+    return Path(path)
 
 
-def load_classifier(run_dir: Path, cfg: Config | None = None) -> tuple[torch.nn.Module, dict]:
-    """The trained classifier of a run, in eval mode, and its checkpoint's metadata. Given the
-    run's `cfg`, a checkpoint trained for other classes or another architecture is refused."""
+def load_classifier(path: Path, cfg: Config | None = None) -> tuple[torch.nn.Module, dict]:
+    """The trained classifier of checkpoint `path`, in eval mode, and its checkpoint's metadata.
+    Given the run's `cfg`, a checkpoint trained for other classes or another architecture is
+    refused."""
     expected = {} if cfg is None else {
         "class_names": open_split(cfg.data, cfg.cls.split).class_names,
         "arch": cfg.cls.arch, "last_stride": cfg.cls.last_stride}
-    state = read_checkpoint(Path(run_dir) / "classifier" / "model.pt", expected)
+    state = read_checkpoint(path, expected)
     model = build_classifier(state["arch"], len(state["class_names"]), state["last_stride"])
     model.load_state_dict(state["model"])
     return model.eval(), state
@@ -77,13 +62,14 @@ def predict_scores(model: torch.nn.Module, voc, batch_size: int = 128) -> np.nda
                            for _, images in image_batches(voc, voc.ids, batch_size)])
 
 
-def load_segmenter(folder: Path, cfg: Config | None = None) -> tuple[torch.nn.Module, dict]:
-    """The trained segmenter in `folder`, in eval mode, and its checkpoint's metadata. Given the
-    run's `cfg`, a checkpoint trained for other classes or another architecture is refused."""
+def load_segmenter(path: Path, cfg: Config | None = None) -> tuple[torch.nn.Module, dict]:
+    """The trained segmenter of checkpoint `path`, in eval mode, and its checkpoint's metadata.
+    Given the run's `cfg`, a checkpoint trained for other classes or another architecture is
+    refused."""
     expected = {} if cfg is None else {
         "class_names": open_split(cfg.data, cfg.seg.val_split).class_names, "arch": cfg.seg.arch,
         "encoder": cfg.seg.encoder, "decoder_channels": list(cfg.seg.decoder_channels)}
-    state = read_checkpoint(Path(folder) / "model.pt", expected)
+    state = read_checkpoint(path, expected)
     model = build_segmenter(state["arch"], state["encoder"], len(state["class_names"]) + 1,
                             state["decoder_channels"])
     model.load_state_dict(state["model"])

@@ -11,7 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from pipeline import distributed
-from pipeline.config import AffinityConfig, Config, PseudoConfig, to_dict
+from pipeline.config import AffinityConfig, Config, PseudoConfig, section_keys, to_dict
 from pipeline.data import open_split
 from pipeline.data.outputs import output_file
 from pipeline.data.transforms import image_batches
@@ -32,6 +32,10 @@ def unwritten_batches(cfg: Config, folder: Path, batch_size: int, bad, stage: st
         todo = [i for i in distributed.shard(voc.ids) if not mask_path(folder, i).is_file()]
         for ids, images in progress(image_batches(voc, todo, batch_size, bad), desc=f"{stage} {split}"):
             yield voc, ids, images
+
+
+# The config keys a pseudo-mask depends on: the `pseudo` section but the number of CRF workers.
+MASK_KEYS = section_keys("pseudo", but=("workers",))
 
 
 def mask_settings(settings: PseudoConfig) -> dict:

@@ -15,9 +15,12 @@ COMPOSED_NOTE = ("The built-in benchmark's scenes are composed (Fashion-MNIST it
                  "of photos) and its masks are derived from the items' grey levels, not drawn by people.")
 
 
-def _results(run_dir: Path, folder: str) -> dict | None:
-    path = run_dir / folder / runs.RESULTS
-    return runs.read_json(path) if path.is_file() else None
+SUMMARY = "summary.json"  # the report stage's output "summary"
+
+
+def _read(path: Path | None) -> dict | None:
+    """A stage's results (or manifest); None for a stage the run leaves out."""
+    return runs.read_json(path) if path is not None else None
 
 
 def fusion_gain(compare: dict | None, method: str, last_layer: str) -> dict:
@@ -46,18 +49,18 @@ def comparison_table(compare: dict | None) -> tuple[list[str], list[dict]]:
     return methods, list(table.values())
 
 
-def per_class_iou(run_dir: Path) -> dict[str, dict]:
+def per_class_iou(inputs: dict[str, Path | None]) -> dict[str, dict]:
     """Each scored stage's IoU per class (background included), by stage label."""
-    pseudo = _results(run_dir, "eval/pseudo")
-    per_class = {"seeds (best threshold)": _results(run_dir, "eval/cams")["per_class_iou_best"],
+    pseudo = _read(inputs["pseudo"])
+    per_class = {"seeds (best threshold)": _read(inputs["seeds"])["per_class_iou_best"],
                  "pseudo-masks": pseudo["per_class_iou"]}
     if "affinity" in pseudo:
         per_class["affinity pseudo-masks"] = pseudo["affinity"]["per_class_iou"]
-    per_class["segmenter"] = _results(run_dir, "eval/seg")["per_class_iou"]
-    optional = {"round-2 pseudo-masks": "eval/pseudo-r2", "round-2 segmenter": "eval/seg-r2",
-                "upper bound": "eval/seg-gt"}
-    for label, folder in optional.items():
-        results = _results(run_dir, folder)
+    per_class["segmenter"] = _read(inputs["segmenter"])["per_class_iou"]
+    optional = {"round-2 pseudo-masks": "pseudo_r2", "round-2 segmenter": "segmenter_r2",
+                "upper bound": "upper_bound"}
+    for label, name in optional.items():
+        results = _read(inputs[name])
         if results:
             per_class[label] = results["per_class_iou"]
     return per_class
@@ -141,15 +144,16 @@ def stage_seconds(stage_folders: dict[str, Path]) -> dict[str, float]:
     return {stage: manifest["seconds"] for stage, manifest in manifests.items() if manifest}
 
 
-def build_summary(cfg: Config, run_dir: Path, cfg_hash: str, stage_folders: dict[str, Path]) -> dict:
-    """The flat summary, with the wall time of each stage of `stage_folders` ({name: folder}).
-    Keys are a public contract: add new ones, never rename."""
-    data = runs.load_manifest(run_dir / "data")["metrics"]
-    cls = runs.load_manifest(run_dir / "classifier")["metrics"]
-    seeds = _results(run_dir, "eval/cams")
-    pseudo = _results(run_dir, "eval/pseudo")
-    seg = _results(run_dir, "eval/seg")
-    upper = _results(run_dir, "eval/seg-gt")
+def build_summary(cfg: Config, inputs: dict[str, Path | None], cfg_hash: str,
+                  stage_folders: dict[str, Path]) -> dict:
+    """The flat summary of the report stage's `inputs`, with the wall time of each stage of
+    `stage_folders` ({name: folder}). Keys are a public contract: add new ones, never rename."""
+    data = _read(inputs["data"])["metrics"]
+    cls = _read(inputs["classifier"])["metrics"]
+    seeds = _read(inputs["seeds"])
+    pseudo = _read(inputs["pseudo"])
+    seg = _read(inputs["segmenter"])
+    upper = _read(inputs["upper_bound"])
     seconds = stage_seconds(stage_folders)
     summary = {
         "dataset": {"name": data["name"], "seed": data["seed"], "sizes": data["sizes"]},
@@ -163,7 +167,7 @@ def build_summary(cfg: Config, run_dir: Path, cfg_hash: str, stage_folders: dict
         "seed_threshold_configured": seeds["configured_threshold"],
         "baseline_background_miou": seeds["baseline_background_miou"],
         "baseline_fill_miou": seeds["baseline_fill_miou"],
-        **fusion_gain(_results(run_dir, "eval/compare-cams"), seeds["method"], cfg.cam.head_layer),
+        **fusion_gain(_read(inputs["comparison"]), seeds["method"], cfg.cam.head_layer),
         "pseudo_miou": pseudo["miou"],
         "pseudo_precision": pseudo["precision"],
         "pseudo_coverage": pseudo["coverage"],
@@ -174,14 +178,14 @@ def build_summary(cfg: Config, run_dir: Path, cfg_hash: str, stage_folders: dict
         "seg_miou": seg["miou"],
         "seg_upper_bound_miou": upper["miou"] if upper else None,
         "seg_ratio": ratio(seg["miou"], upper),
-        **mask_scores("pseudo_r2", _results(run_dir, "eval/pseudo-r2")),
-        **second_round(_results(run_dir, "eval/seg-r2"), upper),
+        **mask_scores("pseudo_r2", _read(inputs["pseudo_r2"])),
+        **second_round(_read(inputs["segmenter_r2"]), upper),
         "git_commit": runs.git_commit(),
         "config_hash": cfg_hash,
         "stage_seconds": seconds,
         "total_seconds": round(sum(seconds.values()), 1),
     }
-    summary["warnings"] = warnings(summary, per_class_iou(run_dir))
+    summary["warnings"] = warnings(summary, per_class_iou(inputs))
     return summary
 
 
@@ -193,19 +197,20 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def write_report(cfg: Config, run_dir: Path, out: Path, summary: dict) -> None:
-    runs.write_json(out / "summary.json", summary)
+def write_report(cfg: Config, inputs: dict[str, Path | None], out: Path, summary: dict) -> None:
+    runs.write_json(out / SUMMARY, summary)
     figure_dir = out / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
-    seeds = _results(run_dir, "eval/cams")
-    per_class = per_class_iou(run_dir)
+    seeds = _read(inputs["seeds"])
+    per_class = per_class_iou(inputs)
     figs = {
         "sweep": figures.sweep_curve(seeds["sweep"], summary, figure_dir / "sweep.png"),
         "per_class": figures.per_class_bars(per_class, figure_dir / "per_class.png"),
-        "examples": figures.example_grid(cfg, run_dir, figure_dir / "examples.png"),
+        "examples": figures.example_grid(cfg, inputs["cams"], inputs["predictions"],
+                                         figure_dir / "examples.png"),
     }
-    cls = runs.load_manifest(run_dir / "classifier")["metrics"]
-    compare = _results(run_dir, "eval/compare-cams")
+    cls = _read(inputs["classifier"])["metrics"]
+    compare = _read(inputs["comparison"])
     context = {
         "summary": summary, "fmt": _fmt, "figures": {k: f"figures/{v.name}" for k, v in figs.items()},
         "per_class": per_class, "class_names": ["background", *summary["classes"]], "steps": step_gains(summary),

@@ -60,8 +60,9 @@ def colourise(labels: np.ndarray) -> np.ndarray:
     return COLOURS[labels]
 
 
-def example_grid(cfg: Config, run_dir: Path, path: Path) -> Path:
-    """Rows of val images: image | fused CAM | pseudo-mask | prediction | ground truth."""
+def example_grid(cfg: Config, seeds: Path, predictions: Path, path: Path) -> Path:
+    """Rows of val images: image | fused CAM | pseudo-mask | prediction | ground truth, from the
+    folders of the seeds (cams) and of the segmenter's predictions (eval-seg)."""
     voc = open_split(cfg.data, cfg.seg.val_split)
     ids = voc.ids[:cfg.report.examples]
     columns = ["image", "fused CAM", "pseudo-mask", "prediction", "ground truth"]
@@ -73,11 +74,11 @@ def example_grid(cfg: Config, run_dir: Path, path: Path) -> Path:
         blank = np.full(gt.shape, IGNORE, np.uint8)
         heat = np.zeros(gt.shape, np.float32)
         pseudo = blank
-        if cam_path(run_dir / "cams", image_id).is_file():
-            cams, classes = load_cams(cam_path(run_dir / "cams", image_id))
+        if cam_path(seeds, image_id).is_file():
+            cams, classes = load_cams(cam_path(seeds, image_id))
             heat = cams.max(0) / (cams.max() + 1e-5)
             pseudo = pseudo_mask(cfg.pseudo, image, cams, classes)
-        prediction_file = mask_path(run_dir / "eval/seg/predictions", image_id)
+        prediction_file = mask_path(predictions, image_id)
         prediction = read_mask(prediction_file) if prediction_file.is_file() else blank
         panels = [image, heat, colourise(pseudo), colourise(prediction), colourise(gt)]
         for col, panel in enumerate(panels):

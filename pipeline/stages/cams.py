@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline import distributed
 from pipeline.cam.seeds import cam_head, cam_path, save_cams, seeds_and_layers
-from pipeline.config import Config, to_dict
+from pipeline.config import Config
 from pipeline.data import open_split
 from pipeline.data.images import skipping
 from pipeline.data.transforms import image_batches
@@ -17,22 +17,14 @@ from pipeline.runs import progress
 
 KIND = "sharded"
 SHARD_FILES = "*.npz"
+FOLDER = "cams"
+OUTPUTS = {"seeds": "."}
+INPUTS = {"classifier": ("train-cls", "model")}
+KEYS = ("cam",)
 
 
-def OUTPUT(cfg: Config) -> str:
-    return "cams"
-
-
-def UPSTREAM(cfg: Config) -> list[str]:
-    return ["train-cls"]
-
-
-def SECTION(cfg: Config) -> dict:
-    return to_dict(cfg.cam)
-
-
-def run(cfg: Config, out: Path, run_dir: Path) -> dict:
-    model, _ = load_classifier(run_dir, cfg)
+def run(cfg: Config, out: Path, inputs: dict) -> dict:
+    model, _ = load_classifier(inputs["classifier"], cfg)
     model.to(distributed.device(cfg.device))  # maps come back to the CPU in layer_batch
     head = cam_head(model, cfg, list(cfg.cam.layers)) if cfg.cam.method == "cam" else cfg.cam.head
     bad = skipping("cams")

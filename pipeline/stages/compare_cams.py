@@ -15,32 +15,22 @@ import numpy as np
 from pipeline import distributed
 from pipeline.cam import fuse_layers, normalise_max
 from pipeline.cam.seeds import cam_head, layer_batch
-from pipeline.config import Config, to_dict
+from pipeline.config import Config
 from pipeline.data import open_split
 from pipeline.data.transforms import image_batches, normalised_batch
 from pipeline.metrics import sweep_confusions, swept_best, thresholds
 from pipeline.models.checkpoints import load_classifier
 from pipeline.runs import RESULTS, progress, write_json
 
-EVAL_KEYS = ("split", "sweep_max", "sweep_step", "compare_methods", "compare_layer_sets", "compare_images")
-
-SCORES = True
-
-
-def OUTPUT(cfg: Config) -> str:
-    return "eval/compare-cams"
-
-
-def UPSTREAM(cfg: Config) -> list[str]:
-    return ["train-cls"]
+GROUND_TRUTH = True
+FOLDER = "eval/compare-cams"
+OUTPUTS = {"results": RESULTS}
+INPUTS = {"classifier": ("train-cls", "model")}
+KEYS = ("cam", "eval.split", "eval.sweep_max", "eval.sweep_step", "eval.compare_methods",
+        "eval.compare_layer_sets", "eval.compare_images")
 
 
-def SECTION(cfg: Config) -> dict:
-    evaluation = to_dict(cfg.eval)
-    return {"cam": to_dict(cfg.cam), "eval": {key: evaluation[key] for key in EVAL_KEYS}}
-
-
-def compare_settings(cfg: Config, run_dir: Path, voc, grid: np.ndarray) -> list[dict]:
+def compare_settings(cfg: Config, classifier: Path, voc, grid: np.ndarray) -> list[dict]:
     """Swept-best seed mIoU of every method in `eval.compare_methods` and layer set in
     `eval.compare_layer_sets`, on the first `eval.compare_images` images, from one classifier.
 
@@ -48,7 +38,7 @@ def compare_settings(cfg: Config, run_dir: Path, voc, grid: np.ndarray) -> list[
     from them, so a set costs a fusion and a sweep, not a forward and backward pass.
     """
     ids = voc.ids[:cfg.eval.compare_images]
-    model, _ = load_classifier(run_dir, cfg)
+    model, _ = load_classifier(classifier, cfg)
     model.to(distributed.device(cfg.device))
     sets = [list(layers) for layers in cfg.eval.compare_layer_sets]
     layers = sorted({name for layer_set in sets for name in layer_set})
@@ -75,9 +65,9 @@ def compare_settings(cfg: Config, run_dir: Path, voc, grid: np.ndarray) -> list[
     return rows
 
 
-def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+def run(cfg: Config, out: Path, inputs: dict) -> dict:
     voc = open_split(cfg.data, cfg.eval.split)
-    rows = compare_settings(cfg, run_dir, voc, thresholds(cfg.eval)) if cfg.eval.compare_images > 0 else []
+    rows = compare_settings(cfg, inputs["classifier"], voc, thresholds(cfg.eval)) if cfg.eval.compare_images > 0 else []
     results = {"split": cfg.eval.split, "images": min(len(voc), cfg.eval.compare_images),
                "scales": list(cfg.cam.scales), "flip": cfg.cam.flip, "fuse": cfg.cam.fuse, "rows": rows}
     write_json(out / RESULTS, results)

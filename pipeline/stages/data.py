@@ -15,19 +15,11 @@ from pipeline.data.images import DataError
 from pipeline.data.shapes import build_shapes
 from pipeline.data.voc import build_once
 
+FOLDER = "data"
+OUTPUTS = {}  # the manifest alone: the dataset's name, sizes and classes
+INPUTS = {}
+KEYS = ("data",)
 READER_KEYS = ("fashion_mnist_dir", "class_names", "image_dir", "mask_dir", "labels_csv", "val_fraction")
-
-
-def OUTPUT(cfg: Config) -> str:
-    return "data"
-
-
-def UPSTREAM(cfg: Config) -> list[str]:
-    return []
-
-
-def SECTION(cfg: Config) -> dict:
-    return to_dict(cfg.data)
 
 
 def DATASET_SPLITS(cfg: Config) -> list[str]:
@@ -62,7 +54,7 @@ def build_if_needed(cfg: Config) -> dict:
     return build_once(Path(cfg.data.root), wanted, lambda folder: BUILDERS[cfg.data.name](cfg, folder))
 
 
-def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+def run(cfg: Config, out: Path, inputs: dict) -> dict:
     if cfg.data.name in BUILDERS:
         info = build_if_needed(cfg)
     else:  # a reader (voc, folder): config.check_choices has refused any other name

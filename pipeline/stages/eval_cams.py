@@ -11,29 +11,21 @@ import numpy as np
 
 from pipeline.cam import normalise_max
 from pipeline.cam.seeds import cam_path, load_cams
-from pipeline.config import Config, to_dict
+from pipeline.config import Config
 from pipeline.data import open_split
 from pipeline.data.images import skipping
 from pipeline.metrics import confusion, iou_per_class, mean_iou, sweep_confusions, thresholds
 from pipeline.runs import RESULTS, progress, write_json
 
-SCORES = True
+GROUND_TRUTH = True
+FOLDER = "eval/cams"
+OUTPUTS = {"results": RESULTS}
+INPUTS = {"seeds": ("cams", "seeds")}
+# the side-by-side comparison's keys (eval.compare_*) belong to compare-cams: editing them reruns only it
+KEYS = ("eval.split", "eval.bg_threshold", "eval.sweep_max", "eval.sweep_step")
 
 
-def OUTPUT(cfg: Config) -> str:
-    return "eval/cams"
-
-
-def UPSTREAM(cfg: Config) -> list[str]:
-    return ["cams"]
-
-
-def SECTION(cfg: Config) -> dict:
-    # the side-by-side comparison's keys belong to compare-cams: editing them reruns only it
-    return {k: v for k, v in to_dict(cfg.eval).items() if not k.startswith("compare_")}
-
-
-def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+def run(cfg: Config, out: Path, inputs: dict) -> dict:
     import torch
 
     voc = open_split(cfg.data, cfg.eval.split)
@@ -45,7 +37,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     bad = skipping("eval-cams")
     for image_id in progress(voc.ids, desc="eval-cams"):
         with bad.skip():  # both reads come first: a bad image adds nothing to the counts
-            cams, classes = load_cams(cam_path(run_dir / "cams", image_id))
+            cams, classes = load_cams(cam_path(inputs["seeds"], image_id))
             gt = voc.checked_mask(image_id, cams.shape[1:])  # seeds have their image's size
             cams = normalise_max(torch.from_numpy(cams)).numpy()
             sweep += sweep_confusions(gt, cams, classes, grid, n)

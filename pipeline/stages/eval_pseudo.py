@@ -2,9 +2,8 @@
 precision and coverage of the confident (non-255) pixels, on `eval.split`, and on the
 segmenter's val split too when the pseudo stages made masks for it: those are what the segmenter
 must beat on the images it is scored on. The pseudo stage's masks are scored at the top level of
-the results, the random walk's (pseudo-aff, with `affinity.enabled`) under "affinity". With
-seg.labels=round2 (the second round, which `all` runs) it scores the second round's masks
-(pseudo-r2) alone, into eval/pseudo-r2."""
+the results, the random walk's (pseudo-aff, with `affinity.enabled`) under "affinity". Its
+variant `eval-pseudo-r2` scores the second round's masks (pseudo-r2)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,25 +17,14 @@ from pipeline.metrics import PseudoTally, iou_per_class
 from pipeline.refine.masks import mask_path
 from pipeline.runs import RESULTS, progress, write_json
 
-SCORES = True
-
-
-def OUTPUT(cfg: Config) -> str:
-    return "eval/pseudo-r2" if second_round(cfg) else "eval/pseudo"
-
-
-def UPSTREAM(cfg: Config) -> list[str]:
-    if second_round(cfg):
-        return ["pseudo-r2"]
-    return ["pseudo", "pseudo-aff"] if cfg.affinity.enabled else ["pseudo"]
-
-
-def second_round(cfg: Config) -> bool:
-    return cfg.seg.labels == "round2"
-
-
-def SECTION(cfg: Config) -> dict:
-    return {"split": cfg.eval.split, "val_split": val_split(cfg)}
+GROUND_TRUTH = True
+FOLDER = "eval/pseudo"
+OUTPUTS = {"results": RESULTS}
+INPUTS = {"masks": ("pseudo", "masks"), "affinity": ("pseudo-aff", "masks")}
+KEYS = ("eval.split", "seg.val_split", "pseudo.splits")
+# `eval-pseudo-r2`: the second round's masks, scored as the first round's
+VARIANTS = {"r2": {"FOLDER": "eval/pseudo-r2", "SWITCH": "round2.enabled",
+                   "INPUTS": {"masks": ("pseudo-r2", "masks")}}}
 
 
 def val_split(cfg: Config) -> str | None:
@@ -73,11 +61,11 @@ def headline(results: dict) -> dict:
     return metrics
 
 
-def run(cfg: Config, out: Path, run_dir: Path) -> dict:
-    results = score_folder(cfg, run_dir / UPSTREAM(cfg)[0])
+def run(cfg: Config, out: Path, inputs: dict) -> dict:
+    results = score_folder(cfg, inputs["masks"])
     metrics = headline(results)
-    if cfg.affinity.enabled and not second_round(cfg):
-        results["affinity"] = score_folder(cfg, run_dir / "pseudo-aff")
+    if inputs.get("affinity"):
+        results["affinity"] = score_folder(cfg, inputs["affinity"])
         metrics["affinity"] = headline(results["affinity"])
     write_json(out / RESULTS, results)
     return metrics

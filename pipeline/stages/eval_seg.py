@@ -4,6 +4,8 @@ predictions as palette PNGs (`predictions/<id>.png`).
 Predictions may be post-processed as DeepLab's are: softmax averaged with the mirrored image's
 (`seg.eval_flip`), then the dense CRF the pseudo-masks get (`seg.eval_crf`, pseudo.crf_* params),
 which makes each item's pixels agree on one class. The CRF runs on a process pool, as in `pseudo`.
+Its variants score the second round's segmenter (`eval-seg-r2`) and the upper bound's
+(`eval-seg-gt`) alike.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pipeline.data import open_split
 from pipeline.data.images import save_mask, skipping
 from pipeline.data.transforms import image_batches, normalised_batch
 from pipeline.metrics import confusion, iou_per_class, mean_iou
-from pipeline.models.checkpoints import load_segmenter, segmenter_folder
+from pipeline.models.checkpoints import load_segmenter
 from pipeline.models.segmenter import predict_probs
 from pipeline.refine.crf import dense_crf
 from pipeline.refine.masks import crf_settings, mask_path
@@ -28,20 +30,16 @@ from pipeline.runs import RESULTS, progress, write_json
 
 BATCH = 64
 
-SCORES = True
-
-
-def OUTPUT(cfg: Config) -> str:
-    return {"gt": "eval/seg-gt", "round2": "eval/seg-r2"}.get(cfg.seg.labels, "eval/seg")
-
-
-def UPSTREAM(cfg: Config) -> list[str]:
-    return ["train-seg"]
-
-
-def SECTION(cfg: Config) -> dict:
-    return {"val_split": cfg.seg.val_split, "labels": cfg.seg.labels, "flip": cfg.seg.eval_flip,
-            "crf": crf_settings(cfg.pseudo) if cfg.seg.eval_crf else None}
+GROUND_TRUTH = True
+FOLDER = "eval/seg"
+OUTPUTS = {"results": RESULTS, "predictions": "predictions"}
+INPUTS = {"segmenter": ("train-seg", "model")}
+KEYS = ("seg.val_split", "seg.eval_flip", "seg.eval_crf", "pseudo.crf_gt_prob", "pseudo.crf_iterations",
+        "pseudo.crf_bilateral_sxy", "pseudo.crf_bilateral_srgb")
+# `eval-seg-r2` and `eval-seg-gt`: the second round's and the upper bound's segmenters
+VARIANTS = {"r2": {"FOLDER": "eval/seg-r2", "SWITCH": "round2.enabled",
+                   "INPUTS": {"segmenter": ("train-seg-r2", "model")}},
+            "gt": {"FOLDER": "eval/seg-gt", "INPUTS": {"segmenter": ("train-seg-gt", "model")}}}
 
 
 def _crf_labels(job: tuple[np.ndarray, np.ndarray, dict]) -> np.ndarray:
@@ -61,7 +59,7 @@ def label_batches(cfg: Config, model, voc, bad, pool):
         yield ids, images, [label.astype(np.uint8) for label in labels]
 
 
-def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+def run(cfg: Config, out: Path, inputs: dict) -> dict:
     voc = open_split(cfg.data, cfg.seg.val_split)
     n = voc.num_classes + 1
     matrix = np.zeros((n, n), np.int64)
@@ -69,7 +67,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     # The workers run the CRF alone (no torch), so forking from a process with torch threads is safe.
     pool = get_context("fork").Pool(cfg.pseudo.workers or os.cpu_count() or 1) if cfg.seg.eval_crf else None
     with pool or nullcontext():
-        model, _ = load_segmenter(run_dir / segmenter_folder(cfg), cfg)
+        model, _ = load_segmenter(inputs["segmenter"], cfg)
         model.to(distributed.device(cfg.device))  # after the fork: no CRF worker inherits a CUDA context
         for ids, images, predictions in progress(label_batches(cfg, model, voc, bad, pool), desc="eval-seg"):
             for image_id, image, pred in zip(ids, images, predictions):
@@ -78,7 +76,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
                     matrix += confusion(voc.checked_mask(image_id, image.shape), pred, n)
     bad.raise_if_any()
     names = ["background", *voc.class_names]
-    results = {"split": cfg.seg.val_split, "labels": cfg.seg.labels, "images": len(voc),
+    results = {"split": cfg.seg.val_split, "images": len(voc),
                "flip": cfg.seg.eval_flip, "crf": cfg.seg.eval_crf,
                "miou": round(mean_iou(matrix), 4),
                "per_class_iou": dict(zip(names, np.round(iou_per_class(matrix), 4).tolist()))}

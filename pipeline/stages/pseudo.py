@@ -15,23 +15,15 @@ from pipeline.cam.seeds import cam_path, load_cams
 from pipeline.config import Config, PseudoConfig
 from pipeline.data import open_split
 from pipeline.data.images import DataError, read_image, save_mask, skipping
-from pipeline.refine.masks import mask_path, mask_settings, pseudo_mask
+from pipeline.refine.masks import MASK_KEYS, mask_path, pseudo_mask
 from pipeline.runs import progress
 
 KIND = "sharded"
 SHARD_FILES = "*.png"
-
-
-def OUTPUT(cfg: Config) -> str:
-    return "pseudo"
-
-
-def UPSTREAM(cfg: Config) -> list[str]:
-    return ["cams"]
-
-
-def SECTION(cfg: Config) -> dict:
-    return mask_settings(cfg.pseudo)
+FOLDER = "pseudo"
+OUTPUTS = {"masks": "."}
+INPUTS = {"seeds": ("cams", "seeds")}
+KEYS = MASK_KEYS
 
 
 def _write_one(job: tuple[PseudoConfig, Path, Path, Path]) -> str | None:
@@ -47,7 +39,7 @@ def _write_one(job: tuple[PseudoConfig, Path, Path, Path]) -> str | None:
     return None
 
 
-def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+def run(cfg: Config, out: Path, inputs: dict) -> dict:
     bad = skipping("pseudo")
     jobs = []
     for split in cfg.pseudo.splits:
@@ -55,7 +47,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
         for i in distributed.shard(voc.ids):
             if not mask_path(out, i).is_file():
                 with bad.skip():
-                    jobs.append((cfg.pseudo, voc.image_path(i), cam_path(run_dir / "cams", i),
+                    jobs.append((cfg.pseudo, voc.image_path(i), cam_path(inputs["seeds"], i),
                                  mask_path(out, i)))
     workers = cfg.pseudo.workers or os.cpu_count() or 1
     began = time.perf_counter()

@@ -13,29 +13,19 @@ import numpy as np
 
 from pipeline import distributed
 from pipeline.cam.seeds import cam_path, load_cams
-from pipeline.config import Config, PseudoConfig, to_dict
+from pipeline.config import Config, PseudoConfig
 from pipeline.data.images import save_mask, skipping
 from pipeline.data.transforms import normalised_batch
 from pipeline.models.affinity_net import boundary_maps, classifier_encoder, load_affinity_net
-from pipeline.refine.masks import mask_path, mask_settings, pseudo_mask, unwritten_batches, walked_cams
+from pipeline.refine.masks import MASK_KEYS, mask_path, pseudo_mask, unwritten_batches, walked_cams
 
 SWITCH = "affinity.enabled"
 KIND = "sharded"
 SHARD_FILES = "*.png"
-SETTINGS = ("radius", "beta", "exp_times", "flip")
-
-
-def OUTPUT(cfg: Config) -> str:
-    return "pseudo-aff"
-
-
-def UPSTREAM(cfg: Config) -> list[str]:
-    return ["train-aff", "cams"]
-
-
-def SECTION(cfg: Config) -> dict:
-    affinity = to_dict(cfg.affinity)
-    return {"affinity": {key: affinity[key] for key in SETTINGS}, "pseudo": mask_settings(cfg.pseudo)}
+FOLDER = "pseudo-aff"
+OUTPUTS = {"masks": "."}
+INPUTS = {"affinity": ("train-aff", "model"), "seeds": ("cams", "seeds"), "classifier": ("train-cls", "model")}
+KEYS = ("affinity.radius", "affinity.beta", "affinity.exp_times", "affinity.flip", *MASK_KEYS)
 
 
 def _write_one(job: tuple[PseudoConfig, np.ndarray, np.ndarray, np.ndarray, Path]) -> None:
@@ -43,9 +33,9 @@ def _write_one(job: tuple[PseudoConfig, np.ndarray, np.ndarray, np.ndarray, Path
     save_mask(out_file, pseudo_mask(settings, image, walked, classes))
 
 
-def run(cfg: Config, out: Path, run_dir: Path) -> dict:
-    encoder = classifier_encoder(cfg.cls.arch, run_dir / "classifier" / "model.pt")
-    net = load_affinity_net(run_dir / "affinity", encoder)
+def run(cfg: Config, out: Path, inputs: dict) -> dict:
+    encoder = classifier_encoder(cfg.cls.arch, inputs["classifier"])
+    net = load_affinity_net(inputs["affinity"], encoder)
     bad = skipping("pseudo-aff")
     written = 0
     workers = cfg.pseudo.workers or os.cpu_count() or 1
@@ -57,7 +47,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
             boundaries = boundary_maps(encoder, net, normalised_batch(images), cfg.affinity.flip)
             jobs = []
             for image_id, image, boundary in zip(ids, images, boundaries):
-                cams, classes = load_cams(cam_path(run_dir / "cams", image_id))
+                cams, classes = load_cams(cam_path(inputs["seeds"], image_id))
                 jobs.append((cfg.pseudo, image, walked_cams(cfg.affinity, boundary, cams), classes,
                              mask_path(out, image_id)))
             pool.map(_write_one, jobs, chunksize=max(1, len(jobs) // workers))

@@ -13,34 +13,21 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import distributed
-from pipeline.config import Config, PseudoConfig, to_dict
+from pipeline.config import Config, PseudoConfig
 from pipeline.data.images import save_mask, skipping
 from pipeline.data.transforms import normalised_batch
-from pipeline.models.checkpoints import load_segmenter, segmenter_folder
+from pipeline.models.checkpoints import load_segmenter
 from pipeline.models.segmenter import predict_probs
-from pipeline.refine.masks import known_class_probs, mask_path, mask_settings, segmenter_mask, unwritten_batches
-from pipeline.runs import StageError
+from pipeline.refine.masks import MASK_KEYS, known_class_probs, mask_path, segmenter_mask, unwritten_batches
 
 SWITCH = "round2.enabled"
 KIND = "sharded"
 SHARD_FILES = "*.png"
 BATCH = 64
-
-
-def OUTPUT(cfg: Config) -> str:
-    return "pseudo-r2"
-
-
-def UPSTREAM(cfg: Config) -> list[str]:
-    # Refused here, before the runner hashes the inputs and empties the folder: with
-    # seg.labels=round2, "train-seg" would name the second round's segmenter.
-    if cfg.seg.labels == "round2":
-        raise StageError("pseudo-r2 reads the first round's segmenter: run it without seg.labels=round2")
-    return ["train-seg"]
-
-
-def SECTION(cfg: Config) -> dict:
-    return {"round2": to_dict(cfg.round2), "pseudo": mask_settings(cfg.pseudo)}
+FOLDER = "pseudo-r2"
+OUTPUTS = {"masks": "."}
+INPUTS = {"segmenter": ("train-seg", "model")}
+KEYS = ("round2.flip", *MASK_KEYS)
 
 
 def _write_one(job: tuple[PseudoConfig, np.ndarray, np.ndarray, np.ndarray, Path]) -> None:
@@ -48,13 +35,13 @@ def _write_one(job: tuple[PseudoConfig, np.ndarray, np.ndarray, np.ndarray, Path
     save_mask(out_file, segmenter_mask(settings, image, probs, classes))
 
 
-def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+def run(cfg: Config, out: Path, inputs: dict) -> dict:
     bad = skipping("pseudo-r2")
     written = 0
     workers = cfg.pseudo.workers or os.cpu_count() or 1
     # The workers run the CRF alone (no torch), so forking from a process with torch threads is safe.
     with get_context("fork").Pool(workers) as pool:
-        model, _ = load_segmenter(run_dir / segmenter_folder(cfg), cfg)
+        model, _ = load_segmenter(inputs["segmenter"], cfg)
         model.to(distributed.device(cfg.device))  # after the fork: no CRF worker inherits a CUDA context
         for voc, ids, images in unwritten_batches(cfg, out, BATCH, bad, "pseudo-r2"):
             probs = predict_probs(model, normalised_batch(images), cfg.round2.flip).numpy()

@@ -3,32 +3,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import runs
 from pipeline.config import Config, config_hash, to_dict
-from pipeline.report.build import build_summary, write_report
+from pipeline.report.build import SUMMARY, build_summary, write_report
 
 KIND = "summary"
-SCORES = True  # a report of the scores
-# Scores a run may lack (the upper bound, `make upper-bound`; the second round, round2.enabled):
-# those present are part of the report.
-OPTIONAL = ("eval/seg-gt", "eval/pseudo-r2", "eval/seg-r2")
+GROUND_TRUTH = True  # a report of the scores
+FOLDER = "report"
+OUTPUTS = {"summary": SUMMARY}
+# The second round's scores are None where it is off.
+INPUTS = {"data": ("data", "manifest"), "classifier": ("train-cls", "manifest"), "cams": ("cams", "seeds"),
+          "seeds": ("eval-cams", "results"), "comparison": ("compare-cams", "results"),
+          "pseudo": ("eval-pseudo", "results"), "segmenter": ("eval-seg", "results"),
+          "predictions": ("eval-seg", "predictions"), "pseudo_r2": ("eval-pseudo-r2", "results"),
+          "segmenter_r2": ("eval-seg-r2", "results"), "upper_bound": ("eval-seg-gt", "results")}
+KEYS = ("report",)
 
 
-def OUTPUT(cfg: Config) -> str:
-    return "report"
-
-
-def UPSTREAM(cfg: Config) -> list[str]:
-    return ["data", "train-cls", "eval-cams", "compare-cams", "eval-pseudo", "eval-seg"]
-
-
-def SECTION(cfg: Config) -> dict:
-    manifests = {folder: runs.load_manifest(Path(cfg.run_dir) / folder) for folder in OPTIONAL}
-    return {"report": to_dict(cfg.report),
-            "optional": {folder: manifest["hash"] for folder, manifest in manifests.items() if manifest}}
-
-
-def run(cfg: Config, out: Path, run_dir: Path, stage_folders: dict[str, Path]) -> dict:
-    summary = build_summary(cfg, run_dir, config_hash(to_dict(cfg)), stage_folders)
-    write_report(cfg, run_dir, out, summary)
+def run(cfg: Config, out: Path, inputs: dict, stage_folders: dict[str, Path]) -> dict:
+    summary = build_summary(cfg, inputs, config_hash(to_dict(cfg)), stage_folders)
+    write_report(cfg, inputs, out, summary)
     return {key: summary[key] for key in ("seed_miou_best", "pseudo_miou", "seg_miou", "cls_map")}

@@ -20,28 +20,20 @@ log = logging.getLogger("pipeline")
 
 SWITCH = "affinity.enabled"
 KIND = "training"
-SETTINGS = ("split", "stride", "width", "train_radius", "samples", "epochs", "batch_size", "lr",
-            "weight_decay", "max_minutes", "workers", "crop_size", "cache_features")
+FOLDER = "affinity"
+OUTPUTS = {"model": "model.pt"}
+INPUTS = {"masks": ("pseudo", "masks"), "classifier": ("train-cls", "model")}
+# the walk's keys (radius, beta, exp_times, flip) belong to pseudo-aff: editing them reruns only it
+KEYS = ("affinity.split", "affinity.stride", "affinity.width", "affinity.train_radius", "affinity.samples",
+        "affinity.epochs", "affinity.batch_size", "affinity.lr", "affinity.weight_decay",
+        "affinity.max_minutes", "affinity.workers", "affinity.crop_size", "affinity.cache_features", "seed")
 
 
-def OUTPUT(cfg: Config) -> str:
-    return "affinity"
-
-
-def UPSTREAM(cfg: Config) -> list[str]:
-    return ["pseudo", "train-cls"]
-
-
-def SECTION(cfg: Config) -> dict:
-    affinity = to_dict(cfg.affinity)
-    return {"affinity": {key: affinity[key] for key in SETTINGS}, "seed": cfg.seed}
-
-
-def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+def run(cfg: Config, out: Path, inputs: dict) -> dict:
     settings = cfg.affinity
     voc = open_split(cfg.data, settings.split)
-    read_target = lambda image_id: read_mask(mask_path(run_dir / "pseudo", image_id))
-    encoder = classifier_encoder(cfg.cls.arch, run_dir / "classifier" / "model.pt")
+    read_target = lambda image_id: read_mask(mask_path(inputs["masks"], image_id))
+    encoder = classifier_encoder(cfg.cls.arch, inputs["classifier"])
     seed_everything(cfg.seed)  # the head's initial weights too
     net = build_affinity_net(encoder, settings)
     if settings.cache_features:
@@ -54,7 +46,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     config = to_dict(cfg)
     history = fit(trained, dataset, boundary_loss(settings.train_radius), spec, out / "last.pt", config,
                   "train-aff")
-    save_checkpoint(out / "model.pt", {"model": net.state_dict(), "arch": cfg.cls.arch,
+    save_checkpoint(out / OUTPUTS["model"], {"model": net.state_dict(), "arch": cfg.cls.arch,
                                        "stride": settings.stride, "width": settings.width,
                                        "config": config})
     (out / "last.pt").unlink(missing_ok=True)

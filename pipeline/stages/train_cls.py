@@ -16,21 +16,13 @@ from pipeline.models.classifier import build_classifier, head_name
 from pipeline.train import TrainSpec, fit, mean_average_precision, pretrained_groups, save_checkpoint, seed_everything
 
 KIND = "training"
+FOLDER = "classifier"
+OUTPUTS = {"model": "model.pt"}
+INPUTS = {"dataset": ("data", "manifest")}  # the dataset the data stage built or checked
+KEYS = ("cls", "seed")
 
 # From-scratch ResNets sit at the label prior for a while; a long warm-up (as OneCycle) got past it fastest.
 WARMUP = 0.15
-
-
-def OUTPUT(cfg: Config) -> str:
-    return "classifier"
-
-
-def UPSTREAM(cfg: Config) -> list[str]:
-    return ["data"]
-
-
-def SECTION(cfg: Config) -> dict:
-    return {"cls": to_dict(cfg.cls), "seed": cfg.seed}
 
 
 def single_label_loss(logits: torch.Tensor, multi_hot: torch.Tensor) -> torch.Tensor:
@@ -58,7 +50,7 @@ def backbone_groups(model: torch.nn.Module, lr: float, scale: float) -> list[dic
     return pretrained_groups(model, lr, scale, lambda name: not name.startswith(head))
 
 
-def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+def run(cfg: Config, out: Path, inputs: dict) -> dict:
     train = open_split(cfg.data, cfg.cls.split)
     labels = train.label_matrix()
     seed_everything(cfg.seed)  # the initial weights too
@@ -75,7 +67,7 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     val = open_split(cfg.data, cfg.cls.val_split)
     val_map, per_class = mean_average_precision(predict_scores(model, val), val.label_matrix())
     model.to("cpu")  # the checkpoint loads on machines without the device
-    save_checkpoint(out / "model.pt", {
+    save_checkpoint(out / OUTPUTS["model"], {
         "model": model.state_dict(), "arch": cfg.cls.arch, "last_stride": cfg.cls.last_stride,
         "class_names": train.class_names, "train_size": train_size, "config": config})
     for partial in ("pretrain.pt", "last.pt"):

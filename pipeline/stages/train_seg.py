@@ -1,6 +1,7 @@
-"""Stage `train-seg`: the segmenter on pseudo-masks (`seg.labels=pseudo`: the pseudo stage's,
-`affinity`: the random walk's, `round2`: the second round's) or, for the fully supervised upper
-bound, on ground-truth masks (`seg.labels=gt`) with the same budget and seed."""
+"""Stage `train-seg`: the segmenter on the pseudo-masks `seg.labels` names (`pseudo`: the pseudo
+stage's, `affinity`: the random walk's). Its variants train the same segmenter on other masks:
+`train-seg-r2` on the second round's (pseudo-r2), `train-seg-gt` on the dataset's ground truth (the
+fully supervised upper bound, with the same budget and seed)."""
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,6 @@ from pipeline.config import Config, to_dict
 from pipeline.data import open_split
 from pipeline.data.images import read_mask
 from pipeline.data.transforms import SegmentationSet, crop_size, train_transform
-from pipeline.models.checkpoints import segmenter_folder
 from pipeline.models.frozen import DecoderOnly, EncodedSet
 from pipeline.models.seg_training import check_targets, class_weights, segmentation_loss
 from pipeline.models.segmenter import build_segmenter, load_encoder
@@ -23,38 +23,48 @@ from pipeline.train import TrainSpec, fit, pretrained_groups, save_checkpoint, s
 log = logging.getLogger("pipeline")
 
 KIND = "training"
-# The stage whose masks each `seg.labels` but "gt" trains on (its folder has the same name).
-PSEUDO_MASKS = {"pseudo": "pseudo", "affinity": "pseudo-aff", "round2": "pseudo-r2"}
+FOLDER = "segmenter"
+OUTPUTS = {"model": "model.pt"}
+# Training alone: the evaluation keys (seg.val_split, eval_flip, eval_crf) belong to eval-seg,
+# and seg.labels chooses the inputs, whose hashes this stage's covers.
+KEYS = ("seg.split", "seg.arch", "seg.encoder", "seg.encoder_weights", "seg.decoder_channels",
+        "seg.encoder_lr_scale", "seg.crop_size", "seg.samples", "seg.epochs", "seg.batch_size", "seg.lr",
+        "seg.weight_decay", "seg.class_balance", "seg.max_minutes", "seg.workers", "seg.cache_features", "seed")
+# The stage whose masks each `seg.labels` names.
+LABELS = {"pseudo": "pseudo", "affinity": "pseudo-aff"}
 
 
-def OUTPUT(cfg: Config) -> str:
-    return segmenter_folder(cfg)
+def encoder_input(cfg: Config) -> dict:
+    """The classifier, where the encoder starts from its weights."""
+    return {"classifier": ("train-cls", "model")} if cfg.seg.encoder_weights == "classifier" else {}
 
 
-def UPSTREAM(cfg: Config) -> list[str]:
-    upstream = [PSEUDO_MASKS.get(cfg.seg.labels, "data")]
-    if cfg.seg.encoder_weights == "classifier":
-        upstream.append("train-cls")
-    return upstream
+def INPUTS(cfg: Config) -> dict:
+    return {"masks": (LABELS[cfg.seg.labels], "masks"), **encoder_input(cfg)}
 
 
-def SECTION(cfg: Config) -> dict:
-    return {"seg": {k: v for k, v in to_dict(cfg.seg).items() if k != "val_split"}, "seed": cfg.seed}
+# `train-seg-r2` on the second round's masks; `train-seg-gt`, without masks to read, on the
+# dataset's ground truth (its data stage's record).
+VARIANTS = {"r2": {"FOLDER": "segmenter-r2", "SWITCH": "round2.enabled",
+                   "INPUTS": lambda cfg: {"masks": ("pseudo-r2", "masks"), **encoder_input(cfg)}},
+            "gt": {"FOLDER": "segmenter-gt", "GROUND_TRUTH": True,
+                   "INPUTS": lambda cfg: {"dataset": ("data", "manifest"), **encoder_input(cfg)}}}
 
 
-def run(cfg: Config, out: Path, run_dir: Path) -> dict:
+def run(cfg: Config, out: Path, inputs: dict) -> dict:
     voc = open_split(cfg.data, cfg.seg.split)
-    if cfg.seg.labels == "gt":
+    masks = inputs.get("masks")
+    if masks is None:
         read_target, target_path = voc.mask, voc.mask_path
     else:
-        target_path = lambda image_id: mask_path(run_dir / PSEUDO_MASKS[cfg.seg.labels], image_id)
+        target_path = lambda image_id: mask_path(masks, image_id)
         read_target = lambda image_id: read_mask(target_path(image_id))
     pixel_counts = check_targets(voc, read_target, target_path)
     seed_everything(cfg.seed)  # the initial weights too
     model = build_segmenter(cfg.seg.arch, cfg.seg.encoder, voc.num_classes + 1,
                             list(cfg.seg.decoder_channels))
     if cfg.seg.encoder_weights == "classifier":
-        load_encoder(model, run_dir / "classifier" / "model.pt")
+        load_encoder(model, inputs["classifier"])
     elif cfg.seg.encoder_weights != "none":
         load_encoder(model, cfg.seg.encoder_weights)
     groups = pretrained_groups(model, cfg.seg.lr, cfg.seg.encoder_lr_scale, lambda name: name.startswith("encoder."))
@@ -69,10 +79,10 @@ def run(cfg: Config, out: Path, run_dir: Path) -> dict:
     config = to_dict(cfg)
     weights = class_weights(pixel_counts, cfg.seg.class_balance)
     history = fit(trained, dataset, segmentation_loss(weights), spec, out / "last.pt", config,
-                  f"train-seg ({cfg.seg.labels})", groups)
-    save_checkpoint(out / "model.pt", {"model": model.state_dict(), "arch": cfg.seg.arch,
-                                       "encoder": cfg.seg.encoder, "labels": cfg.seg.labels,
-                                       "decoder_channels": list(cfg.seg.decoder_channels),
-                                       "class_names": voc.class_names, "config": config})
+                  f"train-seg on {masks.name if masks else 'ground truth'}", groups)
+    save_checkpoint(out / OUTPUTS["model"], {"model": model.state_dict(), "arch": cfg.seg.arch,
+                                             "encoder": cfg.seg.encoder,
+                                             "decoder_channels": list(cfg.seg.decoder_channels),
+                                             "class_names": voc.class_names, "config": config})
     (out / "last.pt").unlink(missing_ok=True)
     return {**history, "class_weights": None if weights is None else np.round(weights.numpy(), 4).tolist()}
