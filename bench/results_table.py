@@ -16,6 +16,8 @@ import json
 import statistics
 from pathlib import Path
 
+from pipeline.stages import output_path
+
 # (row label, summary key); higher is better for each, so a benchmark's worst seed is its minimum.
 ROWS = [("classifier val mAP", "cls_map"),
         ("seeds, configured threshold, train", "seed_miou_configured"),
@@ -39,7 +41,7 @@ def seed_runs(run: Path, seeds: int) -> list[Path]:
 
 
 def read_summary(run: Path) -> dict:
-    return json.loads((run / "report" / "summary.json").read_text())
+    return json.loads(output_path(run, "report", "summary").read_text())
 
 
 def table(summaries: list[dict], runs_header: str) -> str:
