@@ -11,9 +11,10 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from itertools import islice
 from multiprocessing import get_context
 
-IN_FLIGHT_PER_WORKER = 4  # jobs queued per worker: enough to keep it busy, few in memory
+IN_FLIGHT_PER_WORKER = 4  # chunks of jobs queued per worker: enough to keep it busy, few in memory
 
 
 def worker_count(workers: int) -> int:
@@ -28,22 +29,33 @@ class Workers:
         self.count = count
         self.pool = pool
 
-    def map(self, function: Callable, jobs: Iterable[tuple]) -> Iterator:
-        """`function(*job)` for every job, in order. Jobs are read as results are taken, with at
-        most a few per worker in flight, so memory does not grow with the number of jobs (a pool's
-        own imap would read the whole iterable ahead)."""
+    def map(self, function: Callable, jobs: Iterable[tuple], chunk: int = 1) -> Iterator:
+        """`function(*job)` for every job, in order, sent to the workers `chunk` jobs at a time (more
+        than one where a job takes too little time to be worth a message of its own). Jobs are read
+        as results are taken, with a few chunks per worker in flight, so memory does not grow with
+        the number of jobs (a pool's own imap would read the whole iterable ahead)."""
         if self.pool is None:
             return (function(*job) for job in jobs)
-        return self._bounded(function, jobs)
+        return self._bounded(function, jobs, chunk)
 
-    def _bounded(self, function: Callable, jobs: Iterable[tuple]) -> Iterator:
+    def _bounded(self, function: Callable, jobs: Iterable[tuple], chunk: int) -> Iterator:
         pending: deque = deque()
-        for job in jobs:
-            pending.append(self.pool.apply_async(function, job))
+        for part in _chunks(jobs, chunk):
+            pending.append(self.pool.apply_async(_run_each, (function, part)))
             if len(pending) >= IN_FLIGHT_PER_WORKER * self.count:
-                yield pending.popleft().get()
+                yield from pending.popleft().get()
         while pending:
-            yield pending.popleft().get()
+            yield from pending.popleft().get()
+
+
+def _chunks(jobs: Iterable[tuple], size: int) -> Iterator[list[tuple]]:
+    jobs = iter(jobs)
+    while part := list(islice(jobs, size)):
+        yield part
+
+
+def _run_each(function: Callable, jobs: list[tuple]) -> list:
+    return [function(*job) for job in jobs]
 
 
 @contextmanager

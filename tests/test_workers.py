@@ -23,6 +23,9 @@ def test_one_worker_runs_here_in_order_and_more_run_in_their_processes(monkeypat
     assert two.count == 2
     assert [value for _, value in results] == [2 * v for v in range(20)]
     assert os.getpid() not in {pid for pid, _ in results}
+    with worker_pool(2) as two:  # sent three at a time, the last chunk short
+        assert [value for _, value in two.map(_pid_and, [(v,) for v in range(20)], chunk=3)] == [
+            2 * v for v in range(20)]
     monkeypatch.setattr(os, "cpu_count", lambda: 3)
     assert (worker_count(0), worker_count(5)) == (3, 5)
 

@@ -269,7 +269,7 @@ def build(root: str | Path, spec: SceneSpec, fashion_dir: str | Path, n_pool: in
     jobs = [(specs[split], split, i, scene_id, str(root)) for split in counts
             for i, scene_id in enumerate(ids[split])]
     with worker_pool(workers, _init_worker, (spec.classes, str(fashion_dir), paths)) as pool:
-        for _ in pool.map(_write_scene, jobs):
+        for _ in pool.map(_write_scene, jobs, chunk=64):
             pass
     _WORKER.clear()  # what a build in this process loaded
     lists = {"train_aug": ids["train"], "train": ids["train"][:n_train], "val": ids["val"]}
