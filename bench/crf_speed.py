@@ -1,5 +1,5 @@
-"""CRF throughput of the `pseudo` stage: milliseconds per image, and images per second in a
-process pool of 1 and of 2 workers.
+"""CRF throughput of the `pseudo` stage: milliseconds per image, and images per second with 1
+worker (in this process) and with a pool of 2, as the stage runs them.
 
 Inputs: the first train scenes of runs/default (their images and stored seeds) when that run has
 seeds, else synthetic 64 px shapes scenes with blocky seeds (their ground truth averaged over 8 px
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, replace
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +23,11 @@ from pipeline.data.shapes import shapes_scene
 from pipeline.label import run_config
 from pipeline.refine.masks import pseudo_mask
 from pipeline.stages import output_path, run_outputs
+from pipeline.workers import worker_pool
 from bench_out import save
 
 ROOT = Path(__file__).resolve().parent.parent
-IMAGES, SIZE, CELL, REPEATS, CHUNK = 200, 64, 8, 3, 8
+IMAGES, SIZE, CELL, REPEATS = 200, 64, 8, 3
 SETTINGS = load_config(ROOT / "configs/default.yaml").pseudo
 
 
@@ -50,8 +50,8 @@ def synthetic_inputs() -> list[tuple]:
     return inputs
 
 
-def one_mask(job: tuple) -> np.ndarray:
-    return pseudo_mask(SETTINGS, *job)
+def one_mask(image: np.ndarray, cams: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    return pseudo_mask(SETTINGS, image, cams, classes)
 
 
 def best_seconds(run) -> float:
@@ -70,10 +70,10 @@ def serial_ms(inputs: list[tuple], crf: bool) -> float:
 
 
 def pool_seconds(inputs: list[tuple], workers: int) -> float:
-    """One pass through a fork pool, as the `pseudo` stage runs it (pool start-up not counted)."""
-    with get_context("fork").Pool(workers) as pool:
+    """One pass through `workers`, as the `pseudo` stage runs it (pool start-up not counted)."""
+    with worker_pool(workers) as pool:
         began = time.perf_counter()
-        list(pool.imap_unordered(one_mask, inputs, chunksize=CHUNK))
+        list(pool.map(one_mask, inputs))
         return time.perf_counter() - began
 
 

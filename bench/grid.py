@@ -15,7 +15,6 @@ import argparse
 import os
 import time
 from dataclasses import replace
-from multiprocessing import get_context
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -33,6 +32,7 @@ from pipeline.models.checkpoints import load_classifier  # noqa: E402
 from pipeline.refine.masks import pseudo_mask  # noqa: E402
 from pipeline.runs import git_commit  # noqa: E402
 from pipeline.stages import output_path  # noqa: E402
+from pipeline.workers import worker_pool  # noqa: E402
 from bench_out import save  # noqa: E402
 
 LAYER_SETS = [["layer4"], ["layer3"], ["layer3", "layer4"], ["layer2", "layer3", "layer4"]]
@@ -50,18 +50,13 @@ def seeds(model, cfg, voc, ids, method, layers, head) -> tuple[list[np.ndarray],
     return maps, time.perf_counter() - began
 
 
-def _pseudo(job):
-    settings, image, cams, classes = job
-    return pseudo_mask(settings, image, cams, classes)
-
-
 def pseudo_row(cfg, pool, voc, ids, maps, crf: bool, seed_threshold: float) -> tuple[dict, float]:
     shift = seed_threshold - cfg.eval.bg_threshold
     settings = replace(cfg.pseudo, crf=crf, fg_threshold_high=min(1.0, cfg.pseudo.fg_threshold_high + shift),
                        fg_threshold_low=max(0.0, cfg.pseudo.fg_threshold_low + shift))
     jobs = [(settings, voc.image(i), m, voc.labels(i)) for i, m in zip(ids, maps)]
     began = time.perf_counter()
-    masks = pool.map(_pseudo, jobs, chunksize=8)
+    masks = list(pool.map(pseudo_mask, jobs))
     seconds = time.perf_counter() - began
     tally = PseudoTally(voc.num_classes + 1)
     for image_id, mask in zip(ids, masks):
@@ -74,7 +69,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--run", default="runs/default", help="a run with a trained classifier")
     parser.add_argument("--images", type=int, default=500)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, default=0, help="CRF processes (0: one per core)")
     args = parser.parse_args()
     cfg = load_config(args.config, [f"run_dir={args.run}"])
     model, _ = load_classifier(output_path(args.run, "train-cls", "model"))
@@ -82,7 +77,7 @@ def main() -> None:
     ids = voc.ids[:args.images]
     grid, n = thresholds(cfg.eval), voc.num_classes + 1
     rows = []
-    with get_context("fork").Pool(args.workers) as pool:
+    with worker_pool(args.workers) as pool:
         for method in cfg.eval.compare_methods:
             for layers in LAYER_SETS:
                 head = cam_head(model, cfg, layers) if method == "cam" else cfg.cam.head
@@ -104,7 +99,7 @@ def main() -> None:
     header = (f"First {len(ids)} images of split `{cfg.eval.split}`, run `{args.run}`, scales "
               f"{list(cfg.cam.scales)}, flip {cfg.cam.flip}, {cfg.cam.fuse} fusion, confidence thresholds "
               f"at the row's seed threshold {cfg.pseudo.fg_threshold_high - cfg.eval.bg_threshold:+.2f} / "
-              f"{cfg.pseudo.fg_threshold_low - cfg.eval.bg_threshold:+.2f}, {args.workers} CRF workers, "
+              f"{cfg.pseudo.fg_threshold_low - cfg.eval.bg_threshold:+.2f}, {pool.count} CRF workers, "
               f"{torch.get_num_threads()} torch threads, commit {git_commit()}.")
     print(header + "\n\n" + "\n".join(table))
     save("grid.json", {"header": header, "rows": rows})

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import atexit
 import os
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -85,6 +87,12 @@ def shard(ids: list) -> list:
     that what one rank has written does not move another rank's share.
     """
     return ids[rank()::world_size()]
+
+
+def unwritten(ids: list, path_of: Callable[[Any], Path]) -> list:
+    """This rank's `shard` of `ids` but those whose file `path_of(id)` exists: the work left where
+    every finished image has written that file last, as a killed run leaves it."""
+    return [i for i in shard(ids) if not path_of(i).is_file()]
 
 
 def from_main(value: Any) -> Any:

@@ -11,8 +11,9 @@ Image-level labels come from a labels CSV when one is given, else from the class
 scores above `label.score_threshold`. Masks come from seeds with the run's `cam` settings or, with
 `label.masks_from=segmenter`, from the run's last segmenter's probabilities restricted to those
 classes (as the second round makes its masks); either way into pseudo-masks with its `pseudo`
-settings. Seeds are computed here in batches of same-sized images while a process pool
-runs the CRF with a bounded number of images in flight, so memory does not grow with the folder.
+settings, written by `write_mask` as the stages write theirs. Seeds are computed here in batches
+of same-sized images while a process pool (`pipeline.workers`) runs the CRF with a few images in
+flight, so memory does not grow with the folder.
 """
 from __future__ import annotations
 
@@ -21,10 +22,8 @@ import hashlib
 import io
 import logging
 import os
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -33,23 +32,22 @@ from PIL import Image
 
 from pipeline import distributed
 from pipeline.cam.seeds import cam_head, seed_batch
-from pipeline.config import Config, PseudoConfig, config_hash, load_config, to_dict
+from pipeline.config import Config, config_hash, load_config, to_dict
 from pipeline.data.folder import LabelledImage, as_text_cell, folder_images, read_labels_csv
-from pipeline.data.images import IGNORE, PALETTE, read_image, read_or_skip, save_mask
+from pipeline.data.images import IGNORE, PALETTE, read_image, read_or_skip
 from pipeline.data.outputs import check_apart, output_file
-from pipeline.data.transforms import normalised_batch, same_size_batches
+from pipeline.data.transforms import same_size_batches
 from pipeline.models.checkpoints import (class_scores, classifier_checkpoint, load_classifier, load_segmenter,
                                         training_size)
-from pipeline.models.segmenter import predict_probs
-from pipeline.refine.masks import known_class_probs, mask_settings, pseudo_mask
+from pipeline.refine.masks import MaskRule, mask_settings, pseudo_rule, segmenter_scores, write_mask
 from pipeline.runs import RunOutputs, StageError, progress, read_json, write_json, write_text, write_with
 from pipeline.train import load_checkpoint
+from pipeline.workers import worker_pool
 
 log = logging.getLogger("pipeline")
 
 COLOURS = np.array(PALETTE, np.uint8).reshape(256, 3)
 OVERLAY_ALPHA = 0.5
-IN_FLIGHT_PER_WORKER = 4  # images queued per CRF worker: enough to keep it busy, few in memory
 SETTINGS = "settings.json"
 # Without label.max_side, images are labelled at up to this many times the classifier's training
 # size: its filters were learnt at that scale, and memory must not follow a phone photo's pixels.
@@ -128,18 +126,10 @@ def readable(items: Iterable[LabelledImage], images_dir: Path, failed: list[dict
             yield item, name, image.shape[:2], at_working_size(image, max_side)
 
 
-def segmenter_maps(segmenter: torch.nn.Module, images: list[np.ndarray], label_sets: list[np.ndarray],
-                   flip: bool) -> list[np.ndarray]:
-    """Per image, the class channels of the segmenter's `known_class_probs`: they take the seeds'
-    place, as in the second round."""
-    probs = predict_probs(segmenter, normalised_batch(images), flip).numpy()
-    return [known_class_probs(p, labels)[1:] for p, labels in zip(probs, label_sets)]
-
-
 def seeded_jobs(model: torch.nn.Module, cfg: Config, head, batches: Iterable[list[tuple]],
                 segmenter: torch.nn.Module | None = None) -> Iterator[Job]:
     """Labels (the CSV's, else scores above the threshold) and seeds of each image (or, given a
-    segmenter, its `segmenter_maps`)."""
+    segmenter, its `segmenter_scores`, as the second round's)."""
     for batch in batches:
         items, names, full_sizes, images = zip(*batch)
         scores = class_scores(model, list(images))
@@ -153,7 +143,7 @@ def seeded_jobs(model: torch.nn.Module, cfg: Config, head, batches: Iterable[lis
         elif segmenter is None:
             maps = seed_batch(model, chosen, chosen_labels, cfg, head)
         else:
-            maps = segmenter_maps(segmenter, chosen, chosen_labels, cfg.round2.flip)
+            maps = segmenter_scores(segmenter, chosen, chosen_labels, cfg.round2.flip)
         seeds = dict(zip(seeded, maps))
         for row, item in enumerate(items):
             cams = seeds[row] if row in seeds else np.zeros((0, *images[row].shape[:2]), np.float32)
@@ -174,18 +164,12 @@ def overlay(image: np.ndarray, mask: np.ndarray, rows: int = 256) -> np.ndarray:
     return out
 
 
-def write_outputs(job: Job, settings: PseudoConfig, class_names: list[str], out: Path) -> None:
-    """Mask, overlay, then the record that marks the image done (runs in a CRF worker)."""
-    if len(job.classes):
-        mask = pseudo_mask(settings, job.image, job.cams, job.classes)
-    else:
-        mask = np.zeros(job.image.shape[:2], np.uint8)
-    image = job.image
-    if mask.shape != job.full_size:  # labelled smaller: the mask goes back to the photo's size
-        height, width = job.full_size
-        mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
-        image = read_image(job.item.path)
-    save_mask(output_path(out, "masks", job.item.id), mask)
+def write_outputs(job: Job, rule: MaskRule, class_names: list[str], out: Path) -> None:
+    """Mask (at the image file's size), overlay, then the record that marks the image done (runs
+    in a CRF worker)."""
+    mask = write_mask(output_path(out, "masks", job.item.id), job.image, job.cams, job.classes, rule,
+                      job.full_size)
+    image = job.image if job.image.shape[:2] == mask.shape else read_image(job.item.path)
     picture = Image.fromarray(overlay(image, mask))
     write_with(output_path(out, "overlays", job.item.id), lambda tmp: picture.save(tmp, format="PNG"))
     write_json(output_path(out, "records", job.item.id), {
@@ -194,18 +178,6 @@ def write_outputs(job: Job, settings: PseudoConfig, class_names: list[str], out:
         "labels_from": "csv" if job.item.classes is not None else "classifier",
         "scores": {name: round(float(s), 4) for name, s in zip(class_names, job.scores)},
         "confident_fraction": round(float((mask != IGNORE).mean()), 4)})
-
-
-def bounded_map(pool, function, work: Iterable, limit: int, *args) -> Iterator[None]:
-    """`function(item, *args)` in the pool with at most `limit` items in flight (Pool.imap would
-    read the whole generator ahead, holding every image and seed in memory)."""
-    pending: deque = deque()
-    for item in work:
-        pending.append(pool.apply_async(function, (item, *args)))
-        if len(pending) >= limit:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
 
 
 def write_summary(out: Path, items: list[LabelledImage], failed: list[dict], written_now: int,
@@ -278,23 +250,20 @@ def label_folder(cfg: Config, run: RunOutputs, images_dir: Path, labels_csv: Pat
     check_apart(out, [images_dir, *filter(None, [labels_csv]), *(item.path for item in items)])
     segmenter_file, segmenter = mask_segmenter(cfg, run, class_names)
     claim_output(out, settings_hash(cfg, classifier, labels_csv, segmenter_file))
-    todo = [item for item in distributed.shard(items) if not output_path(out, "records", item.id).is_file()]
-    workers = cfg.pseudo.workers or os.cpu_count() or 1
+    todo = distributed.unwritten(items, lambda item: output_path(out, "records", item.id))
     failed: list[dict] = []
     max_side = cfg.label.max_side or MAX_SIDE_PER_TRAINING_SIZE * training_size(state)
     batches = same_size_batches(readable(todo, images_dir, failed, max_side), cfg.cam.batch_size)
-    written = 0
-    with get_context("fork").Pool(workers) as pool:
+    rule = pseudo_rule(cfg.pseudo)
+    with worker_pool(cfg.pseudo.workers) as workers:
         device = distributed.device(cfg.device)
         model.to(device)  # after the fork: no CRF worker inherits a CUDA context
         if segmenter is not None:
             segmenter.to(device)
         head = cam_head(model, cfg, list(cfg.cam.layers)) if cfg.cam.method == "cam" \
             else cfg.cam.head
-        work = bounded_map(pool, write_outputs, seeded_jobs(model, cfg, head, batches, segmenter),
-                           IN_FLIGHT_PER_WORKER * workers, cfg.pseudo, class_names, out)
-        for _ in progress(work, total=len(todo), desc="label"):
-            written += 1
+        jobs = ((job, rule, class_names, out) for job in seeded_jobs(model, cfg, head, batches, segmenter))
+        written = sum(1 for _ in progress(workers.map(write_outputs, jobs), total=len(todo), desc="label"))
     failed = [problem for share in distributed.gather(failed) for problem in share]
     written = sum(distributed.gather(written))  # returns once every rank has written its files
     if not distributed.is_main():

@@ -122,7 +122,7 @@ def test_confident_mask_without_crf_by_hand():
                       [0.50, 0.06, 0.00, 0.30]]], np.float32)
     classes = np.array([0, 2])
     image = np.zeros((2, 4, 3), np.uint8)
-    mask = confident_mask(image, cams, classes, high=0.3, low=0.05, crf=False)
+    mask = confident_mask(image, cams, classes, high=0.3, low=0.05)
     # (0,0) 0.90 > high -> id 1; (0,1) max 0.25 in (low, high] -> 255; (0,2) 0.02 <= low -> 0;
     # (0,3) 0.80 (class 2) -> id 3; (1,0) 0.50 beats 0.40 -> id 3; (1,1) 0.10 -> 255;
     # (1,2) 0.04 -> 0; (1,3) 0.35 > 0.30 -> id 1.
@@ -159,24 +159,24 @@ def test_confident_mask_with_crf_keeps_only_present_ids(scene):
     rgb = np.ascontiguousarray(scene["rgb"][:96, :128])
     rng = np.random.default_rng(0)
     cams = rng.random((2, 96, 128)).astype(np.float32)
-    mask = confident_mask(rgb, cams, np.array([4, 14]), high=0.3, low=0.05)
+    mask = confident_mask(rgb, cams, np.array([4, 14]), high=0.3, low=0.05, crf={})
     assert mask.shape == (96, 128) and mask.dtype == np.uint8
     assert set(np.unique(mask)) <= {0, 5, 15, 255}
 
 
 def test_psa_background_score_by_hand():
-    from pipeline.refine.pseudo import background_score, refined_labels
+    from pipeline.refine.pseudo import background_score, refined_labels, with_background
 
     cams = np.array([[[0.2, 0.9, 0.4]]], np.float32)  # one class, 1x3 pixels
     np.testing.assert_allclose(background_score(cams, "power", 2.0), [[[0.64, 0.01, 0.36]]], atol=1e-6)
     np.testing.assert_allclose(background_score(cams, "constant", 0.3), [[[0.3, 0.3, 0.3]]])
-    labels = refined_labels(np.zeros((1, 3, 3), np.uint8), cams, np.array([1]), 2.0, crf=False,
-                            background="power")
+    scores, keys = with_background(cams, np.array([1]), "power", 2.0)
+    labels = refined_labels(np.zeros((1, 3, 3), np.uint8), scores, keys, crf=None)
     np.testing.assert_array_equal(labels, [[0, 2, 2]])  # 0.64 > 0.2; 0.01 < 0.9; 0.36 < 0.4
     # alpha 1 keeps sure foreground (background 0.8, 0.1, 0.6), alpha 4 sure background
     # (0.41, 0.0001, 0.13): the middle pixel (0.4) is foreground only for alpha 4, so unsure.
     mask = confident_mask(np.zeros((1, 3, 3), np.uint8), cams, np.array([1]), high=1.0, low=4.0,
-                          crf=False, background="power")
+                          background="power")
     np.testing.assert_array_equal(mask, [[0, 2, 255]])
     with pytest.raises(ValueError, match="unknown background score"):
         background_score(cams, "psa", 1.0)

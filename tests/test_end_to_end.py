@@ -266,7 +266,7 @@ def test_round_two_masks_are_the_segmenters_known_class_predictions_refined(run)
         seeds = known[1:] / (known[1:].max(axis=(1, 2), keepdims=True) + 1e-5)
         expected = confident_mask(image, np.ascontiguousarray(seeds, np.float32), classes,
                                   cfg.pseudo.fg_threshold_high, cfg.pseudo.fg_threshold_low,
-                                  **crf_settings(cfg.pseudo))
+                                  crf_settings(cfg.pseudo))
         saved = read_mask(run["dir"] / "pseudo-r2" / f"{image_id}.png")
         assert np.array_equal(saved, expected)
 

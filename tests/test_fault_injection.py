@@ -7,7 +7,7 @@ The kill points: `CAMSEG_FAULT_AFTER_WRITES=N` (pipeline.runs) makes a command k
 after its N-th file write. Every write of train-cls (started.json, last.pt after each of 2 epochs,
 model.pt, the manifest) and of train-seg (started.json, last.pt, model.pt, the manifest), and
 seeded draws among those of cams (started.json, 24 seeds, the manifest) and pseudo (started.json,
-then 24 masks in its one pool worker, which counts on from there); a kill after the manifest
+then 24 masks, written in the stage's own process with pseudo.workers=1); a kill after the manifest
 leaves a finished result still to be moved in. On the shapes dataset of test_reliability (16 + 8
 images of 32 px). The killed command is a fork of this process (python and torch already loaded:
 a fresh process would take seconds to start); the run that resumes it is the command line's

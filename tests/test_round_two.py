@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline.config import PseudoConfig
-from pipeline.refine.masks import known_class_probs, segmenter_mask
+from pipeline.refine.masks import known_class_probs, pseudo_mask
 
 
 def test_known_class_probs_keep_background_and_the_labelled_classes_renormalised():
@@ -28,7 +28,7 @@ def test_a_class_no_pixel_favours_still_gets_its_most_likely_pixels():
     # the class's share of background + class: 1.0, 0.75, 0.375, 0.0 of its peak (0.04 / 0.04)
     np.testing.assert_allclose(known[1, 0], [1.0, 0.75, 0.375, 0.0], atol=1e-5)
     settings = PseudoConfig(fg_threshold_high=0.5, fg_threshold_low=0.3, crf=False)
-    mask = segmenter_mask(settings, np.zeros((1, 4, 3), np.uint8), known, np.array([0]))
+    mask = pseudo_mask(settings, np.zeros((1, 4, 3), np.uint8), known[1:], np.array([0]))
     # above 0.5: the class (id 1); between 0.3 and 0.5: unsure (255); below 0.3: background
     assert mask.tolist() == [[1, 1, 255, 0]]
 

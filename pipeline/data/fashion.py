@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import os
 from dataclasses import dataclass, replace
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from scipy import ndimage
 from pipeline.data.images import IGNORE, DataError, save_mask
 from pipeline.data.split import check_class_names
 from pipeline.data.voc import make_layout, write_index
+from pipeline.workers import worker_pool
 
 # Fashion-MNIST label order, with short names.
 FASHION_CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat",
@@ -208,8 +207,7 @@ def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_CODES[split], index])
 
 
-def _write_scene(job: tuple[SceneSpec, str, int, str, str]) -> None:
-    spec, split, index, scene_id, root = job
+def _write_scene(spec: SceneSpec, split: str, index: int, scene_id: str, root: str) -> None:
     image, labels = compose_scene(scene_rng(spec.seed, split, index), spec, _WORKER["photos"],
                                   _WORKER["items"][ITEM_SOURCE[split]])
     Image.fromarray(image).save(Path(root) / "JPEGImages" / f"{scene_id}.png", compress_level=1)
@@ -270,9 +268,10 @@ def build(root: str | Path, spec: SceneSpec, fashion_dir: str | Path, n_pool: in
     ids = {split: [f"{split}_{i:06d}" for i in range(count)] for split, count in counts.items()}
     jobs = [(specs[split], split, i, scene_id, str(root)) for split in counts
             for i, scene_id in enumerate(ids[split])]
-    with Pool(workers or os.cpu_count(), _init_worker, (spec.classes, str(fashion_dir), paths)) as pool:
-        for _ in pool.imap_unordered(_write_scene, jobs, chunksize=64):
+    with worker_pool(workers, _init_worker, (spec.classes, str(fashion_dir), paths)) as pool:
+        for _ in pool.map(_write_scene, jobs, chunk=64):
             pass
+    _WORKER.clear()  # what a build in this process loaded
     lists = {"train_aug": ids["train"], "train": ids["train"][:n_train], "val": ids["val"]}
     if ids["items"]:
         lists["items"] = ids["items"]

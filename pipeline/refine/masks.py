@@ -1,21 +1,26 @@
-"""Pseudo-masks as a run makes them: `confident_mask` with a config's `pseudo` settings (on the
-seeds, on the seeds `walked_cams` spread along a run's affinities, or on a segmenter's
-`known_class_probs`), and the files the `pseudo`, `pseudo-aff` and `pseudo-r2` stages store them
-in (`<id>.png`, palette PNG, 0 background, 255 ignore)."""
+"""Masks as a run writes them: `write_mask` turns one image's class scores into a palette PNG
+(`<id>.png`: 0 background, 1..C classes, 255 unsure) by a `MaskRule`. The pseudo-mask stages
+(`pseudo` on the seeds, `pseudo-aff` on the seeds `walked_cams` spread along a run's affinities,
+`pseudo-r2` on a segmenter's `segmenter_scores`) and `label` use the rule of a config's `pseudo`
+settings (`pseudo_rule`); `eval-seg` writes the segmenter's predictions by a plain argmax."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
 from pipeline import distributed
 from pipeline.config import AffinityConfig, Config, PseudoConfig, section_keys, to_dict
 from pipeline.data import open_split
+from pipeline.data.images import save_mask
 from pipeline.data.outputs import output_file
-from pipeline.data.transforms import image_batches
-from pipeline.refine.pseudo import confident_mask
+from pipeline.data.transforms import image_batches, normalised_batch
+from pipeline.models.segmenter import predict_probs
+from pipeline.refine.pseudo import confident_mask, refined_labels
 from pipeline.refine.random_walk import propagate
 from pipeline.runs import progress
 
@@ -29,7 +34,7 @@ def unwritten_batches(cfg: Config, folder: Path, batch_size: int, bad, stage: st
     the images that have no mask in `folder` yet (a bad image is left out and recorded in `bad`)."""
     for split in cfg.pseudo.splits:
         voc = open_split(cfg.data, split)
-        todo = [i for i in distributed.shard(voc.ids) if not mask_path(folder, i).is_file()]
+        todo = distributed.unwritten(voc.ids, lambda image_id: mask_path(folder, image_id))
         for ids, images in progress(image_batches(voc, todo, batch_size, bad), desc=f"{stage} {split}"):
             yield voc, ids, images
 
@@ -56,17 +61,60 @@ def peak_normalised(cams: np.ndarray, quantile: float) -> np.ndarray:
     return np.minimum(cams / (peak + 1e-5), 1.0).astype(np.float32)
 
 
-def pseudo_mask(settings: PseudoConfig, image: np.ndarray, cams: np.ndarray,
-                classes: np.ndarray) -> np.ndarray:
-    """The confident pseudo-mask of one image from its (unnormalised) fused CAMs; all background
-    for an image with no class (a negative)."""
+@dataclass(frozen=True)
+class MaskRule:
+    """How one image's class scores become its mask.
+
+    With a `band` (high, low), the scores are the present classes' maps [K, H, W], each divided by
+    its `peak_quantile` quantile, and `confident_mask` scores the background against them at both
+    levels (`background`: a constant or PSA's power); pixels the two levels disagree on are 255.
+    Without one, the scores [1 + K, H, W] hold the background as channel 0, and each pixel takes
+    its best channel. Either way the label CRF refines the labels where `crf` gives its parameters.
+    """
+    crf: dict | None = None
+    band: tuple[float, float] | None = None
+    background: str = "constant"
+    peak_quantile: float = 1.0
+
+
+def pseudo_rule(settings: PseudoConfig) -> MaskRule:
+    """The confident masks of a config's `pseudo` settings: their thresholds, peak and CRF."""
+    band = ((settings.fg_threshold_high, settings.fg_threshold_low) if settings.background == "constant"
+            else (settings.bg_alpha_high, settings.bg_alpha_low))
+    return MaskRule(crf_settings(settings) if settings.crf else None, band, settings.background,
+                    settings.peak_quantile)
+
+
+def class_mask(image: np.ndarray, scores: np.ndarray, classes: np.ndarray, rule: MaskRule) -> np.ndarray:
+    """uint8 [H, W] mask of one image from its scores by `rule`: label ids `classes + 1` (the
+    present classes, in the order of the scores' class channels), 0 background, 255 unsure. All
+    background for an image with no class (a negative)."""
     if len(classes) == 0:
         return np.zeros(image.shape[:2], np.uint8)
-    cams = peak_normalised(cams, settings.peak_quantile)
-    high, low = ((settings.fg_threshold_high, settings.fg_threshold_low) if settings.background == "constant"
-                 else (settings.bg_alpha_high, settings.bg_alpha_low))
-    return confident_mask(image, cams, classes, high, low, background=settings.background,
-                          crf=settings.crf, **crf_settings(settings))
+    if rule.band is None:
+        keys = np.concatenate([[0], classes + 1])
+        return refined_labels(image, scores, keys, rule.crf).astype(np.uint8)
+    cams = peak_normalised(scores, rule.peak_quantile)
+    return confident_mask(image, cams, classes, *rule.band, rule.crf, rule.background)
+
+
+def write_mask(path: Path, image: np.ndarray, scores: np.ndarray, classes: np.ndarray, rule: MaskRule,
+               size: tuple[int, int] | None = None) -> np.ndarray:
+    """Write one image's `class_mask` at `path` as a palette PNG; returns the mask written. With a
+    (height, width) `size` other than the image's, the mask is resized to it (nearest): an image
+    scored smaller than its file gets a mask of the file's size."""
+    mask = class_mask(image, scores, classes, rule)
+    if size is not None and mask.shape != tuple(size):
+        height, width = size
+        mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
+    save_mask(path, mask)
+    return mask
+
+
+def pseudo_mask(settings: PseudoConfig, image: np.ndarray, cams: np.ndarray,
+                classes: np.ndarray) -> np.ndarray:
+    """The confident pseudo-mask of one image from its (unnormalised) fused CAMs."""
+    return class_mask(image, cams, classes, pseudo_rule(settings))
 
 
 def walked_cams(settings: AffinityConfig, boundary: torch.Tensor, cams: np.ndarray) -> np.ndarray:
@@ -91,8 +139,9 @@ def known_class_probs(probs: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return (known / np.maximum(known.sum(0, keepdims=True), 1e-8)).astype(np.float32)
 
 
-def segmenter_mask(settings: PseudoConfig, image: np.ndarray, known: np.ndarray,
-                   classes: np.ndarray) -> np.ndarray:
-    """The confident pseudo-mask of one image from a segmenter's `known_class_probs`: their class
-    channels take the seeds' place in `pseudo_mask`."""
-    return pseudo_mask(settings, image, np.ascontiguousarray(known[1:]), classes)
+def segmenter_scores(model: torch.nn.Module, images: list[np.ndarray], label_sets: list[np.ndarray],
+                     flip: bool) -> list[np.ndarray]:
+    """Per image, the class channels [K, H, W] of the segmenter's `known_class_probs` (its softmax,
+    flip-averaged with `flip`): they take the seeds' place in a pseudo-mask."""
+    probs = predict_probs(model, normalised_batch(images), flip).numpy()
+    return [known_class_probs(p, labels)[1:] for p, labels in zip(probs, label_sets)]

@@ -27,25 +27,30 @@ def background_score(cams: np.ndarray, background: str, value: float) -> np.ndar
     raise ValueError(f"unknown background score '{background}' (choose from {', '.join(BACKGROUNDS)})")
 
 
-def refined_labels(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, threshold: float,
-                   crf: bool, background: str = "constant", **crf_params) -> np.ndarray:
-    """Labels by argmax over background + present classes, refined by the label CRF;
-    `threshold` is the background's constant or alpha (see `background_score`)."""
+def refined_labels(image: np.ndarray, scores: np.ndarray, keys: np.ndarray, crf: dict | None) -> np.ndarray:
+    """`keys[c]` of each pixel's best channel c of `scores` [N, H, W], refined by the label CRF
+    with the parameters `crf` (None: unrefined). The label CRF reads nothing of the scores but
+    their argmax."""
+    if crf is not None:
+        scores = dense_crf(image, scores, preset="label", **crf)
+    return keys[scores.argmax(0)]
+
+
+def with_background(cams: np.ndarray, classes: np.ndarray, background: str,
+                    value: float) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [1 + K, H, W], their label ids): the background channel (`background_score`) before
+    the present classes' `cams` [K, H, W]."""
     keys = np.concatenate([[0], classes + 1])
-    scores = np.concatenate([background_score(cams, background, threshold), cams])
-    if not crf:
-        return keys[scores.argmax(0)]
-    one_hot = np.eye(len(keys), dtype=np.float32)[scores.argmax(0)].transpose(2, 0, 1)
-    return keys[dense_crf(image, one_hot, preset="label", **crf_params).argmax(0)]
+    return np.concatenate([background_score(cams, background, value), cams]), keys
 
 
 def confident_mask(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, high: float, low: float,
-                   crf: bool = True, background: str = "constant", **crf_params) -> np.ndarray:
+                   crf: dict | None = None, background: str = "constant") -> np.ndarray:
     """uint8 [H, W] pseudo-mask: class ids where confident, 0 background, 255 unsure. `high` is
     the background setting that keeps only sure foreground (a high constant, a low alpha), `low`
-    the one that keeps only sure background."""
-    sure_foreground = refined_labels(image, cams, classes, high, crf, background, **crf_params)
-    sure_background = refined_labels(image, cams, classes, low, crf, background, **crf_params)
+    the one that keeps only sure background; `crf` the label CRF's parameters (None: no CRF)."""
+    sure_foreground = refined_labels(image, *with_background(cams, classes, background, high), crf)
+    sure_background = refined_labels(image, *with_background(cams, classes, background, low), crf)
     mask = sure_foreground.astype(np.uint8)
     mask[sure_foreground == 0] = IGNORE
     mask[(sure_foreground == 0) & (sure_background == 0)] = 0

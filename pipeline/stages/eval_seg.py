@@ -3,15 +3,12 @@ predictions as palette PNGs (`predictions/<id>.png`).
 
 Predictions may be post-processed as DeepLab's are: softmax averaged with the mirrored image's
 (`seg.eval_flip`), then the dense CRF the pseudo-masks get (`seg.eval_crf`, pseudo.crf_* params),
-which makes each item's pixels agree on one class. The CRF runs on a process pool, as in `pseudo`.
-Its variants score the second round's segmenter (`eval-seg-r2`) and the upper bound's
-(`eval-seg-gt`) alike.
+which makes each item's pixels agree on one class. The CRF runs on a process pool, as in `pseudo`;
+without it the argmax runs here. Its variants score the second round's segmenter (`eval-seg-r2`)
+and the upper bound's (`eval-seg-gt`) alike.
 """
 from __future__ import annotations
 
-import os
-from contextlib import nullcontext
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +16,14 @@ import numpy as np
 from pipeline import distributed
 from pipeline.config import Config
 from pipeline.data import open_split
-from pipeline.data.images import save_mask, skipping
+from pipeline.data.images import skipping
 from pipeline.data.transforms import image_batches, normalised_batch
 from pipeline.metrics import confusion, iou_per_class, mean_iou
 from pipeline.models.checkpoints import load_segmenter
 from pipeline.models.segmenter import predict_probs
-from pipeline.refine.crf import dense_crf
-from pipeline.refine.masks import crf_settings, mask_path
+from pipeline.refine.masks import MaskRule, crf_settings, mask_path, write_mask
 from pipeline.runs import RESULTS, progress, write_json
+from pipeline.workers import worker_pool
 
 BATCH = 64
 
@@ -42,21 +39,20 @@ VARIANTS = {"r2": {"FOLDER": "eval/seg-r2", "SWITCH": "round2.enabled",
             "gt": {"FOLDER": "eval/seg-gt", "INPUTS": {"segmenter": ("train-seg-gt", "model")}}}
 
 
-def _crf_labels(job: tuple[np.ndarray, np.ndarray, dict]) -> np.ndarray:
-    image, probs, params = job
-    return dense_crf(image, probs, preset="label", **params).argmax(0)
-
-
-def label_batches(cfg: Config, model, voc, bad, pool):
-    """(ids, images, uint8 label maps) over the val split, post-processed as configured."""
-    params = crf_settings(cfg.pseudo)
+def prediction_jobs(cfg: Config, model, voc, out: Path, bad):
+    """`predict_one`'s arguments for every val image: the segmenter's softmax over every class,
+    predicted a batch at a time."""
+    rule = MaskRule(crf=crf_settings(cfg.pseudo) if cfg.seg.eval_crf else None)
+    classes = np.arange(voc.num_classes)
     for ids, images in image_batches(voc, voc.ids, BATCH, bad):
         probs = predict_probs(model, normalised_batch(images), cfg.seg.eval_flip).numpy()
-        if cfg.seg.eval_crf:
-            labels = pool.map(_crf_labels, [(image, p, params) for image, p in zip(images, probs)])
-        else:
-            labels = list(probs.argmax(1))
-        yield ids, images, [label.astype(np.uint8) for label in labels]
+        for image_id, image, p in zip(ids, images, probs):
+            yield image_id, mask_path(out / "predictions", image_id), image, p, classes, rule
+
+
+def predict_one(image_id: str, *mask: tuple) -> tuple[str, np.ndarray]:
+    """(the image's id, its prediction): `write_mask(*mask)`, the id kept for scoring it."""
+    return image_id, write_mask(*mask)
 
 
 def run(cfg: Config, out: Path, inputs: dict) -> dict:
@@ -64,16 +60,14 @@ def run(cfg: Config, out: Path, inputs: dict) -> dict:
     n = voc.num_classes + 1
     matrix = np.zeros((n, n), np.int64)
     bad = skipping("eval-seg")
-    # The workers run the CRF alone (no torch), so forking from a process with torch threads is safe.
-    pool = get_context("fork").Pool(cfg.pseudo.workers or os.cpu_count() or 1) if cfg.seg.eval_crf else None
-    with pool or nullcontext():
+    # Without the CRF a prediction is an argmax, cheaper here than sent to a worker and back.
+    with worker_pool(cfg.pseudo.workers if cfg.seg.eval_crf else 1) as workers:
         model, _ = load_segmenter(inputs["segmenter"], cfg)
         model.to(distributed.device(cfg.device))  # after the fork: no CRF worker inherits a CUDA context
-        for ids, images, predictions in progress(label_batches(cfg, model, voc, bad, pool), desc="eval-seg"):
-            for image_id, image, pred in zip(ids, images, predictions):
-                save_mask(mask_path(out / "predictions", image_id), pred)
-                with bad.skip():
-                    matrix += confusion(voc.checked_mask(image_id, image.shape), pred, n)
+        predictions = workers.map(predict_one, prediction_jobs(cfg, model, voc, out, bad))
+        for image_id, pred in progress(predictions, total=len(voc), desc="eval-seg"):
+            with bad.skip():
+                matrix += confusion(voc.checked_mask(image_id, pred.shape), pred, n)
     bad.raise_if_any()
     names = ["background", *voc.class_names]
     results = {"split": cfg.seg.val_split, "images": len(voc),

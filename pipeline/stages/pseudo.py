@@ -5,18 +5,17 @@ masks itself, so memory does not grow with the dataset, and images already writt
 """
 from __future__ import annotations
 
-import os
 import time
-from multiprocessing import get_context
 from pathlib import Path
 
 from pipeline import distributed
 from pipeline.cam.seeds import cam_path, load_cams
-from pipeline.config import Config, PseudoConfig
+from pipeline.config import Config
 from pipeline.data import open_split
-from pipeline.data.images import DataError, read_image, save_mask, skipping
-from pipeline.refine.masks import MASK_KEYS, mask_path, pseudo_mask
+from pipeline.data.images import DataError, read_image, skipping
+from pipeline.refine.masks import MASK_KEYS, MaskRule, mask_path, pseudo_rule, write_mask
 from pipeline.runs import progress
+from pipeline.workers import worker_pool
 
 KIND = "sharded"
 SHARD_FILES = "*.png"
@@ -26,37 +25,33 @@ INPUTS = {"seeds": ("cams", "seeds")}
 KEYS = MASK_KEYS
 
 
-def _write_one(job: tuple[PseudoConfig, Path, Path, Path]) -> str | None:
+def _write_one(image_file: Path, cams_file: Path, out_file: Path, rule: MaskRule) -> str | None:
     """Write one pseudo-mask; a bad image is returned as its problem, not raised, since an
-    exception would abandon the rest of the worker's chunk of jobs."""
-    settings, image_file, cams_file, out_file = job
+    exception would stop the stage before the other images are written."""
     try:
         image = read_image(image_file)
     except DataError as error:
         return str(error)
     cams, classes = load_cams(cams_file)
-    save_mask(out_file, pseudo_mask(settings, image, cams, classes))
+    write_mask(out_file, image, cams, classes, rule)
     return None
 
 
 def run(cfg: Config, out: Path, inputs: dict) -> dict:
     bad = skipping("pseudo")
+    rule = pseudo_rule(cfg.pseudo)
     jobs = []
     for split in cfg.pseudo.splits:
         voc = open_split(cfg.data, split)
-        for i in distributed.shard(voc.ids):
-            if not mask_path(out, i).is_file():
-                with bad.skip():
-                    jobs.append((cfg.pseudo, voc.image_path(i), cam_path(inputs["seeds"], i),
-                                 mask_path(out, i)))
-    workers = cfg.pseudo.workers or os.cpu_count() or 1
+        for i in distributed.unwritten(voc.ids, lambda image_id: mask_path(out, image_id)):
+            with bad.skip():
+                jobs.append((voc.image_path(i), cam_path(inputs["seeds"], i), mask_path(out, i), rule))
     began = time.perf_counter()
-    with get_context("fork").Pool(workers) as pool:
-        for problem in progress(pool.imap_unordered(_write_one, jobs, chunksize=16),
-                                total=len(jobs), desc="pseudo"):
+    with worker_pool(cfg.pseudo.workers) as workers:
+        for problem in progress(workers.map(_write_one, jobs), total=len(jobs), desc="pseudo"):
             if problem:
                 bad.add(problem)
     bad.raise_if_any()
     seconds = time.perf_counter() - began
-    return {"images": len(list(out.glob(SHARD_FILES))), "written_now": len(jobs), "workers": workers,
+    return {"images": len(list(out.glob(SHARD_FILES))), "written_now": len(jobs), "workers": workers.count,
             "images_per_second": round(len(jobs) / seconds, 1) if jobs else None}

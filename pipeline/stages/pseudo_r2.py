@@ -2,23 +2,18 @@
 every split of `pseudo.splits`: the first round's segmenter predicts each image (flip-averaged
 with `round2.flip`), its probabilities are restricted to the image's known classes, and they
 become a pseudo-mask as the seeds do in the pseudo stage (its CRF and confidence band). The
-segmenter runs here in batches; the CRF in a process pool, one batch at a time. Images already
-written are skipped."""
+segmenter runs here in batches while a process pool runs the CRF, with a few images in flight.
+Images already written are skipped."""
 from __future__ import annotations
 
-import os
-from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
-
 from pipeline import distributed
-from pipeline.config import Config, PseudoConfig
-from pipeline.data.images import save_mask, skipping
-from pipeline.data.transforms import normalised_batch
+from pipeline.config import Config
+from pipeline.data.images import skipping
 from pipeline.models.checkpoints import load_segmenter
-from pipeline.models.segmenter import predict_probs
-from pipeline.refine.masks import MASK_KEYS, known_class_probs, mask_path, segmenter_mask, unwritten_batches
+from pipeline.refine.masks import MASK_KEYS, mask_path, pseudo_rule, segmenter_scores, unwritten_batches, write_mask
+from pipeline.workers import worker_pool
 
 SWITCH = "round2.enabled"
 KIND = "sharded"
@@ -30,24 +25,21 @@ INPUTS = {"segmenter": ("train-seg", "model")}
 KEYS = ("round2.flip", *MASK_KEYS)
 
 
-def _write_one(job: tuple[PseudoConfig, np.ndarray, np.ndarray, np.ndarray, Path]) -> None:
-    settings, image, probs, classes, out_file = job
-    save_mask(out_file, segmenter_mask(settings, image, probs, classes))
+def mask_jobs(cfg: Config, model, out: Path, bad):
+    """`write_mask`'s arguments for every image left to write, a batch of segmenter scores at a time."""
+    rule = pseudo_rule(cfg.pseudo)
+    for voc, ids, images in unwritten_batches(cfg, out, BATCH, bad, "pseudo-r2"):
+        label_sets = [voc.labels(i) for i in ids]
+        scores = segmenter_scores(model, images, label_sets, cfg.round2.flip)
+        for image_id, image, maps, classes in zip(ids, images, scores, label_sets):
+            yield mask_path(out, image_id), image, maps, classes, rule
 
 
 def run(cfg: Config, out: Path, inputs: dict) -> dict:
     bad = skipping("pseudo-r2")
-    written = 0
-    workers = cfg.pseudo.workers or os.cpu_count() or 1
-    # The workers run the CRF alone (no torch), so forking from a process with torch threads is safe.
-    with get_context("fork").Pool(workers) as pool:
+    with worker_pool(cfg.pseudo.workers) as workers:
         model, _ = load_segmenter(inputs["segmenter"], cfg)
         model.to(distributed.device(cfg.device))  # after the fork: no CRF worker inherits a CUDA context
-        for voc, ids, images in unwritten_batches(cfg, out, BATCH, bad, "pseudo-r2"):
-            probs = predict_probs(model, normalised_batch(images), cfg.round2.flip).numpy()
-            jobs = [(cfg.pseudo, image, known_class_probs(p, voc.labels(i)), voc.labels(i), mask_path(out, i))
-                    for i, image, p in zip(ids, images, probs)]
-            pool.map(_write_one, jobs, chunksize=max(1, len(jobs) // workers))
-            written += len(jobs)
+        written = sum(1 for _ in workers.map(write_mask, mask_jobs(cfg, model, out, bad)))
     bad.raise_if_any()
-    return {"images": len(list(out.glob(SHARD_FILES))), "written_now": written, "workers": workers}
+    return {"images": len(list(out.glob(SHARD_FILES))), "written_now": written, "workers": workers.count}
