@@ -14,7 +14,7 @@ STAGE_ARGS = --config $(CONFIG) run_dir=$(RUN) $(ARGS)
 export FASHION_MNIST_DIR
 
 .DEFAULT_GOAL := all
-.PHONY: all help install fashion-mnist fashion-mnist-if-needed imagenet-if-needed data train-cls cams eval-cams compare-cams pseudo train-aff pseudo-aff eval-pseudo train-seg \
+.PHONY: all help install fashion-mnist fashion-mnist-if-needed imagenet-if-needed data train-cls cams calibrate eval-cams compare-cams pseudo train-aff pseudo-aff eval-pseudo eval-calibration train-seg \
         eval-seg pseudo-r2 eval-pseudo-r2 train-seg-r2 eval-seg-r2 train-seg-gt eval-seg-gt round2 upper-bound report quick test test-fast bench bench-speed bench-cam bench-crf bench-rw bench-faith \
         bench-explain label explain clean
 
@@ -68,6 +68,8 @@ train-cls: install imagenet-if-needed ## train the multi-label classifier on ima
 	$(STAGE) train-cls $(STAGE_ARGS)
 cams: install ## extract seeds (CAMs) for every present class
 	$(STAGE) cams $(STAGE_ARGS)
+calibrate: install ## choose the "auto" thresholds from the seeds and images alone (no mask read)
+	$(STAGE) calibrate $(STAGE_ARGS)
 eval-cams: install ## score seeds over a sweep of background thresholds
 	$(STAGE) eval-cams $(STAGE_ARGS)
 compare-cams: install ## score every CAM method of eval.compare_methods (six by default) from several layer sets side by side
@@ -86,6 +88,8 @@ eval-seg: install ## score the segmenter on val and write its predictions
 	$(STAGE) eval-seg $(STAGE_ARGS)
 pseudo-r2: install ## the second round's pseudo-masks, from the segmenter's predictions (needs round2.enabled, on in configs/default.yaml)
 	$(STAGE) pseudo-r2 $(STAGE_ARGS)
+eval-calibration: install ## score the calibrated thresholds beside the fixed ones and the ground-truth oracle's
+	$(STAGE) eval-calibration $(STAGE_ARGS)
 eval-pseudo-r2: install ## score the second round's pseudo-masks (needs round2.enabled)
 	$(STAGE) eval-pseudo-r2 $(STAGE_ARGS)
 train-seg-r2: install imagenet-if-needed ## train the second round's segmenter on its pseudo-masks (needs round2.enabled)

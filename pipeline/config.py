@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple, Union
 
 import yaml
 from omegaconf import OmegaConf
@@ -46,6 +46,15 @@ def ranged(default: Any, **bounds: float) -> Any:
     list of a list field."""
     made = {"default_factory": default} if callable(default) else {"default": default}
     return field(**made, metadata={"range": Range(**bounds)})
+
+
+AUTO = "auto"  # a threshold the calibrate stage chooses
+
+
+def threshold(default: float | str) -> Any:
+    """A schema field for a threshold on max-normalised maps: a number in [0, 1] set by hand, or
+    "auto", chosen by the calibrate stage."""
+    return field(default=default, metadata={"range": Range(at_least=0, at_most=1), "auto": True})
 
 
 # Process (and thread) counts above this are refused: a fixed cap, so that a config valid on one
@@ -141,8 +150,9 @@ class CamConfig:
 @dataclass
 class EvalConfig:
     split: str = "train"
-    # the configured seed background threshold (IRN's cam_eval_thres)
-    bg_threshold: float = ranged(0.15, at_least=0, at_most=1)
+    # the seeds' background threshold (IRN's cam_eval_thres) that eval-cams reports beside its
+    # sweep's best; "auto": calibrate's choice
+    bg_threshold: Union[float, str] = threshold(AUTO)
     sweep_max: float = ranged(0.60, at_least=0, at_most=1)
     sweep_step: float = ranged(0.01, above=0, at_most=1)
     # Side-by-side comparison of methods and layer sets (one trained classifier, the configured
@@ -156,11 +166,29 @@ class EvalConfig:
 
 
 @dataclass
+class CalibrateConfig:
+    # Stage calibrate: the thresholds set to "auto" chosen from the seeds and the images alone
+    # (no mask is read), as the values whose foreground carries the most information about the
+    # pixels' colours (docs/design.md, "Calibration"). Off, an "auto" threshold takes the fixed
+    # value below; on or off, the report compares the calibrated and fixed values with the
+    # ground-truth oracle's.
+    enabled: bool = True
+    split: str = "train"
+    # the thresholds it considers: `step` apart up to `max_threshold` (the high one's above the low)
+    step: float = ranged(0.01, above=0, at_most=1)
+    max_threshold: float = ranged(0.95, above=0, at_most=1)
+    fixed_bg_threshold: float = ranged(0.15, at_least=0, at_most=1)
+    fixed_fg_threshold_high: float = ranged(0.30, at_least=0, at_most=1)
+    colour_bins: int = ranged(8, at_least=2, at_most=64)  # levels per RGB channel
+
+
+@dataclass
 class PseudoConfig:
     splits: list[str] = field(default_factory=lambda: ["train"])
     # Foreground wins where its normalised CAM exceeds the threshold; where the high and low
-    # thresholds disagree after the CRF, the pixel is 255 (ignore).
-    fg_threshold_high: float = ranged(0.30, at_least=0, at_most=1)
+    # thresholds disagree after the CRF, the pixel is 255 (ignore). "auto": calibrate chooses the
+    # high one, above the low one.
+    fg_threshold_high: Union[float, str] = threshold(AUTO)
     fg_threshold_low: float = ranged(0.05, at_least=0, at_most=1)
     # Each class map is divided by this quantile of its values (1.0: its max) and clipped at 1
     # before the thresholds: a map whose peak is one sharp spot would otherwise keep only that
@@ -293,6 +321,7 @@ class Config:
     cls: ClsConfig = field(default_factory=ClsConfig)
     cam: CamConfig = field(default_factory=CamConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     affinity: AffinityConfig = field(default_factory=AffinityConfig)
     seg: SegConfig = field(default_factory=SegConfig)
@@ -444,6 +473,8 @@ def _ranged_numbers(node: Any, prefix: str = ""):
         key, value = f"{prefix}{spec.name}", getattr(node, spec.name)
         if is_dataclass(value):
             yield from _ranged_numbers(value, f"{key}.")
+        elif spec.metadata.get("auto") and value == AUTO:
+            continue
         elif "range" in spec.metadata:
             yield from _numbers(key, value, spec.metadata["range"])
 
@@ -460,6 +491,8 @@ def check_ranges(cfg: "Config") -> None:
     """Every number lies in the range its key declares in the schema: one line naming the key, the
     value and the range otherwise (an epoch count of -2 would mark an untrained model done)."""
     for key, value, allowed in _ranged_numbers(cfg):
+        if isinstance(value, str):  # a threshold field's type admits text; "auto" is its one word
+            raise ConfigError(f"config key '{key}': '{value}' is neither a number nor '{AUTO}'")
         if value not in allowed:
             raise ConfigError(f"config key '{key}': {value} is out of range (allowed: {allowed})")
 

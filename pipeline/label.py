@@ -39,6 +39,7 @@ from pipeline.data.outputs import check_apart, output_file
 from pipeline.data.transforms import same_size_batches
 from pipeline.models.checkpoints import (class_scores, classifier_checkpoint, load_classifier, load_segmenter,
                                         training_size)
+from pipeline.refine.calibration import run_thresholds
 from pipeline.refine.masks import MaskRule, mask_settings, pseudo_rule, segmenter_scores, write_mask
 from pipeline.runs import RunOutputs, StageError, progress, read_json, write_json, write_text, write_with
 from pipeline.train import load_checkpoint
@@ -243,6 +244,7 @@ def label_folder(cfg: Config, run: RunOutputs, images_dir: Path, labels_csv: Pat
     returns the summary, the other ranks only what failed and how many were written.
     """
     distributed.init(cfg.device)
+    cfg = run_thresholds(cfg, run)
     classifier = classifier_checkpoint(run.path("train-cls", "model"))
     model, state = load_classifier(classifier)
     class_names = list(state["class_names"])

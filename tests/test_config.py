@@ -29,7 +29,7 @@ def test_defaults_load_typed():
     assert isinstance(cfg, Config)
     assert cfg.cam.layers == ["layer4"] and cfg.cam.method == "gradcam"
     assert cfg.cls.epochs == 10 and isinstance(cfg.cls.epochs, int)
-    assert cfg.eval.bg_threshold == pytest.approx(0.15)
+    assert cfg.eval.bg_threshold == "auto" and cfg.calibrate.fixed_bg_threshold == pytest.approx(0.15)
     assert cfg.data.name == "fashion-scenes"
     assert len(cfg.data.classes) == 10
 

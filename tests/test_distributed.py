@@ -128,6 +128,7 @@ def test_two_processes_write_exactly_the_cams_of_one(run):
 def test_pseudo_shards_of_two_ranks_make_the_masks_of_one(run, monkeypatch):
     """Each rank's share, written in turn as ranks 0 and 1 of 2 would: the same PNGs, byte for byte."""
     cfg, run_dir = run["single_cfg"], run["tmp"] / "single"
+    execute("calibrate", cfg)
     execute("pseudo", cfg)
     sharded = run["tmp"] / "pseudo-sharded"
     for rank in (0, 1):

@@ -21,6 +21,7 @@ from pipeline.data.voc import VocDataset
 from pipeline.metrics import confusion, iou_per_class, mean_iou
 from pipeline.models.checkpoints import load_classifier, load_segmenter, predict_scores
 from pipeline.models.segmenter import predict_probs
+from pipeline.refine.calibration import with_thresholds
 from pipeline.refine.crf import dense_crf
 from pipeline.refine.masks import crf_settings
 from pipeline.refine.pseudo import confident_mask
@@ -54,6 +55,27 @@ def run(tmp_path_factory):
 
 def results(run, folder):
     return read_json(run["dir"] / folder / "results.json")
+
+
+def calibrated_thresholds(run) -> dict[str, float]:
+    choices = read_json(run["dir"] / "calibrate" / "choices.json")
+    return {name: choices[name]["calibrated"] for name in ("bg_threshold", "fg_threshold_high")}
+
+
+def test_the_calibrated_thresholds_made_the_masks_and_are_scored_beside_the_oracle(run):
+    """The pseudo-masks' mIoU as eval-pseudo scored them is eval-calibration's at the calibrated
+    high threshold, and the seeds' as eval-cams scored them at the calibrated background threshold:
+    the mask stages used the calibrated values, and two code paths agree on their scores."""
+    s, calibrated = run["summary"], calibrated_thresholds(run)
+    block = s["calibration"]
+    high, seeds = block["thresholds"]["fg_threshold_high"], block["thresholds"]["bg_threshold"]
+    assert (high["used"], high["used_source"], high["calibrated"]) == (calibrated["fg_threshold_high"], "calibrated",
+                                                                       calibrated["fg_threshold_high"])
+    assert block["pseudo_miou_calibrated"] == high["miou_calibrated"] == s["pseudo_miou"]
+    assert seeds["miou_calibrated"] == s["seed_miou_configured"]
+    assert block["pseudo_miou_oracle"] >= max(block["pseudo_miou_calibrated"], block["pseudo_miou_fixed"])
+    assert (high["fixed"], seeds["fixed"]) == (0.30, 0.15)
+    assert block["pseudo_miou_fixed"] == results(run, "eval/calibration")["fg_threshold_high"]["sweep"]["0.30"]
 
 
 def test_compare_cams_covers_every_setting_and_agrees_with_the_stored_seeds(run):
@@ -104,11 +126,12 @@ def test_summary_has_every_key_in_range(run):
 def test_seed_sweep_best_is_the_max(run):
     s, seeds = run["summary"], results(run, "eval/cams")
     sweep = {float(t): m for t, m in seeds["sweep"].items()}
-    assert len(sweep) == 61 and min(sweep) == 0.0 and max(sweep) == pytest.approx(0.6)
+    assert set(np.round(np.arange(61) * 0.01, 2)) <= set(sweep) and min(sweep) == 0.0
     assert s["seed_threshold_best"] in sweep
     assert s["seed_miou_best"] == max(sweep.values()) == sweep[s["seed_threshold_best"]]
-    assert s["seed_threshold_configured"] == pytest.approx(0.15)
-    assert s["seed_miou_configured"] == sweep[0.15]
+    calibrated = calibrated_thresholds(run)["bg_threshold"]
+    assert s["seed_threshold_configured"] == calibrated and seeds["configured_source"] == "calibrated"
+    assert s["seed_miou_configured"] == sweep[calibrated]
     assert s["seed_method"] == "gradcam" and s["seed_layers"] == "layer3+layer4"
 
 
@@ -239,7 +262,7 @@ def test_eval_seg_recomputed_from_predictions(run, folder, key):
 
 def test_eval_seg_predictions_are_flip_averaged_and_crf_refined(run):
     """Each saved prediction is the label CRF's argmax over the flip-averaged softmax."""
-    cfg, voc = run["cfg"], run["val"]
+    cfg, voc = with_thresholds(run["cfg"], run["dir"] / "calibrate" / "choices.json"), run["val"]
     model, _ = load_segmenter(run["dir"] / "segmenter" / "model.pt", cfg)
     images = [voc.image(i) for i in voc.ids]
     probs = predict_probs(model, normalised_batch(images))
@@ -255,7 +278,7 @@ def test_round_two_masks_are_the_segmenters_known_class_predictions_refined(run)
     """Each second-round mask is the confident mask of the first segmenter's flip-averaged softmax,
     renormalised over the background and the image's labelled classes, their channels taking
     the seeds' place."""
-    cfg, voc = run["cfg"], run["val"]
+    cfg, voc = with_thresholds(run["cfg"], run["dir"] / "calibrate" / "choices.json"), run["val"]
     model, _ = load_segmenter(run["dir"] / "segmenter" / "model.pt", cfg)
     images = [voc.image(i) for i in voc.ids]
     probs = predict_probs(model, normalised_batch(images))
@@ -276,7 +299,7 @@ def test_each_segmenter_trains_on_its_masks(run):
     no weights here), and the second round's masks come from the first round's segmenter."""
     upstream = {stage: run["manifests"][stage]["upstream"]
                 for stage in ("train-seg", "pseudo-r2", "train-seg-r2", "train-seg-gt", "eval-seg-r2", "eval-seg-gt")}
-    assert upstream == {"train-seg": ["pseudo"], "pseudo-r2": ["train-seg"], "train-seg-r2": ["pseudo-r2"],
+    assert upstream == {"train-seg": ["pseudo"], "pseudo-r2": ["train-seg", "calibrate"], "train-seg-r2": ["pseudo-r2"],
                         "train-seg-gt": ["data"], "eval-seg-r2": ["train-seg-r2"], "eval-seg-gt": ["train-seg-gt"]}
     assert run["manifests"]["eval-pseudo-r2"]["upstream"] == ["pseudo-r2"]
 

@@ -30,8 +30,8 @@ from pipeline.runs import FAULT_AFTER_WRITES, MANIFEST, read_json
 
 pytestmark = pytest.mark.slow  # stages killed and rerun: `make test-fast` leaves it out
 
-ORDER = [("data", "data"), ("train-cls", "classifier"), ("cams", "cams"), ("pseudo", "pseudo"),
-         ("train-seg", "segmenter")]  # (stage, its folder), each reading those before it
+ORDER = [("data", "data"), ("train-cls", "classifier"), ("cams", "cams"), ("calibrate", "calibrate"),
+         ("pseudo", "pseudo"), ("train-seg", "segmenter")]  # (stage, its folder), each reading those before it
 WRITES = {"train-cls": 5, "cams": 26, "pseudo": 25, "train-seg": 4}
 DRAWS = 6  # kill points drawn among the writes of cams and of pseudo
 # Manifest fields that measure the run rather than describe its result.

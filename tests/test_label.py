@@ -26,6 +26,7 @@ from pipeline.data.voc import VocDataset
 from pipeline.label import run_config
 from pipeline.models.checkpoints import load_classifier, load_segmenter
 from pipeline.models.segmenter import predict_probs
+from pipeline.refine.calibration import with_thresholds
 from pipeline.refine.masks import pseudo_mask
 from pipeline.runs import StageError, read_json
 from pipeline.stages import execute, execute_all, run_outputs
@@ -145,7 +146,7 @@ def test_label_with_csv_uses_its_classes(run, odd_folder, tmp_path):
     assert label(run, folder, out, "--labels", str(tmp_path / "labels.csv")) == 0
     summary = read_json(out / "summary.json")
     assert summary["written"] == len(ODD) and summary["failed"] == [] and summary["no_class"] == []
-    cfg = run["cfg"]
+    cfg = with_thresholds(run["cfg"], None)  # a run without calibration labels at its fixed thresholds
     for name, _, _ in ODD:
         record = summary["per_image"][name]
         assert record["labels_from"] == "csv" and record["classes"] == truth[name]
@@ -163,7 +164,7 @@ def test_label_from_the_segmenter_restricts_its_softmax_to_the_images_classes(ru
     shutil.copytree(run["dir"], copy)
     seg = ["seg.crop_size=32", "seg.epochs=1", "seg.batch_size=8", "round2.enabled=false"]
     cfg = load_config(None, [f"run_dir={copy}", *run["overrides"], *seg])
-    for stage in ("cams", "pseudo", "train-seg"):
+    for stage in ("cams", "calibrate", "pseudo", "train-seg"):
         execute(stage, cfg)
     folder, truth = odd_folder
     rows = [f"{name},{';'.join(truth[name])}" for name, _, _ in ODD]
@@ -172,6 +173,7 @@ def test_label_from_the_segmenter_restricts_its_softmax_to_the_images_classes(ru
     assert main(["label", "--images", str(folder), "--run", str(copy), "--out", str(out), "--labels",
                  str(tmp_path / "labels.csv"), "label.masks_from=segmenter", "round2.enabled=false"]) == 0
     segmenter, _ = load_segmenter(copy / "segmenter" / "model.pt")
+    calibrated = with_thresholds(cfg, copy / "calibrate" / "choices.json")  # what the run's masks used
     for name, _, _ in ODD:
         mask = check_outputs(out, folder, name, truth[name])
         image, classes = read_image(folder / name), np.array([SHAPES.index(c) for c in truth[name]])
@@ -179,7 +181,7 @@ def test_label_from_the_segmenter_restricts_its_softmax_to_the_images_classes(ru
         probs = ((predict_probs(segmenter, batch) + predict_probs(segmenter, batch.flip(-1)).flip(-1)) / 2)[0]
         known = probs.numpy()[[0, *(classes + 1)]]
         known = known / known.sum(0)
-        expected = pseudo_mask(cfg.pseudo, image, np.ascontiguousarray(known[1:], np.float32), classes)
+        expected = pseudo_mask(calibrated.pseudo, image, np.ascontiguousarray(known[1:], np.float32), classes)
         np.testing.assert_array_equal(mask, expected)
 
 
@@ -206,7 +208,7 @@ def test_a_large_image_is_labelled_at_the_working_size_and_written_at_its_own(ru
     small = np.asarray(Image.fromarray(big).resize((50, 40), Image.BILINEAR))
     ids = np.array([SHAPES.index(c) for c in classes])
     seeds = seed_batch(run["model"], [small], [ids], run["cfg"])[0]
-    expected = Image.fromarray(pseudo_mask(run["cfg"].pseudo, small, seeds, ids)).resize((150, 120),
+    expected = Image.fromarray(pseudo_mask(with_thresholds(run["cfg"], None).pseudo, small, seeds, ids)).resize((150, 120),
                                                                                        Image.NEAREST)
     np.testing.assert_array_equal(mask, np.asarray(expected))
 
@@ -412,12 +414,12 @@ def test_all_on_a_folder_dataset_runs_the_stages_that_need_no_masks(run, tmp_pat
                                "seg.crop_size=32", "seg.epochs=1", "seg.batch_size=8", "round2.enabled=true")
     with caplog.at_level("INFO", logger="pipeline"):
         manifests = execute_all(cfg)
-    assert list(manifests) == ["data", "train-cls", "cams", "pseudo", "train-seg", "pseudo-r2", "train-seg-r2"]
-    assert "leaves out the stages that read them (eval-cams, compare-cams, eval-pseudo, eval-seg, " \
-           "eval-pseudo-r2, eval-seg-r2, train-seg-gt, eval-seg-gt, report)" in caplog.text
+    assert list(manifests) == ["data", "train-cls", "cams", "calibrate", "pseudo", "train-seg", "pseudo-r2", "train-seg-r2"]
+    assert "leaves out the stages that read them (eval-cams, compare-cams, eval-pseudo, eval-calibration, " \
+           "eval-seg, eval-pseudo-r2, eval-seg-r2, train-seg-gt, eval-seg-gt, report)" in caplog.text
     run_dir = tmp_path / "run"
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "cams", "classifier", "data", "pseudo", "pseudo-r2", "segmenter", "segmenter-r2"]
+        "calibrate", "cams", "classifier", "data", "pseudo", "pseudo-r2", "segmenter", "segmenter-r2"]
     train = open_split(cfg.data, "train")
     for image_id in train.ids:
         for folder in ("pseudo", "pseudo-r2"):  # each mask keeps to its image's listed classes

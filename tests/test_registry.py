@@ -157,8 +157,8 @@ def test_off_and_maskless_stages_are_left_out_of_all():
     on = stages.pipeline_stages(load_config(None, ["round2.enabled=true", "affinity.enabled=true"]))
     assert on[-6:] == ["pseudo-r2", "eval-pseudo-r2", "train-seg-r2", "eval-seg-r2", "train-seg-gt", "eval-seg-gt"]
     folder = load_config(None, ["data.name=folder", "round2.enabled=true"])
-    assert stages.pipeline_stages(folder) == ["data", "train-cls", "cams", "pseudo", "train-seg", "pseudo-r2",
-                                              "train-seg-r2"]
+    assert stages.pipeline_stages(folder) == ["data", "train-cls", "cams", "calibrate", "pseudo", "train-seg",
+                                              "pseudo-r2", "train-seg-r2"]
 
 
 def test_every_setting_of_the_stages_sections_is_some_stages_key():

@@ -70,7 +70,7 @@ class Runs:
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory):
     runs = Runs(tmp_path_factory.mktemp("reliability"))
-    for stage in ("data", "train-cls", "cams", "pseudo"):
+    for stage in ("data", "train-cls", "cams", "calibrate", "pseudo"):
         execute(stage, runs.cfg(runs.dir))
     return runs
 
@@ -205,7 +205,7 @@ def test_cams_killed_midway_resumes_to_the_same_seeds(ref, tmp_path):
 def test_pseudo_killed_midway_resumes_to_byte_identical_masks(ref, tmp_path):
     """The masks of a killed and resumed run, made in other processes, equal the reference's
     byte for byte: same config, same machine, same pseudo-masks."""
-    run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls", "cams"])
+    run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls", "cams", "calibrate"])
     pseudo, killed = run_dir / "pseudo", staged("pseudo", ref.cfg(run_dir))
     kill_midway(ref, "pseudo", run_dir, lambda: any(killed.glob("*.png")))
     assert 0 < len(list(killed.glob("*.png"))) < len(TRAIN + VAL)
@@ -219,7 +219,7 @@ def test_pseudo_killed_midway_resumes_to_byte_identical_masks(ref, tmp_path):
 def test_manifests_record_package_versions_and_commit(ref):
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout.strip()
-    for stage in ("data", "train-cls", "cams", "pseudo"):
+    for stage in ("data", "train-cls", "cams", "calibrate", "pseudo"):
         manifest = load_manifest(stage_folder(stage, ref.cfg(ref.dir)))
         assert manifest["git_commit"] == commit, stage
         assert manifest["packages"]["torch"] == torch.__version__.split("+")[0]
@@ -265,7 +265,7 @@ def test_pseudo_skips_unreadable_and_missing_images(ref, tmp_path, capsys):
     images = data / "JPEGImages"
     (images / "train_00002.png").write_bytes(b"not an image at all")
     (images / "val_00001.png").unlink()
-    run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls", "cams"])
+    run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls", "cams", "calibrate"])
     pseudo = staged("pseudo", ref.cfg(run_dir, data))
 
     assert main(ref.argv("pseudo", run_dir, data)) == 2
@@ -290,7 +290,7 @@ def test_evaluation_skips_masks_of_another_size_or_out_of_range_labels(ref, tmp_
     labels = read_mask(masks / "train_00007.png")
     labels[:2, :2] = 9  # the class list names 3 classes
     save_mask(masks / "train_00007.png", labels)
-    run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls", "cams", "pseudo"])
+    run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls", "cams", "calibrate", "pseudo"])
 
     assert main(ref.argv(stage, run_dir, data)) == 2
     lines = error_lines(capsys)
@@ -421,7 +421,7 @@ def run_every_stage(cfg) -> dict[str, dict]:
 
 
 def test_changed_pseudo_key_reruns_pseudo_and_downstream_only(ref, tmp_path):
-    run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls", "cams", "pseudo"], models=True)
+    run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls", "cams", "calibrate", "pseudo"], models=True)
     before = run_every_stage(ref.cfg(run_dir))
     cams = files(run_dir / "cams")
 
@@ -429,7 +429,7 @@ def test_changed_pseudo_key_reruns_pseudo_and_downstream_only(ref, tmp_path):
 
     after = run_every_stage(ref.cfg(run_dir, extra=("pseudo.fg_threshold_high=0.6",)))
     reran = {stage for stage in before if after[stage] != before[stage]}
-    assert reran == {"pseudo", "eval-pseudo", "train-seg", "eval-seg", "report"}
+    assert reran == {"pseudo", "eval-pseudo", "eval-calibration", "train-seg", "eval-seg", "report"}
     assert files(run_dir / "cams") == cams
     assert read_json(run_dir / "pseudo" / MANIFEST)["config"]["pseudo"]["fg_threshold_high"] == 0.6
 
@@ -437,7 +437,7 @@ def test_changed_pseudo_key_reruns_pseudo_and_downstream_only(ref, tmp_path):
 def test_an_evaluation_key_reruns_the_evaluations_only(ref, tmp_path):
     """seg.eval_flip is eval-seg's: the segmenters keep their manifests (none is trained again)
     and every eval-seg stage runs again."""
-    run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls", "cams", "pseudo"], models=True)
+    run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls", "cams", "calibrate", "pseudo"], models=True)
     before = run_every_stage(ref.cfg(run_dir))
     after = run_every_stage(ref.cfg(run_dir, extra=("seg.eval_flip=true",)))
     assert {stage for stage in before if after[stage] != before[stage]} == {"eval-seg", "eval-seg-gt", "report"}
@@ -445,7 +445,7 @@ def test_an_evaluation_key_reruns_the_evaluations_only(ref, tmp_path):
 
 
 def test_the_segmenters_crop_size_leaves_the_affinity_head_alone(ref, tmp_path):
-    run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls", "cams", "pseudo"], models=True)
+    run_dir = copy_run(ref, tmp_path / "run", ["data", "train-cls", "cams", "calibrate", "pseudo"], models=True)
     walk = ("affinity.enabled=true", "affinity.epochs=1", "affinity.batch_size=8", "affinity.crop_size=32",
             "affinity.train_radius=3", "affinity.exp_times=1")
     before = run_every_stage(ref.cfg(run_dir, extra=walk))

@@ -154,7 +154,7 @@ def test_stages_write_per_image_files_inside_their_folders_whatever_the_csv_hold
         f"run_dir={run_dir}", "data.name=folder", f"data.root={root}", "data.val_fraction=0.5",
         "cls.split=train", "cls.val_split=val", "cls.crop_size=32", "cls.epochs=1", "cls.batch_size=3",
         "cam.layers=[layer4]", "cam.splits=[train,val]", "pseudo.splits=[train,val]", "pseudo.workers=1"])
-    for stage in ("data", "train-cls", "cams", "pseudo"):
+    for stage in ("data", "train-cls", "cams", "calibrate", "pseudo"):
         execute(stage, cfg)
     assert tree(tmp, skip=run_dir) == before  # nothing outside the run folder changed
     for folder, suffix in (("cams", ".npz"), ("pseudo", ".png")):

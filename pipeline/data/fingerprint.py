@@ -23,7 +23,7 @@ def config_splits(cfg: Config) -> list[str]:
     """Every dataset split the config names, sorted."""
     return sorted({cfg.cls.split, cfg.cls.val_split, *filter(None, [cfg.cls.pretrain_split]),
                    *cfg.cam.splits, *cfg.pseudo.splits, cfg.eval.split, cfg.seg.split, cfg.seg.val_split,
-                   cfg.affinity.split})
+                   cfg.affinity.split, cfg.calibrate.split})
 
 
 # The fingerprints computed inside `remembering()`, by data settings and splits; None outside it.

@@ -20,7 +20,7 @@ from pipeline.data.images import save_mask
 from pipeline.data.outputs import output_file
 from pipeline.data.transforms import image_batches, normalised_batch
 from pipeline.models.segmenter import predict_probs
-from pipeline.refine.pseudo import confident_mask, refined_labels
+from pipeline.refine.pseudo import confident_mask, refined_labels, with_background
 from pipeline.refine.random_walk import propagate
 from pipeline.runs import progress
 
@@ -39,8 +39,11 @@ def unwritten_batches(cfg: Config, folder: Path, batch_size: int, bad, stage: st
             yield voc, ids, images
 
 
-# The config keys a pseudo-mask depends on: the `pseudo` section but the number of CRF workers.
-MASK_KEYS = section_keys("pseudo", but=("workers",))
+# The config keys a pseudo-mask depends on: the `pseudo` section but the number of CRF workers,
+# and the high threshold's fallback where it is "auto" and calibration is off.
+MASK_KEYS = (*section_keys("pseudo", but=("workers",)), "calibrate.fixed_fg_threshold_high")
+# Where a mask stage reads the run's calibrated thresholds (`calibration.with_thresholds`).
+CALIBRATION_INPUT = {"calibration": ("calibrate", "choices")}
 
 
 def mask_settings(settings: PseudoConfig) -> dict:
@@ -96,6 +99,17 @@ def class_mask(image: np.ndarray, scores: np.ndarray, classes: np.ndarray, rule:
         return refined_labels(image, scores, keys, rule.crf).astype(np.uint8)
     cams = peak_normalised(scores, rule.peak_quantile)
     return confident_mask(image, cams, classes, *rule.band, rule.crf, rule.background)
+
+
+def foreground_labels(image: np.ndarray, scores: np.ndarray, classes: np.ndarray, rule: MaskRule,
+                      high: float) -> np.ndarray:
+    """uint8 [H, W]: a band rule's mask at the high threshold `high` with its unsure pixels made
+    background, as a pseudo-mask's mIoU counts them (the low threshold changes nothing there): one
+    label CRF where the mask takes two."""
+    if len(classes) == 0:
+        return np.zeros(image.shape[:2], np.uint8)
+    cams = peak_normalised(scores, rule.peak_quantile)
+    return refined_labels(image, *with_background(cams, classes, rule.background, high), rule.crf).astype(np.uint8)
 
 
 def write_mask(path: Path, image: np.ndarray, scores: np.ndarray, classes: np.ndarray, rule: MaskRule,

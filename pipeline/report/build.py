@@ -138,6 +138,22 @@ def step_gains(summary: dict) -> list[dict]:
     return rows
 
 
+THRESHOLD_NAMES = {"bg_threshold": "seeds' background (`eval.bg_threshold`)",
+                   "fg_threshold_high": "pseudo-masks' high (`pseudo.fg_threshold_high`)"}
+
+
+def calibration(thresholds: dict | None) -> dict | None:
+    """eval-calibration's comparison: each threshold's calibrated, fixed, oracle and used value with
+    its mIoU, and the pseudo-masks' mIoU (eval.split) at the high threshold's three choices."""
+    if thresholds is None:
+        return None
+    masks = thresholds["fg_threshold_high"]
+    return {"pseudo_miou_calibrated": masks["miou_calibrated"], "pseudo_miou_oracle": masks["miou_oracle"],
+            "pseudo_miou_fixed": masks["miou_fixed"],
+            "thresholds": {name: {k: v for k, v in scores.items() if k != "sweep"}
+                           for name, scores in thresholds.items() if name != "split"}}
+
+
 def stage_seconds(stage_folders: dict[str, Path]) -> dict[str, float]:
     """The wall time of every finished stage among `stage_folders` ({name: folder})."""
     manifests = {stage: runs.load_manifest(folder) for stage, folder in stage_folders.items()}
@@ -179,6 +195,7 @@ def build_summary(cfg: Config, inputs: dict[str, Path | None], cfg_hash: str,
         "seg_upper_bound_miou": upper["miou"] if upper else None,
         "seg_ratio": ratio(seg["miou"], upper),
         **mask_scores("pseudo_r2", _read(inputs["pseudo_r2"])),
+        "calibration": calibration(_read(inputs["thresholds"])),
         **second_round(_read(inputs["segmenter_r2"]), upper),
         "git_commit": runs.git_commit(),
         "config_hash": cfg_hash,
@@ -217,7 +234,7 @@ def write_report(cfg: Config, inputs: dict[str, Path | None], out: Path, summary
         "cls_ap": cls["val_ap"], "note": COMPOSED_NOTE if summary["dataset"]["name"] == "fashion-scenes" else "",
         "sweep": seeds["sweep"], "compare": comparison_table(compare),
         "compare_images": compare["images"] if compare else 0, "cam": cfg.cam, "seg": cfg.seg,
-        "last_layer": cfg.cam.head_layer,
+        "last_layer": cfg.cam.head_layer, "threshold_names": THRESHOLD_NAMES,
     }
     env = Environment(loader=PackageLoader("pipeline.report", "templates"), undefined=StrictUndefined,
                       autoescape=False, trim_blocks=True, lstrip_blocks=True)

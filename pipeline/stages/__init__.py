@@ -52,9 +52,9 @@ log = logging.getLogger("pipeline")
 
 # Every stage, in the order `python -m pipeline all` runs them: the first round, the second
 # (round2.enabled), the fully supervised upper bound (on a dataset with masks), the report.
-STAGES = ["data", "train-cls", "cams", "eval-cams", "compare-cams", "pseudo", "train-aff", "pseudo-aff",
-          "eval-pseudo", "train-seg", "eval-seg", "pseudo-r2", "eval-pseudo-r2", "train-seg-r2", "eval-seg-r2",
-          "train-seg-gt", "eval-seg-gt", "report"]
+STAGES = ["data", "train-cls", "cams", "calibrate", "eval-cams", "compare-cams", "pseudo", "train-aff",
+          "pseudo-aff", "eval-pseudo", "eval-calibration", "train-seg", "eval-seg", "pseudo-r2", "eval-pseudo-r2",
+          "train-seg-r2", "eval-seg-r2", "train-seg-gt", "eval-seg-gt", "report"]
 KINDS = ("plain", "training", "sharded", "summary")
 
 

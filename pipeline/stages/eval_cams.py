@@ -1,4 +1,6 @@
-"""Stage `eval-cams`: seed mIoU over a sweep of background thresholds, with two trivial baselines.
+"""Stage `eval-cams`: seed mIoU over a sweep of background thresholds and at the run's own
+(`eval.bg_threshold` set by hand, else calibrated, else calibrate's fixed value; reported as
+"configured"), with two trivial baselines.
 
 Baselines: "background" predicts background everywhere; "fill" paints the image's first present
 class over the whole image (what a seed that localises nothing at all would give).
@@ -15,14 +17,15 @@ from pipeline.config import Config
 from pipeline.data import open_split
 from pipeline.data.images import skipping
 from pipeline.metrics import confusion, iou_per_class, mean_iou, sweep_confusions, thresholds
+from pipeline.refine.calibration import read_choices, used_thresholds
 from pipeline.runs import RESULTS, progress, write_json
 
 GROUND_TRUTH = True
 FOLDER = "eval/cams"
 OUTPUTS = {"results": RESULTS}
-INPUTS = {"seeds": ("cams", "seeds")}
+INPUTS = {"seeds": ("cams", "seeds"), "calibration": ("calibrate", "choices")}
 # the side-by-side comparison's keys (eval.compare_*) belong to compare-cams: editing them reruns only it
-KEYS = ("eval.split", "eval.bg_threshold", "eval.sweep_max", "eval.sweep_step")
+KEYS = ("eval.split", "eval.bg_threshold", "eval.sweep_max", "eval.sweep_step", "calibrate.fixed_bg_threshold")
 
 
 def run(cfg: Config, out: Path, inputs: dict) -> dict:
@@ -30,7 +33,8 @@ def run(cfg: Config, out: Path, inputs: dict) -> dict:
 
     voc = open_split(cfg.data, cfg.eval.split)
     n = voc.num_classes + 1
-    grid = thresholds(cfg.eval)
+    used = used_thresholds(cfg, read_choices(inputs["calibration"]))["bg_threshold"]
+    grid = np.union1d(thresholds(cfg.eval), [used["value"]])  # the run's threshold scored exactly
     sweep = np.zeros((len(grid), n, n), np.int64)
     background = np.zeros((n, n), np.int64)
     fill = np.zeros((n, n), np.int64)
@@ -47,7 +51,7 @@ def run(cfg: Config, out: Path, inputs: dict) -> dict:
     bad.raise_if_any()
     mious = np.array([mean_iou(m) for m in sweep])
     best = int(np.argmax(mious))
-    configured = int(np.argmin(np.abs(grid - cfg.eval.bg_threshold)))
+    configured = int(np.searchsorted(grid, used["value"]))
     names = ["background", *voc.class_names]
     results = {
         "split": cfg.eval.split, "images": len(voc),
@@ -56,6 +60,7 @@ def run(cfg: Config, out: Path, inputs: dict) -> dict:
         "best_threshold": float(grid[best]), "best_miou": round(float(mious[best]), 4),
         "configured_threshold": float(grid[configured]),
         "configured_miou": round(float(mious[configured]), 4),
+        "configured_source": used["source"],
         "per_class_iou_best": dict(zip(names, np.round(iou_per_class(sweep[best]), 4).tolist())),
         "baseline_background_miou": round(mean_iou(background), 4),
         "baseline_fill_miou": round(mean_iou(fill), 4),

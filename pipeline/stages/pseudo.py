@@ -13,7 +13,8 @@ from pipeline.cam.seeds import cam_path, load_cams
 from pipeline.config import Config
 from pipeline.data import open_split
 from pipeline.data.images import DataError, read_image, skipping
-from pipeline.refine.masks import MASK_KEYS, MaskRule, mask_path, pseudo_rule, write_mask
+from pipeline.refine.calibration import with_thresholds
+from pipeline.refine.masks import CALIBRATION_INPUT, MASK_KEYS, MaskRule, mask_path, pseudo_rule, write_mask
 from pipeline.runs import progress
 from pipeline.workers import worker_pool
 
@@ -21,7 +22,7 @@ KIND = "sharded"
 SHARD_FILES = "*.png"
 FOLDER = "pseudo"
 OUTPUTS = {"masks": "."}
-INPUTS = {"seeds": ("cams", "seeds")}
+INPUTS = {"seeds": ("cams", "seeds"), **CALIBRATION_INPUT}
 KEYS = MASK_KEYS
 
 
@@ -39,6 +40,7 @@ def _write_one(image_file: Path, cams_file: Path, out_file: Path, rule: MaskRule
 
 def run(cfg: Config, out: Path, inputs: dict) -> dict:
     bad = skipping("pseudo")
+    cfg = with_thresholds(cfg, inputs["calibration"])
     rule = pseudo_rule(cfg.pseudo)
     jobs = []
     for split in cfg.pseudo.splits:

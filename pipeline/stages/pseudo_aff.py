@@ -13,7 +13,8 @@ from pipeline.config import Config
 from pipeline.data.images import skipping
 from pipeline.data.transforms import normalised_batch
 from pipeline.models.affinity_net import boundary_maps, classifier_encoder, load_affinity_net
-from pipeline.refine.masks import MASK_KEYS, mask_path, pseudo_rule, unwritten_batches, walked_cams, write_mask
+from pipeline.refine.calibration import with_thresholds
+from pipeline.refine.masks import CALIBRATION_INPUT, MASK_KEYS, mask_path, pseudo_rule, unwritten_batches, walked_cams, write_mask
 from pipeline.workers import worker_pool
 
 SWITCH = "affinity.enabled"
@@ -21,7 +22,8 @@ KIND = "sharded"
 SHARD_FILES = "*.png"
 FOLDER = "pseudo-aff"
 OUTPUTS = {"masks": "."}
-INPUTS = {"affinity": ("train-aff", "model"), "seeds": ("cams", "seeds"), "classifier": ("train-cls", "model")}
+INPUTS = {"affinity": ("train-aff", "model"), "seeds": ("cams", "seeds"), "classifier": ("train-cls", "model"),
+          **CALIBRATION_INPUT}
 KEYS = ("affinity.radius", "affinity.beta", "affinity.exp_times", "affinity.flip", *MASK_KEYS)
 
 
@@ -36,6 +38,7 @@ def mask_jobs(cfg: Config, encoder, net, out: Path, seeds: Path, bad):
 
 
 def run(cfg: Config, out: Path, inputs: dict) -> dict:
+    cfg = with_thresholds(cfg, inputs["calibration"])
     encoder = classifier_encoder(cfg.cls.arch, inputs["classifier"])
     net = load_affinity_net(inputs["affinity"], encoder)
     bad = skipping("pseudo-aff")

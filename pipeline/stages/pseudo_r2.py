@@ -12,7 +12,8 @@ from pipeline import distributed
 from pipeline.config import Config
 from pipeline.data.images import skipping
 from pipeline.models.checkpoints import load_segmenter
-from pipeline.refine.masks import MASK_KEYS, mask_path, pseudo_rule, segmenter_scores, unwritten_batches, write_mask
+from pipeline.refine.calibration import with_thresholds
+from pipeline.refine.masks import CALIBRATION_INPUT, MASK_KEYS, mask_path, pseudo_rule, segmenter_scores, unwritten_batches, write_mask
 from pipeline.workers import worker_pool
 
 SWITCH = "round2.enabled"
@@ -21,7 +22,7 @@ SHARD_FILES = "*.png"
 BATCH = 64
 FOLDER = "pseudo-r2"
 OUTPUTS = {"masks": "."}
-INPUTS = {"segmenter": ("train-seg", "model")}
+INPUTS = {"segmenter": ("train-seg", "model"), **CALIBRATION_INPUT}
 KEYS = ("round2.flip", *MASK_KEYS)
 
 
@@ -36,6 +37,7 @@ def mask_jobs(cfg: Config, model, out: Path, bad):
 
 
 def run(cfg: Config, out: Path, inputs: dict) -> dict:
+    cfg = with_thresholds(cfg, inputs["calibration"])
     bad = skipping("pseudo-r2")
     with worker_pool(cfg.pseudo.workers) as workers:
         model, _ = load_segmenter(inputs["segmenter"], cfg)

@@ -1,0 +1,162 @@
+"""Label-free calibration: the colour information curve against a direct count, the calibrate
+stage on a constructed dataset whose best threshold is known (with and without its masks), the
+ground-truth comparison of eval-calibration on it, and how a run's "auto" thresholds resolve."""
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.cam.seeds import cam_path, save_cams
+from pipeline.config import load_config
+from pipeline.data.images import save_mask
+from pipeline.refine.calibration import colour_index, information_curve, used_thresholds, with_thresholds
+from pipeline.runs import read_json
+from pipeline.stages import calibrate, eval_calibration
+
+SIZE = 48
+# Each map falls off as a cone, 1 - d / SLOPE, from the object's centre; the object is the disk
+# d < RADIUS. No pixel lies at d = RADIUS (d^2 = 72.25 is no sum of two squares), so at
+# t = 1 - RADIUS / SLOPE = 0.60, and at no other threshold of a 0.01 grid, the foreground is the
+# object exactly.
+RADIUS, SLOPE = 8.5, 21.25
+BEST = 0.60
+CENTRES = [(20, 22), (26, 18), (23, 27)]
+
+
+def direct_information(foreground: np.ndarray, colours: np.ndarray) -> float:
+    """MI(colour; foreground) in nats, from counts of (side, colour) pairs."""
+    n = foreground.size
+    pairs = Counter(zip(foreground.ravel().tolist(), colours.ravel().tolist()))
+    sides = Counter(foreground.ravel().tolist())
+    colour_counts = Counter(colours.ravel().tolist())
+    return sum(c / n * np.log((c / n) / (sides[s] / n * colour_counts[k] / n)) for (s, k), c in pairs.items())
+
+
+def test_information_curve_matches_a_direct_count():
+    rng = np.random.default_rng(0)
+    peak = rng.random((30, 20)).astype(np.float32)
+    image = rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)
+    image[peak > 0.5] //= 4  # foreground darker: the curve is not flat
+    grid = np.round(np.arange(1, 20) * 0.05, 4)
+    colours = colour_index(image, 4)
+    expected = [direct_information(peak > t, colours) for t in grid]
+    np.testing.assert_allclose(information_curve(peak, colours, grid, 4), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_colour_index_bins_each_channel():
+    image = np.array([[[0, 0, 0], [255, 255, 255], [64, 128, 191]]], np.uint8)
+    # 4 levels: 0-63 -> 0, 64-127 -> 1, 128-191 -> 2, 192-255 -> 3
+    assert colour_index(image, 4).tolist() == [[0, 63, (1 * 4 + 2) * 4 + 2]]
+
+
+def cone_photo(rng: np.random.Generator, centre: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(RGB image, the cone map [1, H, W], the object's mask): a reddish disk on greenish ground,
+    both noisy, so their colours spread over many bins."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    distance = np.hypot(yy - centre[0], xx - centre[1])
+    inside = distance < RADIUS
+    colour = np.where(inside[..., None], [170, 60, 60], [60, 150, 70])
+    image = np.clip(colour + rng.integers(-50, 51, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+    cams = np.clip(1 - distance / SLOPE, 0, None)[None].astype(np.float32)
+    return image, cams, inside.astype(np.uint8)
+
+
+@pytest.fixture
+def constructed(tmp_path):
+    """A VOC folder of three cone photos and one negative, their seeds in a run's cams folder."""
+    root, seeds = tmp_path / "data", tmp_path / "run" / "cams"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    seeds.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    settings = load_config(None).cam
+    ids = []
+    for index, centre in enumerate([*CENTRES, None]):
+        image_id = f"train_{index:05d}"
+        if centre is None:  # a negative: no class, no seeds
+            image = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+            cams, mask, classes = np.zeros((0, SIZE, SIZE), np.float32), np.zeros((SIZE, SIZE), np.uint8), []
+        else:
+            image, cams, mask = cone_photo(rng, centre)
+            classes = [0]
+        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.png")
+        save_mask(root / "SegmentationClass" / f"{image_id}.png", mask)
+        save_cams(cam_path(seeds, image_id), cams, np.array(classes, np.int64), settings, {})
+        ids.append(image_id)
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids) + "\n")
+    (root / "classes.txt").write_text("background\ndisk\n")
+    cfg = load_config(None, [f"run_dir={tmp_path}/run", "data.name=voc", f"data.root={root}",
+                             "cam.splits=[train]", "pseudo.peak_quantile=1.0", "pseudo.fg_threshold_low=0.05",
+                             "pseudo.crf=false", "pseudo.workers=1", "calibrate.fixed_bg_threshold=0.30",
+                             "calibrate.fixed_fg_threshold_high=0.40"])
+    return {"cfg": cfg, "root": root, "seeds": seeds, "out": tmp_path / "out"}
+
+
+def run_calibrate(case) -> dict:
+    out = case["out"]
+    out.mkdir(exist_ok=True)
+    calibrate.run(case["cfg"], out, {"seeds": case["seeds"]})
+    return read_json(out / calibrate.OUTPUTS["choices"])
+
+
+def test_calibrate_finds_the_known_best_threshold(constructed):
+    choices = run_calibrate(constructed)
+    assert choices["images"] == 3  # the negative has no foreground to place
+    assert choices["bg_threshold"]["calibrated"] == BEST
+    assert choices["fg_threshold_high"]["calibrated"] == BEST
+    assert min(choices["fg_threshold_high"]["grid"]) > 0.05  # the high threshold stays above the low
+
+
+def test_calibrate_reads_no_mask(constructed):
+    with_masks = run_calibrate(constructed)
+    shutil.rmtree(constructed["root"] / "SegmentationClass")
+    assert run_calibrate(constructed) == with_masks
+
+
+def test_eval_calibration_scores_the_choices_on_ground_truth(constructed):
+    case = constructed
+    run_calibrate(case)
+    scored = case["out"] / "scored"
+    scored.mkdir()
+    eval_calibration.run(case["cfg"], scored, {"seeds": case["seeds"],
+                                               "calibration": case["out"] / calibrate.OUTPUTS["choices"]})
+    results = read_json(scored / eval_calibration.OUTPUTS["results"])
+    for name, fixed in (("bg_threshold", 0.30), ("fg_threshold_high", 0.40)):
+        scores = results[name]
+        assert (scores["oracle"], scores["calibrated"], scores["fixed"], scores["used"]) == (BEST, BEST, fixed, BEST)
+        assert scores["used_source"] == "calibrated"
+        assert scores["miou_oracle"] == scores["miou_calibrated"] == 1.0
+        assert scores["miou_fixed"] == pytest.approx(disk_miou(SLOPE * (1 - fixed)), abs=1e-4)
+
+
+def disk_miou(reach: float) -> float:
+    """mIoU (background, disk) of the constructed photos, the negative too, when each photo's
+    foreground is d < reach: counted pixel by pixel."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    counts = np.zeros((2, 2))
+    for centre in CENTRES:
+        distance = np.hypot(yy - centre[0], xx - centre[1])
+        truth, guess = distance < RADIUS, distance < reach
+        counts += [[np.sum(~truth & ~guess), np.sum(~truth & guess)], [np.sum(truth & ~guess), np.sum(truth & guess)]]
+    counts[0, 0] += SIZE * SIZE  # the negative: all background, all predicted background
+    ious = [counts[k, k] / (counts[k].sum() + counts[:, k].sum() - counts[k, k]) for k in range(2)]
+    return float(np.mean(ious))
+
+
+def test_a_number_set_by_hand_wins_over_the_calibrated_one():
+    choices = {"bg_threshold": {"calibrated": 0.21}, "fg_threshold_high": {"calibrated": 0.33}}
+    cfg = load_config(None, ["pseudo.fg_threshold_high=0.45"])
+    used = used_thresholds(cfg, choices)
+    assert used == {"bg_threshold": {"value": 0.21, "source": "calibrated"},
+                    "fg_threshold_high": {"value": 0.45, "source": "set by hand"}}
+
+
+def test_auto_without_calibration_takes_the_fixed_values():
+    cfg = load_config(None, ["calibrate.enabled=false", "calibrate.fixed_fg_threshold_high=0.35"])
+    resolved = with_thresholds(cfg, None)
+    assert (resolved.eval.bg_threshold, resolved.pseudo.fg_threshold_high) == (0.15, 0.35)
+    assert (cfg.eval.bg_threshold, cfg.pseudo.fg_threshold_high) == ("auto", "auto")  # the config is left as it was
