@@ -93,7 +93,8 @@ def run(cfg: Config, out: Path, inputs: dict) -> dict:
 
     seeds_at = dict(zip(grid["bg_threshold"].tolist(), seed_mious(cfg, inputs["seeds"], grid["bg_threshold"])))
     extra = sorted({cfg.calibrate.fixed_bg_threshold, used["bg_threshold"]["value"]} - set(seeds_at))
-    seeds_at.update(zip(extra, seed_mious(cfg, inputs["seeds"], np.array(extra)).tolist()))
+    if extra:  # a threshold off the grid, set by hand
+        seeds_at.update(zip(extra, seed_mious(cfg, inputs["seeds"], np.array(extra)).tolist()))
 
     highs = grid["fg_threshold_high"]
     picks = {cfg.calibrate.fixed_fg_threshold_high, used["fg_threshold_high"]["value"],
