@@ -18,12 +18,15 @@ from pathlib import Path
 
 from pipeline.stages import output_path
 
-# (row label, summary key); higher is better for each, so a benchmark's worst seed is its minimum.
+# (row label, summary key, dotted within a block); higher is better for each, so a benchmark's
+# worst seed is its minimum.
 ROWS = [("classifier val mAP", "cls_map"),
-        ("seeds, configured threshold, train", "seed_miou_configured"),
+        ("seeds, the run's threshold (calibrated), train", "seed_miou_configured"),
         ("seeds, best threshold (oracle: swept on GT), train", "seed_miou_best"),
         ("pseudo-masks, train (255 as background)", "pseudo_miou"),
         ("pseudo-masks, val (255 as background)", "pseudo_val_miou"),
+        ("pseudo-masks at the fixed thresholds (calibrate.fixed_*), train", "calibration.pseudo_miou_fixed"),
+        ("pseudo-masks at the oracle's thresholds (swept on GT), train", "calibration.pseudo_miou_oracle"),
         ("precision of the confident pixels, train", "pseudo_precision"),
         ("affinity pseudo-masks, train", "pseudo_aff_miou"),
         ("affinity pseudo-masks, val", "pseudo_aff_val_miou"),
@@ -44,11 +47,19 @@ def read_summary(run: Path) -> dict:
     return json.loads(output_path(run, "report", "summary").read_text())
 
 
+def summary_value(summary: dict, key: str):
+    """The summary's value at a dotted key ("calibration.pseudo_miou_fixed"); None where it lacks it."""
+    value = summary
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def table(summaries: list[dict], runs_header: str) -> str:
     """The Markdown table; `runs_header` heads the column of every run's value."""
     lines = [f"| quantity | mean ± std | worst | {runs_header} |", "|---|---|---|---|"]
     for label, key in ROWS:
-        values = [summary.get(key) for summary in summaries]
+        values = [summary_value(summary, key) for summary in summaries]
         if any(value is None for value in values):
             continue
         std = statistics.stdev(values) if len(values) > 1 else 0.0

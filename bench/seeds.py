@@ -25,7 +25,7 @@ HEADLINE = ["cls_map", "seed_miou_best", "pseudo_miou", "pseudo_val_miou", "pseu
             "pseudo_aff_val_miou", "seg_miou", "pseudo_r2_miou", "pseudo_r2_val_miou", "seg_r2_miou",
             "seg_upper_bound_miou", "seg_ratio", "seg_r2_ratio", "seg_minus_val_pseudo", "seg_min_class_iou",
             "pseudo_min_class_iou", "pseudo_aff_min_class_iou", "pseudo_r2_min_class_iou",
-            "seg_r2_min_class_iou"]
+            "seg_r2_min_class_iou", "pseudo_miou_fixed", "pseudo_miou_oracle", "calibrated_to_oracle"]
 
 
 def results_of(run: Path, stage: str) -> dict | None:
@@ -121,6 +121,11 @@ def seed_numbers(run: Path) -> dict:
     numbers["pseudo_aff_min_class_iou"] = optional_lowest(run, "eval-pseudo", "affinity")
     numbers["pseudo_r2_min_class_iou"] = optional_lowest(run, "eval-pseudo-r2")
     numbers["seg_r2_min_class_iou"] = optional_lowest(run, "eval-seg-r2")
+    calibration = summary.get("calibration") or {}
+    numbers["pseudo_miou_fixed"] = calibration.get("pseudo_miou_fixed")
+    numbers["pseudo_miou_oracle"] = calibration.get("pseudo_miou_oracle")
+    numbers["calibrated_to_oracle"] = (round(calibration["pseudo_miou_calibrated"] / calibration["pseudo_miou_oracle"], 4)
+                                       if calibration else None)
     numbers["warnings"] = summary.get("warnings", [])
     return numbers
 
