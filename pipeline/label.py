@@ -198,7 +198,10 @@ def write_summary(out: Path, items: list[LabelledImage], failed: list[dict], wri
         "failed": failed, "no_class": [r["image"] for r in records if not r["classes"]],
         "class_counts": {name: sum(name in r["classes"] for r in records) for name in class_names},
         "confident_fraction_mean": round(float(np.mean(fractions)), 4) if fractions else None,
-        "score_threshold": cfg.label.score_threshold, "per_image": {r["image"]: r for r in records}}
+        "score_threshold": cfg.label.score_threshold,
+        # the run's calibrated values where its thresholds are "auto" (`run_thresholds`)
+        "mask_thresholds": {"high": cfg.pseudo.fg_threshold_high, "low": cfg.pseudo.fg_threshold_low},
+        "per_image": {r["image"]: r for r in records}}
     write_json(out / "summary.json", summary)
     return summary
 

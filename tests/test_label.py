@@ -147,6 +147,7 @@ def test_label_with_csv_uses_its_classes(run, odd_folder, tmp_path):
     summary = read_json(out / "summary.json")
     assert summary["written"] == len(ODD) and summary["failed"] == [] and summary["no_class"] == []
     cfg = with_thresholds(run["cfg"], None)  # a run without calibration labels at its fixed thresholds
+    assert summary["mask_thresholds"] == {"high": cfg.pseudo.fg_threshold_high, "low": cfg.pseudo.fg_threshold_low}
     for name, _, _ in ODD:
         record = summary["per_image"][name]
         assert record["labels_from"] == "csv" and record["classes"] == truth[name]
