@@ -138,8 +138,8 @@ def step_gains(summary: dict) -> list[dict]:
     return rows
 
 
-THRESHOLD_NAMES = {"bg_threshold": "seeds' background (`eval.bg_threshold`)",
-                   "fg_threshold_high": "pseudo-masks' high (`pseudo.fg_threshold_high`)"}
+THRESHOLD_NAMES = {"bg_threshold": "seeds' background (eval.bg_threshold)",
+                   "fg_threshold_high": "pseudo-masks' high (pseudo.fg_threshold_high)"}
 
 
 def calibration(thresholds: dict | None) -> dict | None:
