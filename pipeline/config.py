@@ -52,7 +52,7 @@ AUTO = "auto"  # a threshold the calibrate stage chooses
 
 
 def threshold(default: float | str) -> Any:
-    """A schema field for a threshold on max-normalised maps: a number in [0, 1] set by hand, or
+    """A schema field for a threshold on normalised maps: a number in [0, 1] set by hand, or
     "auto", chosen by the calibrate stage."""
     return field(default=default, metadata={"range": Range(at_least=0, at_most=1), "auto": True})
 
