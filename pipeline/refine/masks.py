@@ -20,7 +20,7 @@ from pipeline.data.images import save_mask
 from pipeline.data.outputs import output_file
 from pipeline.data.transforms import image_batches, normalised_batch
 from pipeline.models.segmenter import predict_probs
-from pipeline.refine.pseudo import confident_mask, refined_labels, with_background
+from pipeline.refine.pseudo import confident_mask, labels_at, refined_labels
 from pipeline.refine.random_walk import propagate
 from pipeline.runs import progress
 
@@ -109,7 +109,7 @@ def foreground_labels(image: np.ndarray, scores: np.ndarray, classes: np.ndarray
     if len(classes) == 0:
         return np.zeros(image.shape[:2], np.uint8)
     cams = peak_normalised(scores, rule.peak_quantile)
-    return refined_labels(image, *with_background(cams, classes, rule.background, high), rule.crf).astype(np.uint8)
+    return labels_at(image, cams, classes, high, rule.crf, rule.background).astype(np.uint8)
 
 
 def write_mask(path: Path, image: np.ndarray, scores: np.ndarray, classes: np.ndarray, rule: MaskRule,

@@ -44,13 +44,20 @@ def with_background(cams: np.ndarray, classes: np.ndarray, background: str,
     return np.concatenate([background_score(cams, background, value), cams]), keys
 
 
+def labels_at(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, value: float, crf: dict | None,
+              background: str) -> np.ndarray:
+    """Label ids [H, W] at one background setting `value` (a constant or an alpha), refined by the
+    label CRF where `crf` gives its parameters: 0 where the background wins."""
+    return refined_labels(image, *with_background(cams, classes, background, value), crf)
+
+
 def confident_mask(image: np.ndarray, cams: np.ndarray, classes: np.ndarray, high: float, low: float,
                    crf: dict | None = None, background: str = "constant") -> np.ndarray:
     """uint8 [H, W] pseudo-mask: class ids where confident, 0 background, 255 unsure. `high` is
     the background setting that keeps only sure foreground (a high constant, a low alpha), `low`
     the one that keeps only sure background; `crf` the label CRF's parameters (None: no CRF)."""
-    sure_foreground = refined_labels(image, *with_background(cams, classes, background, high), crf)
-    sure_background = refined_labels(image, *with_background(cams, classes, background, low), crf)
+    sure_foreground = labels_at(image, cams, classes, high, crf, background)
+    sure_background = labels_at(image, cams, classes, low, crf, background)
     mask = sure_foreground.astype(np.uint8)
     mask[sure_foreground == 0] = IGNORE
     mask[(sure_foreground == 0) & (sure_background == 0)] = 0
