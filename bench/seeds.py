@@ -124,8 +124,9 @@ def seed_numbers(run: Path) -> dict:
     calibration = summary.get("calibration") or {}
     numbers["pseudo_miou_fixed"] = calibration.get("pseudo_miou_fixed")
     numbers["pseudo_miou_oracle"] = calibration.get("pseudo_miou_oracle")
-    numbers["calibrated_to_oracle"] = (round(calibration["pseudo_miou_calibrated"] / calibration["pseudo_miou_oracle"], 4)
-                                       if calibration else None)
+    calibrated = calibration.get("pseudo_miou_calibrated")  # None with calibration off
+    numbers["calibrated_to_oracle"] = (round(calibrated / calibration["pseudo_miou_oracle"], 4)
+                                       if calibrated is not None else None)
     numbers["warnings"] = summary.get("warnings", [])
     return numbers
 

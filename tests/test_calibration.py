@@ -147,6 +147,18 @@ def disk_miou(reach: float) -> float:
     return float(np.mean(ious))
 
 
+def test_eval_calibration_without_calibration_scores_the_fixed_values_as_used(constructed):
+    case = constructed
+    case["out"].mkdir()
+    eval_calibration.run(case["cfg"], case["out"], {"seeds": case["seeds"], "calibration": None})
+    results = read_json(case["out"] / eval_calibration.OUTPUTS["results"])
+    for name, fixed in (("bg_threshold", 0.30), ("fg_threshold_high", 0.40)):
+        scores = results[name]
+        assert (scores["calibrated"], scores["miou_calibrated"]) == (None, None)
+        assert (scores["used"], scores["used_source"], scores["oracle"]) == (fixed, "fixed", BEST)
+        assert scores["miou_used"] == scores["miou_fixed"] == pytest.approx(disk_miou(SLOPE * (1 - fixed)), abs=1e-4)
+
+
 def test_a_number_set_by_hand_wins_over_the_calibrated_one():
     choices = {"bg_threshold": {"calibrated": 0.21}, "fg_threshold_high": {"calibrated": 0.33}}
     cfg = load_config(None, ["pseudo.fg_threshold_high=0.45"])
