@@ -36,7 +36,7 @@ def run_inputs(run_dir: Path) -> list[tuple]:
     cfg = run_config(run_outputs(run_dir), [])
     voc = open_split(cfg.data, "train")
     seeds = output_path(run_dir, "cams", "seeds")
-    return [(voc.image(i), *load_cams(cam_path(seeds, i))) for i in voc.ids[:IMAGES]]
+    return [(voc.image(i), *load_cams(cam_path(seeds, i), cfg.cam)) for i in voc.ids[:IMAGES]]
 
 
 def synthetic_inputs() -> list[tuple]:

@@ -131,6 +131,7 @@ class ClsConfig:
 class CamConfig:
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
     method: str = "gradcam"  # "cam", "gradcam", "gradcam++", "xgradcam", "hirescam" or "layercam"
+    # with calibrate.choose_layers, the candidates: calibrate picks one of their non-empty subsets
     layers: list[str] = field(default_factory=lambda: ["layer4"])
     fuse: str = "max"  # across layers, after each layer's maps are max-normalised: "max", "mean" or
     # "layercam" (LayerCAM: shallow layers tanh-scaled, then max)
@@ -138,7 +139,6 @@ class CamConfig:
     # of their mirror images, are summed (IRN uses 1.0, 0.5, 1.5, 2.0 and flip).
     scales: list[float] = ranged(lambda: [1.0], above=0)
     flip: bool = False
-    save_layers: bool = False  # also store each layer's raw (augmented) map in cams/<id>.npz
     # "cam" reads the linear layer `head`, which follows global pooling of `head_layer`; for every
     # other layer a linear head is fitted on pooled features of `head_images` images of cls.split.
     head: str = "fc"
@@ -180,6 +180,9 @@ class CalibrateConfig:
     fixed_bg_threshold: float = ranged(0.15, at_least=0, at_most=1)
     fixed_fg_threshold_high: float = ranged(0.30, at_least=0, at_most=1)
     colour_bins: int = ranged(8, at_least=2, at_most=64)  # levels per RGB channel
+    # choose the seeds' layer set among the non-empty subsets of cam.layers (by the same
+    # information, at each set's best background threshold); off, cam.layers are fused as given
+    choose_layers: bool = True
 
 
 @dataclass

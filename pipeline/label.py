@@ -39,7 +39,7 @@ from pipeline.data.outputs import check_apart, output_file
 from pipeline.data.transforms import same_size_batches
 from pipeline.models.checkpoints import (class_scores, classifier_checkpoint, load_classifier, load_segmenter,
                                         training_size)
-from pipeline.refine.calibration import run_thresholds
+from pipeline.refine.calibration import run_choices
 from pipeline.refine.masks import MaskRule, mask_settings, pseudo_rule, segmenter_scores, write_mask
 from pipeline.runs import RunOutputs, StageError, progress, read_json, write_json, write_text, write_with
 from pipeline.train import load_checkpoint
@@ -199,8 +199,9 @@ def write_summary(out: Path, items: list[LabelledImage], failed: list[dict], wri
         "class_counts": {name: sum(name in r["classes"] for r in records) for name in class_names},
         "confident_fraction_mean": round(float(np.mean(fractions)), 4) if fractions else None,
         "score_threshold": cfg.label.score_threshold,
-        # the run's calibrated values where its thresholds are "auto" (`run_thresholds`)
+        # the run's calibrated values where its thresholds are "auto" (`run_choices`)
         "mask_thresholds": {"high": cfg.pseudo.fg_threshold_high, "low": cfg.pseudo.fg_threshold_low},
+        "cam_layers": list(cfg.cam.layers),
         "per_image": {r["image"]: r for r in records}}
     write_json(out / "summary.json", summary)
     return summary
@@ -247,7 +248,7 @@ def label_folder(cfg: Config, run: RunOutputs, images_dir: Path, labels_csv: Pat
     returns the summary, the other ranks only what failed and how many were written.
     """
     distributed.init(cfg.device)
-    cfg = run_thresholds(cfg, run)
+    cfg = run_choices(cfg, run)
     classifier = classifier_checkpoint(run.path("train-cls", "model"))
     model, state = load_classifier(classifier)
     class_names = list(state["class_names"])

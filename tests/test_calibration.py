@@ -1,6 +1,7 @@
 """Label-free calibration: the colour information curve against a direct count, the calibrate
-stage on a constructed dataset whose best threshold is known (with and without its masks), the
-ground-truth comparison of eval-calibration on it, and how a run's "auto" thresholds resolve."""
+stage on a constructed dataset whose best threshold and layer set are known (with and without its
+masks), the ground-truth comparison of eval-calibration on it, and how a run's "auto" thresholds
+and candidate layers resolve."""
 from __future__ import annotations
 
 import shutil
@@ -13,7 +14,7 @@ from PIL import Image
 from pipeline.cam.seeds import cam_path, save_cams
 from pipeline.config import load_config
 from pipeline.data.images import save_mask
-from pipeline.refine.calibration import colour_index, information_curve, used_thresholds, with_thresholds
+from pipeline.refine.calibration import colour_index, information_curve, layer_sets, used_choices, with_choices
 from pipeline.runs import read_json
 from pipeline.stages import calibrate, eval_calibration
 
@@ -25,6 +26,7 @@ SIZE = 48
 RADIUS, SLOPE = 8.5, 21.25
 BEST = 0.60
 CENTRES = [(20, 22), (26, 18), (23, 27)]
+ELSEWHERE = (40, 40)  # where a misleading layer's cone peaks, off every object
 
 
 def direct_information(foreground: np.ndarray, colours: np.ndarray) -> float:
@@ -53,27 +55,43 @@ def test_colour_index_bins_each_channel():
     assert colour_index(image, 4).tolist() == [[0, 63, (1 * 4 + 2) * 4 + 2]]
 
 
+def cone(centre: tuple[int, int]) -> np.ndarray:
+    """float32 [1, H, W]: 1 - d / SLOPE from `centre`, clipped at 0."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    return np.clip(1 - np.hypot(yy - centre[0], xx - centre[1]) / SLOPE, 0, None)[None].astype(np.float32)
+
+
 def cone_photo(rng: np.random.Generator, centre: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(RGB image, the cone map [1, H, W], the object's mask): a reddish disk on greenish ground,
     both noisy, so their colours spread over many bins."""
     yy, xx = np.mgrid[:SIZE, :SIZE]
-    distance = np.hypot(yy - centre[0], xx - centre[1])
-    inside = distance < RADIUS
+    inside = np.hypot(yy - centre[0], xx - centre[1]) < RADIUS
     colour = np.where(inside[..., None], [170, 60, 60], [60, 150, 70])
     image = np.clip(colour + rng.integers(-50, 51, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
-    cams = np.clip(1 - distance / SLOPE, 0, None)[None].astype(np.float32)
-    return image, cams, inside.astype(np.uint8)
+    return image, cone(centre), inside.astype(np.uint8)
 
 
 @pytest.fixture
 def constructed(tmp_path):
-    """A VOC folder of three cone photos and one negative, their seeds in a run's cams folder."""
+    """A VOC folder of three cone photos and one negative, their seeds in a run's cams folder: one
+    layer's, or with `layered`, the max fusion of two layers' (`object`, the cone on the object,
+    and `elsewhere`, a cone off it), each layer's maps stored."""
+    return constructed_case(tmp_path, layered=False)
+
+
+@pytest.fixture
+def layered(tmp_path):
+    return constructed_case(tmp_path, layered=True)
+
+
+def constructed_case(tmp_path, layered: bool) -> dict:
     root, seeds = tmp_path / "data", tmp_path / "run" / "cams"
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (root / sub).mkdir(parents=True)
     seeds.mkdir(parents=True)
     rng = np.random.default_rng(1)
-    settings = load_config(None).cam
+    layers = ["object", "elsewhere"] if layered else ["layer4"]
+    settings = load_config(None, [f"cam.layers=[{','.join(layers)}]", "cam.fuse=max"]).cam
     ids = []
     for index, centre in enumerate([*CENTRES, None]):
         image_id = f"train_{index:05d}"
@@ -83,16 +101,20 @@ def constructed(tmp_path):
         else:
             image, cams, mask = cone_photo(rng, centre)
             classes = [0]
+        layer_maps = {"object": cams, "elsewhere": cone(ELSEWHERE)[:len(classes)]} if layered else {}
+        if layered:
+            cams = np.maximum(layer_maps["object"], layer_maps["elsewhere"])
         Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.png")
         save_mask(root / "SegmentationClass" / f"{image_id}.png", mask)
-        save_cams(cam_path(seeds, image_id), cams, np.array(classes, np.int64), settings, {})
+        save_cams(cam_path(seeds, image_id), cams, np.array(classes, np.int64), settings, layer_maps)
         ids.append(image_id)
     (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids) + "\n")
     (root / "classes.txt").write_text("background\ndisk\n")
     cfg = load_config(None, [f"run_dir={tmp_path}/run", "data.name=voc", f"data.root={root}",
                              "cam.splits=[train]", "pseudo.peak_quantile=1.0", "pseudo.fg_threshold_low=0.05",
                              "pseudo.crf=false", "pseudo.workers=1", "calibrate.fixed_bg_threshold=0.30",
-                             "calibrate.fixed_fg_threshold_high=0.40"])
+                             "calibrate.fixed_fg_threshold_high=0.40", f"cam.layers=[{','.join(layers)}]",
+                             "cam.fuse=max"])
     return {"cfg": cfg, "root": root, "seeds": seeds, "out": tmp_path / "out"}
 
 
@@ -109,6 +131,30 @@ def test_calibrate_finds_the_known_best_threshold(constructed):
     assert choices["bg_threshold"]["calibrated"] == BEST
     assert choices["fg_threshold_high"]["calibrated"] == BEST
     assert min(choices["fg_threshold_high"]["grid"]) > 0.05  # the high threshold stays above the low
+
+
+def test_calibrate_chooses_the_layer_on_the_objects(layered):
+    choices = run_calibrate(layered)
+    assert choices["layers"]["calibrated"] == ["object"]
+    assert set(choices["layers"]["information"]) == {"object", "elsewhere", "object+elsewhere"}
+    assert (choices["bg_threshold"]["calibrated"], choices["fg_threshold_high"]["calibrated"]) == (BEST, BEST)
+
+
+def test_eval_calibration_scores_the_layer_sets_on_ground_truth(layered):
+    case = layered
+    run_calibrate(case)
+    scored = case["out"] / "scored"
+    scored.mkdir()
+    eval_calibration.run(case["cfg"], scored, {"seeds": case["seeds"],
+                                               "calibration": case["out"] / calibrate.OUTPUTS["choices"]})
+    results = read_json(scored / eval_calibration.OUTPUTS["results"])
+    layers = results["layers"]
+    assert (layers["oracle"], layers["calibrated"], layers["used"]) == (["object"], ["object"], ["object"])
+    assert (layers["fixed"], layers["used_source"]) == (["object", "elsewhere"], "calibrated")
+    assert layers["miou_calibrated"] == 1.0 and layers["sweep"]["elsewhere"] < layers["sweep"]["object+elsewhere"] < 1.0
+    # the fixed choice, both layers fused at 0.30, adds the cone elsewhere to each disk of reach SLOPE * 0.7
+    assert results["bg_threshold"]["miou_fixed"] < disk_miou(SLOPE * 0.7)
+    assert results["fg_threshold_high"]["miou_calibrated"] == results["fg_threshold_high"]["miou_oracle"] == 1.0
 
 
 def test_calibrate_reads_no_mask(constructed):
@@ -160,15 +206,28 @@ def test_eval_calibration_without_calibration_scores_the_fixed_values_as_used(co
 
 
 def test_a_number_set_by_hand_wins_over_the_calibrated_one():
-    choices = {"bg_threshold": {"calibrated": 0.21}, "fg_threshold_high": {"calibrated": 0.33}}
-    cfg = load_config(None, ["pseudo.fg_threshold_high=0.45"])
-    used = used_thresholds(cfg, choices)
+    choices = {"bg_threshold": {"calibrated": 0.21}, "fg_threshold_high": {"calibrated": 0.33},
+               "layers": {"calibrated": ["layer3"]}}
+    cfg = load_config(None, ["pseudo.fg_threshold_high=0.45", "cam.layers=[layer3,layer4]"])
+    used = used_choices(cfg, choices)
     assert used == {"bg_threshold": {"value": 0.21, "source": "calibrated"},
-                    "fg_threshold_high": {"value": 0.45, "source": "set by hand"}}
+                    "fg_threshold_high": {"value": 0.45, "source": "set by hand"},
+                    "layers": {"value": ["layer3"], "source": "calibrated"}}
+    kept = used_choices(load_config(None, ["cam.layers=[layer3,layer4]", "calibrate.choose_layers=false"]), choices)
+    assert kept["layers"] == {"value": ["layer3", "layer4"], "source": "set by hand"}
+
+
+def test_the_candidate_layer_sets_are_every_subset():
+    cfg = load_config(None, ["cam.layers=[layer2,layer3,layer4]"])
+    assert layer_sets(cfg) == [["layer2"], ["layer3"], ["layer4"], ["layer2", "layer3"], ["layer2", "layer4"],
+                               ["layer3", "layer4"], ["layer2", "layer3", "layer4"]]
+    assert layer_sets(load_config(None, ["cam.layers=[layer2,layer3]", "calibrate.choose_layers=false"])) == [
+        ["layer2", "layer3"]]
 
 
 def test_auto_without_calibration_takes_the_fixed_values():
     cfg = load_config(None, ["calibrate.enabled=false", "calibrate.fixed_fg_threshold_high=0.35"])
-    resolved = with_thresholds(cfg, None)
+    resolved = with_choices(cfg, None)
     assert (resolved.eval.bg_threshold, resolved.pseudo.fg_threshold_high) == (0.15, 0.35)
+    assert resolved.cam.layers == cfg.cam.layers
     assert (cfg.eval.bg_threshold, cfg.pseudo.fg_threshold_high) == ("auto", "auto")  # the config is left as it was

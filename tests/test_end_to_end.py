@@ -8,12 +8,14 @@ from __future__ import annotations
 import math
 import re
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from pipeline.cam import fuse_layers
+from pipeline.cam.seeds import load_cams
 from pipeline.config import config_hash, load_config
 from pipeline.data.images import read_mask
 from pipeline.data.transforms import normalised_batch
@@ -21,12 +23,12 @@ from pipeline.data.voc import VocDataset
 from pipeline.metrics import confusion, iou_per_class, mean_iou
 from pipeline.models.checkpoints import load_classifier, load_segmenter, predict_scores
 from pipeline.models.segmenter import predict_probs
-from pipeline.refine.calibration import with_thresholds
+from pipeline.refine.calibration import with_choices
 from pipeline.refine.crf import dense_crf
 from pipeline.refine.masks import crf_settings
 from pipeline.refine.pseudo import confident_mask
 from pipeline.report.build import _fmt
-from pipeline.runs import MANIFEST, STARTED, load_manifest, read_json, staging_folder
+from pipeline.runs import MANIFEST, STARTED, StageError, load_manifest, read_json, staging_folder
 from pipeline.stages import STAGES, execute, execute_all, pipeline_stages, settings_hash, stage_folder
 from pipeline.train import load_checkpoint
 
@@ -73,9 +75,22 @@ def test_the_calibrated_thresholds_made_the_masks_and_are_scored_beside_the_orac
                                                                        calibrated["fg_threshold_high"])
     assert block["pseudo_miou_calibrated"] == high["miou_calibrated"] == s["pseudo_miou"]
     assert seeds["miou_calibrated"] == s["seed_miou_configured"]
-    assert block["pseudo_miou_oracle"] >= max(block["pseudo_miou_calibrated"], block["pseudo_miou_fixed"])
+    assert block["pseudo_miou_oracle"] == max(results(run, "eval/calibration")["fg_threshold_high"]["sweep"].values())
     assert (high["fixed"], seeds["fixed"]) == (0.30, 0.15)
-    assert block["pseudo_miou_fixed"] == results(run, "eval/calibration")["fg_threshold_high"]["sweep"]["0.30"]
+
+
+def test_the_calibrated_layer_set_made_the_seeds_and_is_scored_beside_the_oracle(run):
+    """calibrate chose among the three subsets of cam.layers; eval-cams scored that set's seeds, and
+    the oracle's set is the best of the three on ground truth, its threshold the seeds' oracle."""
+    block = run["summary"]["calibration"]
+    layers, seeds = block["layers"], block["thresholds"]["bg_threshold"]
+    sweep = results(run, "eval/calibration")["layers"]["sweep"]
+    chosen = read_json(run["dir"] / "calibrate" / "choices.json")["layers"]
+    assert set(chosen["information"]) == set(sweep) == {"layer3", "layer4", "layer3+layer4"}
+    assert layers["used"] == layers["calibrated"] == chosen["calibrated"] == results(run, "eval/cams")["layers"]
+    assert (layers["used_source"], layers["fixed"]) == ("calibrated", ["layer3", "layer4"])
+    assert layers["miou_oracle"] == max(sweep.values()) == seeds["miou_oracle"]
+    assert layers["miou_fixed"] == sweep["layer3+layer4"]
 
 
 def test_compare_cams_covers_every_setting_and_agrees_with_the_stored_seeds(run):
@@ -84,10 +99,11 @@ def test_compare_cams_covers_every_setting_and_agrees_with_the_stored_seeds(run)
     assert compare["images"] == 64
     settings = [(row["method"], "+".join(row["layers"])) for row in compare["rows"]]
     assert settings == [(m, "+".join(s)) for m in cfg.eval.compare_methods for s in cfg.eval.compare_layer_sets]
-    # The configured setting, computed in memory here, scores what eval-cams found from the
-    # float16 files of the cams stage.
-    configured = dict(zip(settings, compare["rows"]))[(cfg.cam.method, "+".join(cfg.cam.layers))]
-    assert configured["best_miou"] == pytest.approx(results(run, "eval/cams")["best_miou"], abs=0.005)
+    # The run's setting (its calibrated layer set), computed in memory here, scores what eval-cams
+    # found from the float16 files of the cams stage.
+    seeds = results(run, "eval/cams")
+    used = dict(zip(settings, compare["rows"]))[(cfg.cam.method, "+".join(seeds["layers"]))]
+    assert used["best_miou"] == pytest.approx(seeds["best_miou"], abs=0.005)
     s = run["summary"]
     rows = {(row["method"], "+".join(row["layers"])): row["best_miou"] for row in compare["rows"]}
     fused = max(v for (m, layers), v in rows.items() if m == cfg.cam.method and "+" in layers)
@@ -132,7 +148,8 @@ def test_seed_sweep_best_is_the_max(run):
     calibrated = calibrated_thresholds(run)["bg_threshold"]
     assert s["seed_threshold_configured"] == calibrated and seeds["configured_source"] == "calibrated"
     assert s["seed_miou_configured"] == sweep[calibrated]
-    assert s["seed_method"] == "gradcam" and s["seed_layers"] == "layer3+layer4"
+    chosen = read_json(run["dir"] / "calibrate" / "choices.json")["layers"]["calibrated"]
+    assert s["seed_method"] == "gradcam" and s["seed_layers"] == "+".join(chosen)
 
 
 def test_baselines_recomputed(run):
@@ -185,22 +202,27 @@ def test_cam_files(run):
             assert np.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1.0
 
 
-def test_saved_layers_are_the_raw_maps_the_fused_seeds_come_from(run, tmp_path):
-    """cam.save_layers on a copy (classifier included): each layer's raw map is stored, and fusing
-    them again gives the stored seeds (to float16 precision)."""
-    copy = tmp_path / "run"
-    shutil.copytree(run["dir"], copy, ignore=shutil.ignore_patterns("cams"))
-    base = [o for o in overrides(run["tmp"]) if not o.startswith("run_dir=")] + [f"run_dir={copy}"]
-    execute("cams", load_config(None, base + ["cam.save_layers=true", "cam.splits=[val]"]))
+def test_stored_layers_fuse_again_into_the_seeds_and_into_any_subset(run):
+    """Each layer's maps are stored max-normalised; fused again they give the stored seeds (to
+    float16 precision), and `load_cams` fuses a subset of them, or refuses a layer not stored."""
+    cam = run["cfg"].cam
     for image_id in run["val"].ids:
-        with np.load(copy / "cams" / f"{image_id}.npz", allow_pickle=False) as data:
+        path = run["dir"] / "cams" / f"{image_id}.npz"
+        with np.load(path, allow_pickle=False) as data:
             layers = {name: torch.from_numpy(data[f"layer.{name}"].astype(np.float32))[None]
                       for name in ("layer3", "layer4")}
             fused = data["cams"].astype(np.float32)
         k = len(run["val"].labels(image_id))
         assert layers["layer3"].shape == (1, k, 2, 2) and layers["layer4"].shape == (1, k, 1, 1)
-        again = fuse_layers(layers, (32, 32), "max")[0].numpy()
-        np.testing.assert_allclose(fused, again, atol=2e-3)
+        for maps in layers.values():  # each map peaks at 1, or is 0 everywhere
+            peaks = maps.amax(dim=(-2, -1)).numpy()
+            assert np.all((np.abs(peaks - 1) < 1e-3) | (peaks == 0))
+        np.testing.assert_allclose(fused, fuse_layers(layers, (32, 32), cam.fuse)[0].numpy(), atol=2e-3)
+        alone, _ = load_cams(path, replace(cam, layers=["layer3"]))
+        np.testing.assert_allclose(alone, fuse_layers({"layer3": layers["layer3"]}, (32, 32), cam.fuse)[0].numpy(),
+                                   atol=1e-6)
+        with pytest.raises(StageError, match="layer2"):
+            load_cams(path, replace(cam, layers=["layer2", "layer3"]))
 
 
 @pytest.mark.parametrize("folder", ["pseudo", "pseudo-aff", "pseudo-r2"])
@@ -262,7 +284,7 @@ def test_eval_seg_recomputed_from_predictions(run, folder, key):
 
 def test_eval_seg_predictions_are_flip_averaged_and_crf_refined(run):
     """Each saved prediction is the label CRF's argmax over the flip-averaged softmax."""
-    cfg, voc = with_thresholds(run["cfg"], run["dir"] / "calibrate" / "choices.json"), run["val"]
+    cfg, voc = with_choices(run["cfg"], run["dir"] / "calibrate" / "choices.json"), run["val"]
     model, _ = load_segmenter(run["dir"] / "segmenter" / "model.pt", cfg)
     images = [voc.image(i) for i in voc.ids]
     probs = predict_probs(model, normalised_batch(images))
@@ -278,7 +300,7 @@ def test_round_two_masks_are_the_segmenters_known_class_predictions_refined(run)
     """Each second-round mask is the confident mask of the first segmenter's flip-averaged softmax,
     renormalised over the background and the image's labelled classes, their channels taking
     the seeds' place."""
-    cfg, voc = with_thresholds(run["cfg"], run["dir"] / "calibrate" / "choices.json"), run["val"]
+    cfg, voc = with_choices(run["cfg"], run["dir"] / "calibrate" / "choices.json"), run["val"]
     model, _ = load_segmenter(run["dir"] / "segmenter" / "model.pt", cfg)
     images = [voc.image(i) for i in voc.ids]
     probs = predict_probs(model, normalised_batch(images))

@@ -26,7 +26,7 @@ from pipeline.data.voc import VocDataset
 from pipeline.label import run_config
 from pipeline.models.checkpoints import load_classifier, load_segmenter
 from pipeline.models.segmenter import predict_probs
-from pipeline.refine.calibration import with_thresholds
+from pipeline.refine.calibration import with_choices
 from pipeline.refine.masks import pseudo_mask
 from pipeline.runs import StageError, read_json
 from pipeline.stages import execute, execute_all, run_outputs
@@ -146,7 +146,7 @@ def test_label_with_csv_uses_its_classes(run, odd_folder, tmp_path):
     assert label(run, folder, out, "--labels", str(tmp_path / "labels.csv")) == 0
     summary = read_json(out / "summary.json")
     assert summary["written"] == len(ODD) and summary["failed"] == [] and summary["no_class"] == []
-    cfg = with_thresholds(run["cfg"], None)  # a run without calibration labels at its fixed thresholds
+    cfg = with_choices(run["cfg"], None)  # a run without calibration labels at its fixed thresholds
     assert summary["mask_thresholds"] == {"high": cfg.pseudo.fg_threshold_high, "low": cfg.pseudo.fg_threshold_low}
     for name, _, _ in ODD:
         record = summary["per_image"][name]
@@ -174,7 +174,7 @@ def test_label_from_the_segmenter_restricts_its_softmax_to_the_images_classes(ru
     assert main(["label", "--images", str(folder), "--run", str(copy), "--out", str(out), "--labels",
                  str(tmp_path / "labels.csv"), "label.masks_from=segmenter", "round2.enabled=false"]) == 0
     segmenter, _ = load_segmenter(copy / "segmenter" / "model.pt")
-    calibrated = with_thresholds(cfg, copy / "calibrate" / "choices.json")  # what the run's masks used
+    calibrated = with_choices(cfg, copy / "calibrate" / "choices.json")  # what the run's masks used
     for name, _, _ in ODD:
         mask = check_outputs(out, folder, name, truth[name])
         image, classes = read_image(folder / name), np.array([SHAPES.index(c) for c in truth[name]])
@@ -209,7 +209,7 @@ def test_a_large_image_is_labelled_at_the_working_size_and_written_at_its_own(ru
     small = np.asarray(Image.fromarray(big).resize((50, 40), Image.BILINEAR))
     ids = np.array([SHAPES.index(c) for c in classes])
     seeds = seed_batch(run["model"], [small], [ids], run["cfg"])[0]
-    expected = Image.fromarray(pseudo_mask(with_thresholds(run["cfg"], None).pseudo, small, seeds, ids)).resize((150, 120),
+    expected = Image.fromarray(pseudo_mask(with_choices(run["cfg"], None).pseudo, small, seeds, ids)).resize((150, 120),
                                                                                        Image.NEAREST)
     np.testing.assert_array_equal(mask, np.asarray(expected))
 

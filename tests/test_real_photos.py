@@ -52,7 +52,7 @@ def run(tmp_path_factory):
         "affinity.epochs=1", "affinity.batch_size=8", "affinity.crop_size=32", "affinity.train_radius=3",
         "affinity.exp_times=1"])
     manifests = execute_all(cfg)
-    return {"tmp": tmp, "dir": tmp / "run", "manifests": manifests,
+    return {"tmp": tmp, "dir": tmp / "run", "manifests": manifests, "cfg": cfg,
             "train": VocDataset(tmp / "data", "train"), "val": VocDataset(tmp / "data", "val")}
 
 
@@ -65,10 +65,10 @@ def test_every_stage_ran_with_negatives_in_both_splits(run):
 def test_seeds_come_at_each_photos_size_and_negatives_have_none(run):
     for voc in (run["train"], run["val"]):
         for image_id in voc.ids:
-            cams, classes = load_cams(run["dir"] / "cams" / f"{image_id}.npz")
+            cams, classes = load_cams(run["dir"] / "cams" / f"{image_id}.npz", run["cfg"].cam)
             assert cams.shape == (len(voc.labels(image_id)), *read_image(voc.image_path(image_id)).shape[:2])
             assert classes.tolist() == voc.labels(image_id).tolist()
-    assert load_cams(run["dir"] / "cams" / "train_00001.npz")[0].shape == (0, 32, 32)
+    assert load_cams(run["dir"] / "cams" / "train_00001.npz", run["cfg"].cam)[0].shape == (0, 32, 32)
 
 
 def test_pseudo_masks_and_predictions_at_each_photos_size_negatives_all_background(run):

@@ -249,7 +249,7 @@ def test_cams_skips_bad_images_lists_them_and_resumes_once_fixed(ref, tmp_path, 
     staging = staged("cams", ref.cfg(run_dir, data))
     written = files(staging)
     assert sorted(written) == sorted([STARTED, *(f"{i}.npz" for i in TRAIN + VAL if i != "train_00003")])
-    assert load_cams(staging / "train_00004.npz")[1].tolist() == []
+    assert load_cams(staging / "train_00004.npz", ref.cfg(run_dir, data).cam)[1].tolist() == []
 
     (images / "train_00003.png").write_bytes(whole)
     assert main(ref.argv("cams", run_dir, data)) == 0

@@ -2,8 +2,11 @@
 
 A seed file `<id>.npz` holds `cams` (float16 [K, H, W] at image size: every layer's raw map
 summed over the test-time augmentations, max-normalised, upsampled, then fused), `classes` (the
-K class indices, 0-based), `layers`, `method` and, with `cam.save_layers`, `layer.<name>`: that
-layer's raw summed maps [K, h, w]. Plain arrays, no pickles.
+K class indices, 0-based), `layers`, `method` and `layer.<name>`: that layer's summed maps
+[K, h, w] at its own resolution, max-normalised (float16 cannot hold every raw map's range, and
+the fusion normalises them first anyway). From those, any subset of the layers can be fused
+again without the classifier: `load_cams` does so for the layer set the calibrate stage chose.
+Plain arrays, no pickles.
 """
 from __future__ import annotations
 
@@ -13,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.cam import augmented_cams, fit_cam_heads, fuse_layers
+from pipeline.cam import augmented_cams, fit_cam_heads, fuse_layers, normalise_max
 from pipeline.config import CamConfig, Config
 from pipeline.data import open_split
 from pipeline.data.outputs import output_file
 from pipeline.data.transforms import image_batches, normalised_batch
-from pipeline.runs import write_bytes
+from pipeline.runs import StageError, write_bytes
 
 
 def cam_path(folder: Path, image_id: str) -> Path:
@@ -27,18 +30,44 @@ def cam_path(folder: Path, image_id: str) -> Path:
 
 def save_cams(path: Path, cams: np.ndarray, classes: np.ndarray, settings: CamConfig,
               layer_maps: dict[str, np.ndarray]) -> None:
-    """One image's seeds; `layer_maps` (raw, per layer) are stored as `layer.<name>` when given."""
+    """One image's fused seeds and each layer's raw maps (stored max-normalised)."""
     buffer = io.BytesIO()
-    extra = {f"layer.{name}": maps.astype(np.float16) for name, maps in layer_maps.items()}
+    extra = {f"layer.{name}": normalise_max(torch.from_numpy(maps)).numpy().astype(np.float16)
+             for name, maps in layer_maps.items()}
     np.savez(buffer, cams=cams.astype(np.float16), classes=classes.astype(np.int64),
              layers=np.array(list(settings.layers)), method=np.array(settings.method), **extra)
     write_bytes(path, buffer.getvalue())
 
 
-def load_cams(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 [K, H, W] fused maps, [K] class indices) of one image."""
+def load_layer_maps(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, int], np.ndarray]:
+    """({layer: float32 [K, h, w] max-normalised maps}, the image's (H, W), [K] class indices)."""
     with np.load(path, allow_pickle=False) as data:
-        return data["cams"].astype(np.float32), data["classes"]
+        maps = {name: data[f"layer.{name}"].astype(np.float32) for name in data["layers"].tolist()
+                if f"layer.{name}" in data.files}
+        return maps, tuple(data["cams"].shape[1:]), data["classes"]
+
+
+def fuse_stored(layer_maps: dict[str, np.ndarray], size: tuple[int, int], layers: list[str],
+                fuse: str) -> np.ndarray:
+    """float32 [K, H, W]: the stored maps of `layers` fused as the cams stage fuses."""
+    return fuse_layers({name: torch.from_numpy(layer_maps[name])[None] for name in layers}, size, fuse)[0].numpy()
+
+
+def load_cams(path: Path, settings: CamConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 [K, H, W] maps fused over `settings.layers`, [K] class indices) of one image: the
+    stored fusion where the file was made from those layers, else the stored layers fused again."""
+    with np.load(path, allow_pickle=False) as data:
+        stored = data["layers"].tolist()
+        if stored == list(settings.layers):
+            return data["cams"].astype(np.float32), data["classes"]
+    layer_maps, size, classes = load_layer_maps(path)
+    missing = [name for name in settings.layers if name not in layer_maps]
+    if missing:
+        raise StageError(f"{path}: no maps of layer(s) {', '.join(missing)} (it holds {', '.join(layer_maps) or 'none'}); "
+                        f"rerun cams with them in cam.layers")
+    if not len(classes):  # a negative has no map to fuse
+        return np.zeros((0, *size), np.float32), classes
+    return fuse_stored(layer_maps, size, list(settings.layers), settings.fuse), classes
 
 
 def padded_classes(label_sets: list[np.ndarray]) -> torch.Tensor:

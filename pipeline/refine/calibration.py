@@ -1,5 +1,6 @@
-"""Label-free thresholds: the background threshold at which an image's foreground says the most
-about its pixels' colours, and how a run's "auto" thresholds become numbers.
+"""Label-free choices: the background threshold at which an image's foreground says the most
+about its pixels' colours, the layer set whose seeds say the most at their best threshold, and
+how a run's "auto" thresholds and candidate layers become the values its stages use.
 
 A threshold t splits an image into foreground (its highest normalised map above t) and
 background. Far too low, everything is foreground; far too high, almost nothing is: either way the
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import replace
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -62,16 +64,29 @@ def best_threshold(curve: np.ndarray, grid: np.ndarray) -> float:
     return float(grid[int(np.argmax(curve))])
 
 
+def layer_sets(cfg: Config) -> list[list[str]]:
+    """The layer sets calibrate chooses among, the full `cam.layers` last: its every non-empty subset
+    with `calibrate.choose_layers`, else `cam.layers` alone."""
+    layers = list(cfg.cam.layers)
+    if not cfg.calibrate.choose_layers:
+        return [layers]
+    return [list(subset) for size in range(1, len(layers) + 1) for subset in combinations(layers, size)]
+
+
+def layer_set_name(layers: list[str]) -> str:
+    return "+".join(layers)
+
+
 def _threshold_keys(cfg: Config) -> dict[str, tuple[object, float]]:
     """{choice name: (its config value, the fixed value an "auto" takes without calibration)}."""
     return {"bg_threshold": (cfg.eval.bg_threshold, cfg.calibrate.fixed_bg_threshold),
             "fg_threshold_high": (cfg.pseudo.fg_threshold_high, cfg.calibrate.fixed_fg_threshold_high)}
 
 
-def used_thresholds(cfg: Config, choices: dict | None) -> dict[str, dict]:
-    """Each threshold's value and where it comes from: "set by hand" (a number in the config),
-    "calibrated" (an "auto" with calibrate's `choices`) or "fixed" (an "auto" with calibration off,
-    `choices` None: calibrate.fixed_*)."""
+def used_choices(cfg: Config, choices: dict | None) -> dict[str, dict]:
+    """Each choice's value and where it comes from: "set by hand" (a number in the config, or the
+    layers with nothing to choose among), "calibrated" (an "auto" with calibrate's `choices`) or
+    "fixed" (an "auto" with calibration off, `choices` None: calibrate.fixed_*, all of cam.layers)."""
     used = {}
     for name, (value, fixed) in _threshold_keys(cfg).items():
         if value != AUTO:
@@ -80,6 +95,13 @@ def used_thresholds(cfg: Config, choices: dict | None) -> dict[str, dict]:
             used[name] = {"value": choices[name]["calibrated"], "source": "calibrated"}
         else:
             used[name] = {"value": fixed, "source": "fixed"}
+    configured = list(cfg.cam.layers)
+    if len(layer_sets(cfg)) == 1:
+        used["layers"] = {"value": configured, "source": "set by hand"}
+    elif choices is not None:
+        used["layers"] = {"value": choices["layers"]["calibrated"], "source": "calibrated"}
+    else:
+        used["layers"] = {"value": configured, "source": "fixed"}
     return used
 
 
@@ -88,20 +110,21 @@ def read_choices(path: Path | None) -> dict | None:
     return json.loads(Path(path).read_text()) if path is not None else None
 
 
-def with_thresholds(cfg: Config, choices_file: Path | None) -> Config:
-    """`cfg` with its "auto" thresholds replaced by the numbers `used_thresholds` gives: what the
-    stages that apply them read."""
-    used = used_thresholds(cfg, read_choices(choices_file))
-    return replace(cfg, eval=replace(cfg.eval, bg_threshold=used["bg_threshold"]["value"]),
+def with_choices(cfg: Config, choices_file: Path | None) -> Config:
+    """`cfg` with its "auto" thresholds replaced by the numbers `used_choices` gives, and cam.layers
+    by the layer set it gives: what the stages that apply them read."""
+    used = used_choices(cfg, read_choices(choices_file))
+    return replace(cfg, cam=replace(cfg.cam, layers=used["layers"]["value"]),
+                   eval=replace(cfg.eval, bg_threshold=used["bg_threshold"]["value"]),
                    pseudo=replace(cfg.pseudo, fg_threshold_high=used["fg_threshold_high"]["value"]))
 
 
-def run_thresholds(cfg: Config, run: RunOutputs) -> Config:
-    """`with_thresholds` for a run's config `cfg`, from its calibrate stage's choices where calibration
+def run_choices(cfg: Config, run: RunOutputs) -> Config:
+    """`with_choices` for a run's config `cfg`, from its calibrate stage's choices where calibration
     is on and has run, else its fixed values (a run with a classifier only can label): for what
     reads a run from outside its stages (label, the benches)."""
     choices = run.path("calibrate", "choices")
     if cfg.calibrate.enabled and not choices.is_file():
-        log.warning("%s: the run has no calibrated thresholds yet; its \"auto\" thresholds take "
-                    "calibrate.fixed_* (run its calibrate stage for its own)", choices)
-    return with_thresholds(cfg, choices if cfg.calibrate.enabled and choices.is_file() else None)
+        log.warning("%s: the run has no calibrated choices yet; its \"auto\" thresholds take "
+                    "calibrate.fixed_* and its seeds all of cam.layers (run its calibrate stage for its own)", choices)
+    return with_choices(cfg, choices if cfg.calibrate.enabled and choices.is_file() else None)

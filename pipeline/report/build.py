@@ -138,20 +138,28 @@ def step_gains(summary: dict) -> list[dict]:
     return rows
 
 
-THRESHOLD_NAMES = {"bg_threshold": "seeds' background (eval.bg_threshold)",
+CHOICE_NAMES = {"layers": "seeds' layer set (cam.layers; mIoU at its best threshold)",
+                "bg_threshold": "seeds' background (eval.bg_threshold)",
                    "fg_threshold_high": "pseudo-masks' high (pseudo.fg_threshold_high)"}
 
 
-def calibration(thresholds: dict | None) -> dict | None:
-    """eval-calibration's comparison: each threshold's calibrated, fixed, oracle and used value with
-    its mIoU, and the pseudo-masks' mIoU (eval.split) at the high threshold's three choices."""
-    if thresholds is None:
+def calibration(results: dict | None) -> dict | None:
+    """eval-calibration's comparison: the calibrated, fixed, oracle and used layer set and value of
+    each threshold with its mIoU, and the pseudo-masks' mIoU (eval.split) at the three choices."""
+    if results is None:
         return None
-    masks = thresholds["fg_threshold_high"]
+    masks = results["fg_threshold_high"]
+    unswept = {name: {k: v for k, v in scores.items() if k != "sweep"}
+               for name, scores in results.items() if name != "split"}
     return {"pseudo_miou_calibrated": masks["miou_calibrated"], "pseudo_miou_oracle": masks["miou_oracle"],
-            "pseudo_miou_fixed": masks["miou_fixed"],
-            "thresholds": {name: {k: v for k, v in scores.items() if k != "sweep"}
-                           for name, scores in thresholds.items() if name != "split"}}
+            "pseudo_miou_fixed": masks["miou_fixed"], "layers": unswept.pop("layers"), "thresholds": unswept}
+
+
+def calibration_rows(block: dict | None) -> list[tuple[str, dict]]:
+    """The report's calibration table: (what is chosen, its choices), the layer set first."""
+    if block is None:
+        return []
+    return [(CHOICE_NAMES[name], choice) for name, choice in {"layers": block["layers"], **block["thresholds"]}.items()]
 
 
 def stage_seconds(stage_folders: dict[str, Path]) -> dict[str, float]:
@@ -211,6 +219,8 @@ def _fmt(value) -> str:
         return "n/a"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    if isinstance(value, list):  # a layer set
+        return "+".join(map(str, value))
     return str(value)
 
 
@@ -234,7 +244,7 @@ def write_report(cfg: Config, inputs: dict[str, Path | None], out: Path, summary
         "cls_ap": cls["val_ap"], "note": COMPOSED_NOTE if summary["dataset"]["name"] == "fashion-scenes" else "",
         "sweep": seeds["sweep"], "compare": comparison_table(compare),
         "compare_images": compare["images"] if compare else 0, "cam": cfg.cam, "seg": cfg.seg,
-        "last_layer": cfg.cam.head_layer, "threshold_names": THRESHOLD_NAMES,
+        "last_layer": cfg.cam.head_layer, "calibration_rows": calibration_rows(summary["calibration"]),
     }
     env = Environment(loader=PackageLoader("pipeline.report", "templates"), undefined=StrictUndefined,
                       autoescape=False, trim_blocks=True, lstrip_blocks=True)

@@ -75,7 +75,7 @@ def example_grid(cfg: Config, seeds: Path, predictions: Path, path: Path) -> Pat
         heat = np.zeros(gt.shape, np.float32)
         pseudo = blank
         if cam_path(seeds, image_id).is_file():
-            cams, classes = load_cams(cam_path(seeds, image_id))
+            cams, classes = load_cams(cam_path(seeds, image_id), cfg.cam)
             heat = cams.max(0) / (cams.max() + 1e-5)
             pseudo = pseudo_mask(cfg.pseudo, image, cams, classes)
         prediction_file = mask_path(predictions, image_id)

@@ -1,16 +1,19 @@
-"""Stage `calibrate`: the seeds' background threshold (`eval.bg_threshold`) and the pseudo-masks'
-high threshold (`pseudo.fg_threshold_high`) chosen from the seeds and the images of
-`calibrate.split` alone, each on the maps it applies to: the seeds max-normalised, the
-pseudo-masks' maps divided by their `pseudo.peak_quantile` quantile. For each, the threshold
-whose foreground carries the most information about the pixels' colours, averaged over the
-images with a class (`pipeline.refine.calibration`). No mask is read.
+"""Stage `calibrate`: the seeds' layer set (among the subsets of `cam.layers`), background
+threshold (`eval.bg_threshold`) and the pseudo-masks' high threshold (`pseudo.fg_threshold_high`)
+chosen from the seeds and the images of `calibrate.split` alone, each threshold on the maps it
+applies to: the seeds max-normalised, the pseudo-masks' maps divided by their
+`pseudo.peak_quantile` quantile. For each, the threshold whose foreground carries the most
+information about the pixels' colours, averaged over the images with a class; the layer set is
+the one whose seeds carry the most at their best threshold (`pipeline.refine.calibration`). No
+mask is read.
 
-It writes both choices and the curves they maximise to `choices.json`; the stages that apply a
-threshold read it there where the config's value is "auto" (`calibration.with_thresholds`: a
-number set by hand wins).
+It writes the choices and the curves they maximise to `choices.json`; the stages that apply them
+read it there where the config's value is "auto" (`calibration.with_choices`: a number set by
+hand wins, and `calibrate.choose_layers: false` keeps cam.layers).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,8 @@ from pipeline.cam.seeds import cam_path, load_cams
 from pipeline.config import Config, section_keys
 from pipeline.data import open_split
 from pipeline.data.images import DataError, read_image, skipping
-from pipeline.refine.calibration import best_threshold, colour_index, information_curve, threshold_grids
+from pipeline.refine.calibration import (best_threshold, colour_index, information_curve, layer_set_name, layer_sets,
+                                         threshold_grids)
 from pipeline.refine.masks import peak_normalised
 from pipeline.runs import StageError, progress, write_json
 
@@ -29,7 +33,7 @@ OUTPUTS = {"choices": "choices.json"}
 INPUTS = {"seeds": ("cams", "seeds")}
 # the fixed values are the fallback of the stages that apply the thresholds, not its concern
 KEYS = (*section_keys("calibrate", but=("enabled", "fixed_bg_threshold", "fixed_fg_threshold_high")),
-        "pseudo.fg_threshold_low", "pseudo.peak_quantile")
+        "pseudo.fg_threshold_low", "pseudo.peak_quantile", "cam.layers", "cam.fuse")
 
 
 def image_maps(cams: np.ndarray, peak_quantile: float) -> dict[str, np.ndarray]:
@@ -48,30 +52,38 @@ def run(cfg: Config, out: Path, inputs: dict) -> dict:
     if not len(grid["fg_threshold_high"]):
         raise StageError(f"calibrate: no threshold of step {cfg.calibrate.step} lies above pseudo.fg_threshold_low "
                          f"{cfg.pseudo.fg_threshold_low} and up to calibrate.max_threshold {cfg.calibrate.max_threshold}")
-    curves = {name: np.zeros(len(values)) for name, values in grid.items()}
+    sets = layer_sets(cfg)
+    curves = [{name: np.zeros(len(values)) for name, values in grid.items()} for _ in sets]  # summed per set
     counted = 0
     bad = skipping("calibrate")
     for image_id in progress(voc.ids, desc="calibrate"):
         with bad.skip():
-            cams, classes = load_cams(cam_path(inputs["seeds"], image_id))
-            if not len(classes):
+            seeds = cam_path(inputs["seeds"], image_id)
+            fused = [load_cams(seeds, replace(cfg.cam, layers=layers)) for layers in sets]
+            if not len(fused[0][1]):
                 continue  # a negative's foreground is empty at every threshold
             image = read_image(voc.image_path(image_id))
-            if image.shape[:2] != cams.shape[1:]:
+            if image.shape[:2] != fused[0][0].shape[1:]:
                 raise DataError(f"{voc.image_path(image_id)}: {image.shape[1]}x{image.shape[0]} px, but its seeds "
-                                f"are {cams.shape[2]}x{cams.shape[1]}; rerun cams")
+                                f"are {fused[0][0].shape[2]}x{fused[0][0].shape[1]}; rerun cams")
             colours = colour_index(image, bins)
-            for name, peak in image_maps(cams, cfg.pseudo.peak_quantile).items():
-                curves[name] += information_curve(peak, colours, grid[name], bins)
+            for set_curves, (cams, _) in zip(curves, fused):
+                for name, peak in image_maps(cams, cfg.pseudo.peak_quantile).items():
+                    set_curves[name] += information_curve(peak, colours, grid[name], bins)
             counted += 1
     bad.raise_if_any()
     if not counted:
         raise StageError(f"calibrate: no image of split '{cfg.calibrate.split}' has a class, so there is "
                          f"nothing to calibrate on; set the thresholds by hand or calibrate.enabled=false")
-    choices = {"split": cfg.calibrate.split, "images": counted, "colour_bins": bins}
+    peaks = [float(np.max(set_curves["bg_threshold"])) / counted for set_curves in curves]
+    chosen = int(np.argmax(peaks))
+    choices = {"split": cfg.calibrate.split, "images": counted, "colour_bins": bins,
+               "layers": {"calibrated": sets[chosen],
+                          "information": {layer_set_name(layers): round(peak, 6) for layers, peak in zip(sets, peaks)}}}
     for name, values in grid.items():
-        mean = curves[name] / counted
+        mean = curves[chosen][name] / counted
         choices[name] = {"calibrated": best_threshold(mean, values), "grid": values.tolist(),
                          "information": np.round(mean, 6).tolist()}
     write_json(out / OUTPUTS["choices"], choices)
-    return {"images": counted, **{name: choices[name]["calibrated"] for name in grid}}
+    return {"images": counted, "layers": layer_set_name(sets[chosen]),
+            **{name: choices[name]["calibrated"] for name in grid}}

@@ -41,8 +41,7 @@ def run(cfg: Config, out: Path, inputs: dict) -> dict:
             label_sets = [labels_of[i] for i in ids]
             fused, per_layer = seeds_and_layers(model, images, label_sets, cfg, head)
             for image_id, labels, maps, layer_maps in zip(ids, label_sets, fused, per_layer):
-                save_cams(cam_path(out, image_id), maps, labels, cfg.cam,
-                          layer_maps if cfg.cam.save_layers else {})
+                save_cams(cam_path(out, image_id), maps, labels, cfg.cam, layer_maps)
                 written += 1
     bad.raise_if_any()
     seconds = time.perf_counter() - began

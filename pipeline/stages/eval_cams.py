@@ -17,7 +17,7 @@ from pipeline.config import Config
 from pipeline.data import open_split
 from pipeline.data.images import skipping
 from pipeline.metrics import confusion, iou_per_class, mean_iou, sweep_confusions, thresholds
-from pipeline.refine.calibration import read_choices, used_thresholds
+from pipeline.refine.calibration import read_choices, used_choices, with_choices
 from pipeline.runs import RESULTS, progress, write_json
 
 GROUND_TRUTH = True
@@ -33,7 +33,8 @@ def run(cfg: Config, out: Path, inputs: dict) -> dict:
 
     voc = open_split(cfg.data, cfg.eval.split)
     n = voc.num_classes + 1
-    used = used_thresholds(cfg, read_choices(inputs["calibration"]))["bg_threshold"]
+    used = used_choices(cfg, read_choices(inputs["calibration"]))["bg_threshold"]
+    cfg = with_choices(cfg, inputs["calibration"])  # the seeds of the run's layer set
     grid = np.union1d(thresholds(cfg.eval), [used["value"]])  # the run's threshold scored exactly
     sweep = np.zeros((len(grid), n, n), np.int64)
     background = np.zeros((n, n), np.int64)
@@ -41,7 +42,7 @@ def run(cfg: Config, out: Path, inputs: dict) -> dict:
     bad = skipping("eval-cams")
     for image_id in progress(voc.ids, desc="eval-cams"):
         with bad.skip():  # both reads come first: a bad image adds nothing to the counts
-            cams, classes = load_cams(cam_path(inputs["seeds"], image_id))
+            cams, classes = load_cams(cam_path(inputs["seeds"], image_id), cfg.cam)
             gt = voc.checked_mask(image_id, cams.shape[1:])  # seeds have their image's size
             cams = normalise_max(torch.from_numpy(cams)).numpy()
             sweep += sweep_confusions(gt, cams, classes, grid, n)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from pipeline import distributed
 from pipeline.cam.seeds import cam_path, load_cams
-from pipeline.config import Config
+from pipeline.config import CamConfig, Config
 from pipeline.data import open_split
 from pipeline.data.images import DataError, read_image, skipping
-from pipeline.refine.calibration import with_thresholds
+from pipeline.refine.calibration import with_choices
 from pipeline.refine.masks import CALIBRATION_INPUT, MASK_KEYS, MaskRule, mask_path, pseudo_rule, write_mask
 from pipeline.runs import progress
 from pipeline.workers import worker_pool
@@ -26,28 +26,28 @@ INPUTS = {"seeds": ("cams", "seeds"), **CALIBRATION_INPUT}
 KEYS = MASK_KEYS
 
 
-def _write_one(image_file: Path, cams_file: Path, out_file: Path, rule: MaskRule) -> str | None:
+def _write_one(image_file: Path, cams_file: Path, out_file: Path, rule: MaskRule, layers: CamConfig) -> str | None:
     """Write one pseudo-mask; a bad image is returned as its problem, not raised, since an
     exception would stop the stage before the other images are written."""
     try:
         image = read_image(image_file)
     except DataError as error:
         return str(error)
-    cams, classes = load_cams(cams_file)
+    cams, classes = load_cams(cams_file, layers)
     write_mask(out_file, image, cams, classes, rule)
     return None
 
 
 def run(cfg: Config, out: Path, inputs: dict) -> dict:
     bad = skipping("pseudo")
-    cfg = with_thresholds(cfg, inputs["calibration"])
+    cfg = with_choices(cfg, inputs["calibration"])
     rule = pseudo_rule(cfg.pseudo)
     jobs = []
     for split in cfg.pseudo.splits:
         voc = open_split(cfg.data, split)
         for i in distributed.unwritten(voc.ids, lambda image_id: mask_path(out, image_id)):
             with bad.skip():
-                jobs.append((voc.image_path(i), cam_path(inputs["seeds"], i), mask_path(out, i), rule))
+                jobs.append((voc.image_path(i), cam_path(inputs["seeds"], i), mask_path(out, i), rule, cfg.cam))
     began = time.perf_counter()
     with worker_pool(cfg.pseudo.workers) as workers:
         for problem in progress(workers.map(_write_one, jobs), total=len(jobs), desc="pseudo"):

@@ -13,7 +13,7 @@ from pipeline.config import Config
 from pipeline.data.images import skipping
 from pipeline.data.transforms import normalised_batch
 from pipeline.models.affinity_net import boundary_maps, classifier_encoder, load_affinity_net
-from pipeline.refine.calibration import with_thresholds
+from pipeline.refine.calibration import with_choices
 from pipeline.refine.masks import CALIBRATION_INPUT, MASK_KEYS, mask_path, pseudo_rule, unwritten_batches, walked_cams, write_mask
 from pipeline.workers import worker_pool
 
@@ -33,12 +33,12 @@ def mask_jobs(cfg: Config, encoder, net, out: Path, seeds: Path, bad):
     for _, ids, images in unwritten_batches(cfg, out, cfg.cam.batch_size, bad, "pseudo-aff"):
         boundaries = boundary_maps(encoder, net, normalised_batch(images), cfg.affinity.flip)
         for image_id, image, boundary in zip(ids, images, boundaries):
-            cams, classes = load_cams(cam_path(seeds, image_id))
+            cams, classes = load_cams(cam_path(seeds, image_id), cfg.cam)
             yield mask_path(out, image_id), image, walked_cams(cfg.affinity, boundary, cams), classes, rule
 
 
 def run(cfg: Config, out: Path, inputs: dict) -> dict:
-    cfg = with_thresholds(cfg, inputs["calibration"])
+    cfg = with_choices(cfg, inputs["calibration"])
     encoder = classifier_encoder(cfg.cls.arch, inputs["classifier"])
     net = load_affinity_net(inputs["affinity"], encoder)
     bad = skipping("pseudo-aff")

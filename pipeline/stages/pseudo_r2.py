@@ -12,7 +12,7 @@ from pipeline import distributed
 from pipeline.config import Config
 from pipeline.data.images import skipping
 from pipeline.models.checkpoints import load_segmenter
-from pipeline.refine.calibration import with_thresholds
+from pipeline.refine.calibration import with_choices
 from pipeline.refine.masks import CALIBRATION_INPUT, MASK_KEYS, mask_path, pseudo_rule, segmenter_scores, unwritten_batches, write_mask
 from pipeline.workers import worker_pool
 
@@ -37,7 +37,7 @@ def mask_jobs(cfg: Config, model, out: Path, bad):
 
 
 def run(cfg: Config, out: Path, inputs: dict) -> dict:
-    cfg = with_thresholds(cfg, inputs["calibration"])
+    cfg = with_choices(cfg, inputs["calibration"])
     bad = skipping("pseudo-r2")
     with worker_pool(cfg.pseudo.workers) as workers:
         model, _ = load_segmenter(inputs["segmenter"], cfg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import Config, config_hash, to_dict
-from pipeline.refine.calibration import with_thresholds
+from pipeline.refine.calibration import with_choices
 from pipeline.report.build import SUMMARY, build_summary, write_report
 
 KIND = "summary"
@@ -23,5 +23,5 @@ KEYS = ("report",)
 
 def run(cfg: Config, out: Path, inputs: dict, stage_folders: dict[str, Path]) -> dict:
     summary = build_summary(cfg, inputs, config_hash(to_dict(cfg)), stage_folders)
-    write_report(with_thresholds(cfg, inputs["calibration"]), inputs, out, summary)
+    write_report(with_choices(cfg, inputs["calibration"]), inputs, out, summary)
     return {key: summary[key] for key in ("seed_miou_best", "pseudo_miou", "seg_miou", "cls_map")}
