@@ -183,6 +183,9 @@ class CalibrateConfig:
     # choose the seeds' layer set among the non-empty subsets of cam.layers (by the same
     # information, at each set's best background threshold); off, cam.layers are fused as given
     choose_layers: bool = True
+    # the layer set with calibration off and in the report's comparison, as the fixed thresholds
+    # are; empty: all of cam.layers
+    fixed_layers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -520,6 +523,9 @@ def check_agreement(cfg: "Config") -> None:
     if switch and not dotted_value(cfg, switch):
         raise ConfigError(f"config key 'seg.labels': '{cfg.seg.labels}' needs the stages that make "
                           f"those masks ({switch}=true)")
+    stray = [name for name in cfg.calibrate.fixed_layers if name not in cfg.cam.layers]
+    if stray:
+        raise ConfigError(f"config key 'calibrate.fixed_layers': {', '.join(stray)} not in cam.layers {cfg.cam.layers}")
     if cfg.seg.cache_features and cfg.seg.encoder_lr_scale != 0:
         raise ConfigError(f"config key 'seg.cache_features': needs a frozen encoder "
                           f"(seg.encoder_lr_scale=0, not {cfg.seg.encoder_lr_scale})")

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from pipeline.cam.seeds import cam_path, save_cams
-from pipeline.config import load_config
+from pipeline.config import ConfigError, load_config
 from pipeline.data.images import save_mask
 from pipeline.refine.calibration import colour_index, information_curve, layer_sets, used_choices, with_choices
 from pipeline.runs import read_json
@@ -157,6 +158,20 @@ def test_eval_calibration_scores_the_layer_sets_on_ground_truth(layered):
     assert results["fg_threshold_high"]["miou_calibrated"] == results["fg_threshold_high"]["miou_oracle"] == 1.0
 
 
+def test_eval_calibration_scores_a_fixed_set_that_is_no_candidate(layered):
+    """With the layer choice off, the only candidate is cam.layers (set by hand); the fixed set,
+    `object` alone, is scored too, at the fixed threshold."""
+    case = layered
+    cfg = replace(case["cfg"], calibrate=replace(case["cfg"].calibrate, choose_layers=False, fixed_layers=["object"]))
+    case["out"].mkdir()
+    eval_calibration.run(cfg, case["out"], {"seeds": case["seeds"], "calibration": None})
+    results = read_json(case["out"] / eval_calibration.OUTPUTS["results"])
+    layers = results["layers"]
+    assert (layers["used"], layers["used_source"]) == (["object", "elsewhere"], "set by hand")
+    assert (layers["fixed"], layers["oracle"]) == (["object"], ["object", "elsewhere"])
+    assert results["bg_threshold"]["miou_fixed"] == pytest.approx(disk_miou(SLOPE * 0.7), abs=1e-4)
+
+
 def test_calibrate_reads_no_mask(constructed):
     with_masks = run_calibrate(constructed)
     shutil.rmtree(constructed["root"] / "SegmentationClass")
@@ -215,6 +230,19 @@ def test_a_number_set_by_hand_wins_over_the_calibrated_one():
                     "layers": {"value": ["layer3"], "source": "calibrated"}}
     kept = used_choices(load_config(None, ["cam.layers=[layer3,layer4]", "calibrate.choose_layers=false"]), choices)
     assert kept["layers"] == {"value": ["layer3", "layer4"], "source": "set by hand"}
+
+
+def test_without_calibration_the_layers_are_the_fixed_set():
+    cfg = load_config(None, ["cam.layers=[layer3,layer4]", "calibrate.enabled=false", "calibrate.fixed_layers=[layer4]"])
+    assert used_choices(cfg, None)["layers"] == {"value": ["layer4"], "source": "fixed"}
+    assert with_choices(cfg, None).cam.layers == ["layer4"]
+    everything = load_config(None, ["cam.layers=[layer3,layer4]", "calibrate.enabled=false"])
+    assert used_choices(everything, None)["layers"] == {"value": ["layer3", "layer4"], "source": "fixed"}
+
+
+def test_a_fixed_layer_outside_the_candidates_is_one_line():
+    with pytest.raises(ConfigError, match=r"^config key 'calibrate.fixed_layers': layer2 not in cam.layers"):
+        load_config(None, ["cam.layers=[layer3,layer4]", "calibrate.fixed_layers=[layer2]"])
 
 
 def test_the_candidate_layer_sets_are_every_subset():

@@ -77,6 +77,11 @@ def layer_set_name(layers: list[str]) -> str:
     return "+".join(layers)
 
 
+def fixed_layers(cfg: Config) -> list[str]:
+    """The layer set with calibration off: `calibrate.fixed_layers`, or all of `cam.layers`."""
+    return list(cfg.calibrate.fixed_layers or cfg.cam.layers)
+
+
 def _threshold_keys(cfg: Config) -> dict[str, tuple[object, float]]:
     """{choice name: (its config value, the fixed value an "auto" takes without calibration)}."""
     return {"bg_threshold": (cfg.eval.bg_threshold, cfg.calibrate.fixed_bg_threshold),
@@ -86,7 +91,7 @@ def _threshold_keys(cfg: Config) -> dict[str, tuple[object, float]]:
 def used_choices(cfg: Config, choices: dict | None) -> dict[str, dict]:
     """Each choice's value and where it comes from: "set by hand" (a number in the config, or the
     layers with nothing to choose among), "calibrated" (an "auto" with calibrate's `choices`) or
-    "fixed" (an "auto" with calibration off, `choices` None: calibrate.fixed_*, all of cam.layers)."""
+    "fixed" (an "auto" with calibration off, `choices` None: calibrate.fixed_*)."""
     used = {}
     for name, (value, fixed) in _threshold_keys(cfg).items():
         if value != AUTO:
@@ -95,13 +100,12 @@ def used_choices(cfg: Config, choices: dict | None) -> dict[str, dict]:
             used[name] = {"value": choices[name]["calibrated"], "source": "calibrated"}
         else:
             used[name] = {"value": fixed, "source": "fixed"}
-    configured = list(cfg.cam.layers)
     if len(layer_sets(cfg)) == 1:
-        used["layers"] = {"value": configured, "source": "set by hand"}
+        used["layers"] = {"value": list(cfg.cam.layers), "source": "set by hand"}
     elif choices is not None:
         used["layers"] = {"value": choices["layers"]["calibrated"], "source": "calibrated"}
     else:
-        used["layers"] = {"value": configured, "source": "fixed"}
+        used["layers"] = {"value": fixed_layers(cfg), "source": "fixed"}
     return used
 
 
@@ -126,5 +130,5 @@ def run_choices(cfg: Config, run: RunOutputs) -> Config:
     choices = run.path("calibrate", "choices")
     if cfg.calibrate.enabled and not choices.is_file():
         log.warning("%s: the run has no calibrated choices yet; its \"auto\" thresholds take "
-                    "calibrate.fixed_* and its seeds all of cam.layers (run its calibrate stage for its own)", choices)
+                    "calibrate.fixed_* and its layers calibrate.fixed_layers (run its calibrate stage for its own)", choices)
     return with_choices(cfg, choices if cfg.calibrate.enabled and choices.is_file() else None)

@@ -41,7 +41,7 @@ def unwritten_batches(cfg: Config, folder: Path, batch_size: int, bad, stage: st
 
 # The config keys a pseudo-mask depends on: the `pseudo` section but the number of CRF workers,
 # and the high threshold's fallback where it is "auto" and calibration is off.
-MASK_KEYS = (*section_keys("pseudo", but=("workers",)), "calibrate.fixed_fg_threshold_high")
+MASK_KEYS = (*section_keys("pseudo", but=("workers",)), "calibrate.fixed_fg_threshold_high", "calibrate.fixed_layers")
 # Where a mask stage reads the run's calibrated thresholds (`calibration.with_choices`).
 CALIBRATION_INPUT = {"calibration": ("calibrate", "choices")}
 

@@ -32,7 +32,8 @@ FOLDER = "calibrate"
 OUTPUTS = {"choices": "choices.json"}
 INPUTS = {"seeds": ("cams", "seeds")}
 # the fixed values are the fallback of the stages that apply the thresholds, not its concern
-KEYS = (*section_keys("calibrate", but=("enabled", "fixed_bg_threshold", "fixed_fg_threshold_high")),
+KEYS = (*section_keys("calibrate", but=("enabled", "fixed_bg_threshold", "fixed_fg_threshold_high",
+                                                     "fixed_layers")),
         "pseudo.fg_threshold_low", "pseudo.peak_quantile", "cam.layers", "cam.fuse")
 
 

@@ -1,5 +1,5 @@
 """Stage `eval-calibration`: how good the calibrated choices are, scored on ground truth beside
-the fixed ones (calibrate.fixed_*, all of cam.layers) and the oracle's (the best on ground truth),
+the fixed ones (calibrate.fixed_*) and the oracle's (the best on ground truth),
 on `eval.split`. Each choice is scored with the layer set of the same kind (the calibrated
 threshold on the calibrated set, and so on).
 
@@ -25,7 +25,8 @@ from pipeline.config import Config
 from pipeline.data import open_split
 from pipeline.data.images import read_image
 from pipeline.metrics import confusion, mean_iou, sweep_confusions
-from pipeline.refine.calibration import layer_set_name, layer_sets, read_choices, threshold_grids, used_choices
+from pipeline.refine.calibration import (fixed_layers, layer_set_name, layer_sets, read_choices, threshold_grids,
+                                         used_choices)
 from pipeline.refine.masks import MASK_KEYS, MaskRule, foreground_labels, pseudo_rule
 from pipeline.runs import RESULTS, progress, write_json
 from pipeline.workers import worker_pool
@@ -35,7 +36,8 @@ FOLDER = "eval/calibration"
 OUTPUTS = {"results": RESULTS}
 INPUTS = {"seeds": ("cams", "seeds"), "calibration": ("calibrate", "choices")}
 KEYS = ("eval.split", "eval.bg_threshold", "calibrate.step", "calibrate.max_threshold",
-        "calibrate.fixed_bg_threshold", "calibrate.choose_layers", "cam.layers", "cam.fuse", *MASK_KEYS)
+        "calibrate.fixed_bg_threshold", "calibrate.choose_layers", "calibrate.fixed_layers", "cam.layers", "cam.fuse",
+        *MASK_KEYS)
 COARSE = 5
 
 
@@ -118,13 +120,14 @@ def run(cfg: Config, out: Path, inputs: dict) -> dict:
     grid = threshold_grids(cfg)
     sets = layer_sets(cfg)
     calibrated = {name: choices[name]["calibrated"] if choices else None for name in (*grid, "layers")}
+    layers_of = {"calibrated": calibrated["layers"], "fixed": fixed_layers(cfg), "used": used["layers"]["value"]}
+    scored_sets = sets + ([layers_of["fixed"]] if layers_of["fixed"] not in sets else [])  # the used one is among them
 
-    seeds_at = seed_mious(cfg, inputs["seeds"], sets, np.union1d(
+    seeds_at = seed_mious(cfg, inputs["seeds"], scored_sets, np.union1d(
         grid["bg_threshold"], [cfg.calibrate.fixed_bg_threshold, used["bg_threshold"]["value"]]))
     set_best = {name: scores[on_grid_best(scores, grid["bg_threshold"])] for name, scores in seeds_at.items()}
     oracle_layers = max(sets, key=lambda layers: set_best[layer_set_name(layers)])
-    layers_of = {"oracle": oracle_layers, "calibrated": calibrated["layers"], "fixed": list(cfg.cam.layers),
-                 "used": used["layers"]["value"]}
+    layers_of["oracle"] = oracle_layers
     oracle_seeds = seeds_at[layer_set_name(oracle_layers)]
     bg = {"oracle": on_grid_best(oracle_seeds, grid["bg_threshold"]), "calibrated": calibrated["bg_threshold"],
           "fixed": cfg.calibrate.fixed_bg_threshold, "used": used["bg_threshold"]["value"]}

@@ -25,7 +25,8 @@ FOLDER = "eval/cams"
 OUTPUTS = {"results": RESULTS}
 INPUTS = {"seeds": ("cams", "seeds"), "calibration": ("calibrate", "choices")}
 # the side-by-side comparison's keys (eval.compare_*) belong to compare-cams: editing them reruns only it
-KEYS = ("eval.split", "eval.bg_threshold", "eval.sweep_max", "eval.sweep_step", "calibrate.fixed_bg_threshold")
+KEYS = ("eval.split", "eval.bg_threshold", "eval.sweep_max", "eval.sweep_step", "calibrate.fixed_bg_threshold",
+        "calibrate.fixed_layers")
 
 
 def run(cfg: Config, out: Path, inputs: dict) -> dict:
