@@ -39,35 +39,37 @@ def save_cams(path: Path, cams: np.ndarray, classes: np.ndarray, settings: CamCo
     write_bytes(path, buffer.getvalue())
 
 
-def load_layer_maps(path: Path) -> tuple[dict[str, np.ndarray], tuple[int, int], np.ndarray]:
-    """({layer: float32 [K, h, w] max-normalised maps}, the image's (H, W), [K] class indices)."""
-    with np.load(path, allow_pickle=False) as data:
-        maps = {name: data[f"layer.{name}"].astype(np.float32) for name in data["layers"].tolist()
-                if f"layer.{name}" in data.files}
-        return maps, tuple(data["cams"].shape[1:]), data["classes"]
-
-
 def fuse_stored(layer_maps: dict[str, np.ndarray], size: tuple[int, int], layers: list[str],
                 fuse: str) -> np.ndarray:
     """float32 [K, H, W]: the stored maps of `layers` fused as the cams stage fuses."""
     return fuse_layers({name: torch.from_numpy(layer_maps[name])[None] for name in layers}, size, fuse)[0].numpy()
 
 
-def load_cams(path: Path, settings: CamConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 [K, H, W] maps fused over `settings.layers`, [K] class indices) of one image: the
-    stored fusion where the file was made from those layers, else the stored layers fused again."""
+def load_cam_sets(path: Path, sets: list[list[str]], fuse: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """([float32 [K, H, W] maps fused over each layer set of `sets`], [K] class indices) of one
+    image: the stored fusion for the set the file was made from, the stored layers fused again
+    for any other."""
     with np.load(path, allow_pickle=False) as data:
-        stored = data["layers"].tolist()
-        if stored == list(settings.layers):
-            return data["cams"].astype(np.float32), data["classes"]
-    layer_maps, size, classes = load_layer_maps(path)
-    missing = [name for name in settings.layers if name not in layer_maps]
+        stored, classes = data["layers"].tolist(), data["classes"]
+        fused = data["cams"].astype(np.float32)
+        held = [name for name in stored if f"layer.{name}" in data.files]
+        wanted = {name for layers in sets if list(layers) != stored for name in layers}
+        layer_maps = {name: data[f"layer.{name}"].astype(np.float32) for name in wanted & set(held)}
+    missing = sorted(wanted - set(layer_maps))
     if missing:
-        raise StageError(f"{path}: no maps of layer(s) {', '.join(missing)} (it holds {', '.join(layer_maps) or 'none'}); "
-                        f"rerun cams with them in cam.layers")
+        raise StageError(f"{path}: no maps of layer(s) {', '.join(missing)} (it holds {', '.join(held) or 'none'}); "
+                         f"rerun cams with them in cam.layers")
+    size = fused.shape[1:]
     if not len(classes):  # a negative has no map to fuse
-        return np.zeros((0, *size), np.float32), classes
-    return fuse_stored(layer_maps, size, list(settings.layers), settings.fuse), classes
+        return [fused for _ in sets], classes
+    return [fused if list(layers) == stored else fuse_stored(layer_maps, size, list(layers), fuse)
+            for layers in sets], classes
+
+
+def load_cams(path: Path, settings: CamConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 [K, H, W] maps fused over `settings.layers`, [K] class indices) of one image."""
+    (cams,), classes = load_cam_sets(path, [list(settings.layers)], settings.fuse)
+    return cams, classes
 
 
 def padded_classes(label_sets: list[np.ndarray]) -> torch.Tensor:

@@ -13,12 +13,11 @@ hand wins, and `calibrate.choose_layers: false` keeps cam.layers).
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.cam.seeds import cam_path, load_cams
+from pipeline.cam.seeds import cam_path, load_cam_sets
 from pipeline.config import Config, section_keys
 from pipeline.data import open_split
 from pipeline.data.images import DataError, read_image, skipping
@@ -59,16 +58,15 @@ def run(cfg: Config, out: Path, inputs: dict) -> dict:
     bad = skipping("calibrate")
     for image_id in progress(voc.ids, desc="calibrate"):
         with bad.skip():
-            seeds = cam_path(inputs["seeds"], image_id)
-            fused = [load_cams(seeds, replace(cfg.cam, layers=layers)) for layers in sets]
-            if not len(fused[0][1]):
+            fused, classes = load_cam_sets(cam_path(inputs["seeds"], image_id), sets, cfg.cam.fuse)
+            if not len(classes):
                 continue  # a negative's foreground is empty at every threshold
             image = read_image(voc.image_path(image_id))
-            if image.shape[:2] != fused[0][0].shape[1:]:
+            if image.shape[:2] != fused[0].shape[1:]:
                 raise DataError(f"{voc.image_path(image_id)}: {image.shape[1]}x{image.shape[0]} px, but its seeds "
-                                f"are {fused[0][0].shape[2]}x{fused[0][0].shape[1]}; rerun cams")
+                                f"are {fused[0].shape[2]}x{fused[0].shape[1]}; rerun cams")
             colours = colour_index(image, bins)
-            for set_curves, (cams, _) in zip(curves, fused):
+            for set_curves, cams in zip(curves, fused):
                 for name, peak in image_maps(cams, cfg.pseudo.peak_quantile).items():
                     set_curves[name] += information_curve(peak, colours, grid[name], bins)
             counted += 1

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pipeline.cam import normalise_max
-from pipeline.cam.seeds import cam_path, load_cams
+from pipeline.cam.seeds import cam_path, load_cam_sets, load_cams
 from pipeline.config import Config
 from pipeline.data import open_split
 from pipeline.data.images import read_image
@@ -76,10 +76,9 @@ def seed_mious(cfg: Config, seeds: Path, sets: list[list[str]], grid: np.ndarray
     n = voc.num_classes + 1
     sweeps = np.zeros((len(sets), len(grid), n, n), np.int64)
     for image_id in progress(voc.ids, desc=f"eval-calibration seeds, {len(sets)} layer sets"):
-        gt = None
-        for sweep, layers in zip(sweeps, sets):
-            cams, classes = load_cams(cam_path(seeds, image_id), replace(cfg.cam, layers=layers))
-            gt = voc.checked_mask(image_id, cams.shape[1:]) if gt is None else gt
+        fused, classes = load_cam_sets(cam_path(seeds, image_id), sets, cfg.cam.fuse)
+        gt = voc.checked_mask(image_id, fused[0].shape[1:])
+        for sweep, cams in zip(sweeps, fused):
             sweep += sweep_confusions(gt, normalise_max(torch.from_numpy(cams)).numpy(), classes, grid, n)
     return {layer_set_name(layers): {float(t): round(mean_iou(m), 4) for t, m in zip(grid, sweep)}
             for layers, sweep in zip(sets, sweeps)}
