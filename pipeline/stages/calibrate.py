@@ -42,23 +42,17 @@ def image_maps(cams: np.ndarray, peak_quantile: float) -> dict[str, np.ndarray]:
             "fg_threshold_high": peak_normalised(cams, peak_quantile).max(0)}
 
 
-def run(cfg: Config, out: Path, inputs: dict) -> dict:
-    if cfg.calibrate.split not in cfg.cam.splits:
-        raise StageError(f"config key 'calibrate.split': '{cfg.calibrate.split}' has no seeds; add it to "
-                         f"cam.splits {cfg.cam.splits} or calibrate on one of them")
-    voc = open_split(cfg.data, cfg.calibrate.split)
+def information_sums(cfg: Config, voc, seeds: Path, sets: list[list[str]],
+                     grid: dict[str, np.ndarray]) -> tuple[list[dict[str, np.ndarray]], int]:
+    """Per layer set of `sets`, {threshold name: its information curve summed over the images of
+    `voc` with a class}, and how many such images there were."""
     bins = cfg.calibrate.colour_bins
-    grid = threshold_grids(cfg)
-    if not len(grid["fg_threshold_high"]):
-        raise StageError(f"calibrate: no threshold of step {cfg.calibrate.step} lies above pseudo.fg_threshold_low "
-                         f"{cfg.pseudo.fg_threshold_low} and up to calibrate.max_threshold {cfg.calibrate.max_threshold}")
-    sets = layer_sets(cfg)
-    curves = [{name: np.zeros(len(values)) for name, values in grid.items()} for _ in sets]  # summed per set
+    sums = [{name: np.zeros(len(values)) for name, values in grid.items()} for _ in sets]
     counted = 0
     bad = skipping("calibrate")
     for image_id in progress(voc.ids, desc="calibrate"):
         with bad.skip():
-            fused, classes = load_cam_sets(cam_path(inputs["seeds"], image_id), sets, cfg.cam.fuse)
+            fused, classes = load_cam_sets(cam_path(seeds, image_id), sets, cfg.cam.fuse)
             if not len(classes):
                 continue  # a negative's foreground is empty at every threshold
             image = read_image(voc.image_path(image_id))
@@ -66,21 +60,34 @@ def run(cfg: Config, out: Path, inputs: dict) -> dict:
                 raise DataError(f"{voc.image_path(image_id)}: {image.shape[1]}x{image.shape[0]} px, but its seeds "
                                 f"are {fused[0].shape[2]}x{fused[0].shape[1]}; rerun cams")
             colours = colour_index(image, bins)
-            for set_curves, cams in zip(curves, fused):
+            for set_sums, cams in zip(sums, fused):
                 for name, peak in image_maps(cams, cfg.pseudo.peak_quantile).items():
-                    set_curves[name] += information_curve(peak, colours, grid[name], bins)
+                    set_sums[name] += information_curve(peak, colours, grid[name], bins)
             counted += 1
     bad.raise_if_any()
+    return sums, counted
+
+
+def run(cfg: Config, out: Path, inputs: dict) -> dict:
+    if cfg.calibrate.split not in cfg.cam.splits:
+        raise StageError(f"config key 'calibrate.split': '{cfg.calibrate.split}' has no seeds; add it to "
+                         f"cam.splits {cfg.cam.splits} or calibrate on one of them")
+    grid = threshold_grids(cfg)
+    if not len(grid["fg_threshold_high"]):
+        raise StageError(f"calibrate: no threshold of step {cfg.calibrate.step} lies above pseudo.fg_threshold_low "
+                         f"{cfg.pseudo.fg_threshold_low} and up to calibrate.max_threshold {cfg.calibrate.max_threshold}")
+    sets = layer_sets(cfg)
+    sums, counted = information_sums(cfg, open_split(cfg.data, cfg.calibrate.split), inputs["seeds"], sets, grid)
     if not counted:
         raise StageError(f"calibrate: no image of split '{cfg.calibrate.split}' has a class, so there is "
                          f"nothing to calibrate on; set the thresholds by hand or calibrate.enabled=false")
-    peaks = [float(np.max(set_curves["bg_threshold"])) / counted for set_curves in curves]
+    peaks = [float(np.max(set_sums["bg_threshold"])) / counted for set_sums in sums]
     chosen = int(np.argmax(peaks))
-    choices = {"split": cfg.calibrate.split, "images": counted, "colour_bins": bins,
+    choices = {"split": cfg.calibrate.split, "images": counted, "colour_bins": cfg.calibrate.colour_bins,
                "layers": {"calibrated": sets[chosen],
                           "information": {layer_set_name(layers): round(peak, 6) for layers, peak in zip(sets, peaks)}}}
     for name, values in grid.items():
-        mean = curves[chosen][name] / counted
+        mean = sums[chosen][name] / counted
         choices[name] = {"calibrated": best_threshold(mean, values), "grid": values.tolist(),
                          "information": np.round(mean, 6).tolist()}
     write_json(out / OUTPUTS["choices"], choices)
