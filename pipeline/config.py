@@ -411,6 +411,18 @@ def _merge_file(merged: Any, path: Path, seen: tuple[Path, ...] = ()) -> Any:
     return _merge(merged, layer, str(path))
 
 
+def _schema_only(recorded: dict, schema: Any) -> dict:
+    """`recorded` without the keys `schema` lacks: settings an earlier camseg stored that this one
+    retired mean nothing now, unlike a key a user types, which stays an error."""
+    kept = {}
+    for key, value in recorded.items():
+        if key not in schema:
+            continue
+        section = is_dataclass(OmegaConf.get_type(schema, key)) and isinstance(value, dict)
+        kept[key] = _schema_only(value, schema[key]) if section else value
+    return kept
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 recorded: dict | None = None) -> Config:
     """Schema defaults, then `recorded` settings (a run's, as `to_dict` stored them), then the YAML
@@ -418,7 +430,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     merged = OmegaConf.structured(Config)
     OmegaConf.set_struct(merged, True)
     if recorded is not None:
-        merged = _merge(merged, recorded, "recorded settings")
+        merged = _merge(merged, _schema_only(recorded, merged), "recorded settings")
     if path is not None:
         merged = _merge_file(merged, Path(path))
     for item in overrides or []:

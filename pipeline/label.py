@@ -220,7 +220,8 @@ def run_config(run: RunOutputs, overrides: list[str]) -> Config:
     for stage in MADE_BY:
         manifest = run.path(stage, "manifest")
         for section, settings in (read_json(manifest)["config"] if manifest.is_file() else {}).items():
-            recorded[section] = {**recorded[section], **settings}
+            # a checkpoint from before a section existed lacks it: the schema's defaults fill the rest
+            recorded[section] = {**recorded.get(section, {}), **settings}
     return load_config(None, [f"run_dir={run.folder}", *overrides], recorded=recorded)
 
 

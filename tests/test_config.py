@@ -197,3 +197,13 @@ def test_loading_a_config_imports_no_model_code():
     heavy = [name for name in loaded if name.startswith(("pipeline.models", "pipeline.cam",
                                                          "segmentation_models_pytorch", "torchvision.models"))]
     assert heavy == []
+
+
+def test_recorded_settings_drop_keys_this_version_retired():
+    """A run of an earlier camseg stored keys since retired (cam.save_layers): they are dropped from
+    recorded settings, while the same key typed by a user is still an error."""
+    cfg = load_config(None, ["seed=3"], recorded={"cam": {"save_layers": True, "layers": ["layer3"]},
+                                                  "retired_section": {"x": 1}, "seed": 1})
+    assert (cfg.cam.layers, cfg.seed) == (["layer3"], 3)
+    with pytest.raises(ConfigError, match="cam.save_layers"):
+        load_config(None, ["cam.save_layers=true"])
