@@ -126,6 +126,19 @@ def run_calibrate(case) -> dict:
     return read_json(out / calibrate.OUTPUTS["choices"])
 
 
+def run_eval_calibration(case, calibrated: bool = True, cfg=None) -> dict:
+    """eval-calibration's results on `case`, after calibrate where `calibrated` (else as with
+    calibration off), with `cfg` or the case's config."""
+    choices = None
+    if calibrated:
+        run_calibrate(case)
+        choices = case["out"] / calibrate.OUTPUTS["choices"]
+    scored = case["out"] / "scored"
+    scored.mkdir(parents=True)
+    eval_calibration.run(cfg or case["cfg"], scored, {"seeds": case["seeds"], "calibration": choices})
+    return read_json(scored / eval_calibration.OUTPUTS["results"])
+
+
 def test_calibrate_finds_the_known_best_threshold(constructed):
     choices = run_calibrate(constructed)
     assert choices["images"] == 3  # the negative has no foreground to place
@@ -142,13 +155,7 @@ def test_calibrate_chooses_the_layer_on_the_objects(layered):
 
 
 def test_eval_calibration_scores_the_layer_sets_on_ground_truth(layered):
-    case = layered
-    run_calibrate(case)
-    scored = case["out"] / "scored"
-    scored.mkdir()
-    eval_calibration.run(case["cfg"], scored, {"seeds": case["seeds"],
-                                               "calibration": case["out"] / calibrate.OUTPUTS["choices"]})
-    results = read_json(scored / eval_calibration.OUTPUTS["results"])
+    results = run_eval_calibration(layered)
     layers = results["layers"]
     assert (layers["oracle"], layers["calibrated"], layers["used"]) == (["object"], ["object"], ["object"])
     assert (layers["fixed"], layers["used_source"]) == (["object", "elsewhere"], "calibrated")
@@ -161,11 +168,9 @@ def test_eval_calibration_scores_the_layer_sets_on_ground_truth(layered):
 def test_eval_calibration_scores_a_fixed_set_that_is_no_candidate(layered):
     """With the layer choice off, the only candidate is cam.layers (set by hand); the fixed set,
     `object` alone, is scored too, at the fixed threshold."""
-    case = layered
-    cfg = replace(case["cfg"], calibrate=replace(case["cfg"].calibrate, choose_layers=False, fixed_layers=["object"]))
-    case["out"].mkdir()
-    eval_calibration.run(cfg, case["out"], {"seeds": case["seeds"], "calibration": None})
-    results = read_json(case["out"] / eval_calibration.OUTPUTS["results"])
+    cfg = replace(layered["cfg"], calibrate=replace(layered["cfg"].calibrate, choose_layers=False,
+                                                    fixed_layers=["object"]))
+    results = run_eval_calibration(layered, calibrated=False, cfg=cfg)
     layers = results["layers"]
     assert (layers["used"], layers["used_source"]) == (["object", "elsewhere"], "set by hand")
     assert (layers["fixed"], layers["oracle"]) == (["object"], ["object", "elsewhere"])
@@ -179,13 +184,7 @@ def test_calibrate_reads_no_mask(constructed):
 
 
 def test_eval_calibration_scores_the_choices_on_ground_truth(constructed):
-    case = constructed
-    run_calibrate(case)
-    scored = case["out"] / "scored"
-    scored.mkdir()
-    eval_calibration.run(case["cfg"], scored, {"seeds": case["seeds"],
-                                               "calibration": case["out"] / calibrate.OUTPUTS["choices"]})
-    results = read_json(scored / eval_calibration.OUTPUTS["results"])
+    results = run_eval_calibration(constructed)
     for name, fixed in (("bg_threshold", 0.30), ("fg_threshold_high", 0.40)):
         scores = results[name]
         assert (scores["oracle"], scores["calibrated"], scores["fixed"], scores["used"]) == (BEST, BEST, fixed, BEST)
@@ -209,10 +208,7 @@ def disk_miou(reach: float) -> float:
 
 
 def test_eval_calibration_without_calibration_scores_the_fixed_values_as_used(constructed):
-    case = constructed
-    case["out"].mkdir()
-    eval_calibration.run(case["cfg"], case["out"], {"seeds": case["seeds"], "calibration": None})
-    results = read_json(case["out"] / eval_calibration.OUTPUTS["results"])
+    results = run_eval_calibration(constructed, calibrated=False)
     for name, fixed in (("bg_threshold", 0.30), ("fg_threshold_high", 0.40)):
         scores = results[name]
         assert (scores["calibrated"], scores["miou_calibrated"]) == (None, None)
