@@ -3,7 +3,9 @@ of a built dataset. Every such pool is opened here, sized by one `workers` setti
 per CPU core; 1: no pool, the work runs in this process, in order).
 
 The pool forks, so it must be opened before a model goes to the GPU: no worker inherits a CUDA
-context. Forking from a process with torch threads is safe as long as the workers run no torch.
+context. A forked worker cannot use the OpenMP threads of a parent that already ran torch in
+parallel (its first parallel torch call waits forever), so each worker runs torch on one thread,
+as torch's DataLoader workers do: small torch steps in a worker (fusing stored CAM layers) are safe.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
 from multiprocessing import get_context
+
+import torch
 
 IN_FLIGHT_PER_WORKER = 4  # chunks of jobs queued per worker: enough to keep it busy, few in memory
 
@@ -68,5 +72,12 @@ def worker_pool(workers: int, initializer: Callable | None = None, initargs: tup
             initializer(*initargs)
         yield Workers(1)
         return
-    with get_context("fork").Pool(count, initializer, initargs) as pool:
+    with get_context("fork").Pool(count, _one_thread_then, (initializer, initargs)) as pool:
         yield Workers(count, pool)
+
+
+def _one_thread_then(initializer: Callable | None, initargs: tuple) -> None:
+    """A forked worker's set-up: torch on one thread (see the module's note), then `initializer`."""
+    torch.set_num_threads(1)
+    if initializer is not None:
+        initializer(*initargs)

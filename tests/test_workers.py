@@ -3,6 +3,8 @@ one worker in this process, the jobs it reads ahead of their results."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -57,3 +59,25 @@ def test_one_worker_sets_up_this_process_as_each_worker_would():
 def test_a_failing_job_fails_the_map(workers_setting):
     with worker_pool(workers_setting) as pool, pytest.raises(ZeroDivisionError):
         list(pool.map(divmod, [(1, 1), (1, 0)]))
+
+
+# A parent that has run torch on two threads forks the pool, and each worker interpolates:
+# before workers ran torch on one thread, the first worker's interpolation waited forever.
+TORCH_AFTER_PARALLEL_PARENT = """
+import torch
+from torch.nn import functional as F
+from pipeline.workers import worker_pool
+torch.set_num_threads(2)
+F.interpolate(torch.rand(1, 16, 400, 400), size=(800, 800), mode="bilinear")
+def job(value):
+    return float(F.interpolate(torch.full((1, 4, 50, 50), value), size=(100, 100), mode="bilinear").mean())
+with worker_pool(2) as pool:
+    print(list(pool.map(job, [(float(v),) for v in range(6)])))
+"""
+
+
+def test_workers_run_torch_after_the_parent_ran_it_on_several_threads():
+    done = subprocess.run([sys.executable, "-c", TORCH_AFTER_PARALLEL_PARENT], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
