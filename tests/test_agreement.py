@@ -1,0 +1,42 @@
+"""bench/agreement.py: a run's val predictions scored against its pseudo-masks' sure pixels.
+The expected IoUs are worked out by hand."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.data.images import save_mask
+from pipeline.metrics import iou_per_class, mean_iou
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+from agreement import agreement  # noqa: E402
+
+
+def write(run: Path, name: str, mask: list, prediction: list) -> None:
+    save_mask(run / "pseudo" / f"{name}.png", np.array(mask))
+    save_mask(run / "eval" / "seg" / "predictions" / f"{name}.png", np.array(prediction))
+
+
+def test_unsure_pixels_are_left_out_and_absent_classes_out_of_the_mean(tmp_path):
+    (tmp_path / "pseudo").mkdir()
+    (tmp_path / "eval" / "seg" / "predictions").mkdir(parents=True)
+    write(tmp_path, "a", [[0, 0, 1, 255]], [[0, 1, 1, 2]])  # the 255 pixel's class 2 is not counted
+    write(tmp_path, "b", [[2, 2, 0, 0]], [[2, 0, 0, 1]])
+    iou = iou_per_class(agreement(tmp_path))
+    # background: 2 agree; 4 in the masks, 3 predicted: 2 / (4 + 3 - 2). class 1: 1 agrees;
+    # 1 in the masks, 3 predicted: 1 / 3. class 2: 1 agrees; 2 in the masks, 1 predicted: 1 / 2.
+    assert iou[:3] == pytest.approx([2 / 5, 1 / 3, 1 / 2])
+    assert np.isnan(iou[3:]).all()
+    assert mean_iou(agreement(tmp_path)) == pytest.approx((2 / 5 + 1 / 3 + 1 / 2) / 3)
+
+
+def test_a_prediction_without_its_pseudo_mask_is_one_line(tmp_path):
+    (tmp_path / "pseudo").mkdir()
+    (tmp_path / "eval" / "seg" / "predictions").mkdir(parents=True)
+    save_mask(tmp_path / "eval" / "seg" / "predictions" / "a.png", np.zeros((2, 2)))
+    with pytest.raises(SystemExit, match=r"pseudo/a.png: no pseudo-mask for this prediction"):
+        agreement(tmp_path)
