@@ -12,6 +12,7 @@ import pytest
 from pipeline.config import (Config, config_hash, file_setting, from_dict, load_config, section_keys, selected,
                              to_dict)
 from pipeline.errors import ConfigError
+from pipeline.preflight import check_model_settings
 
 REPO = Path(__file__).resolve().parents[1]
 CAM_KEYS = ["splits", "method", "layers", "fuse", "batch_size"]
@@ -207,3 +208,8 @@ def test_recorded_settings_drop_keys_this_version_retired():
     assert (cfg.cam.layers, cfg.seed) == (["layer3"], 3)
     with pytest.raises(ConfigError, match="cam.save_layers"):
         load_config(None, ["cam.save_layers=true"])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_its_layers_are_the_models(path):
+    check_model_settings(load_config(path))
