@@ -1,6 +1,7 @@
 """Worker processes for per-image work on the CPU: the dense CRF of every mask (and the stored CAM
-layers fused for it), the scenes of a built dataset. Every such pool is opened here, sized by one `workers` setting (0: one process
-per CPU core; 1: no pool, the work runs in this process, in order).
+layers fused for it), the scenes of a built dataset. Every such pool is opened here, sized by one
+`workers` setting (0: one process per CPU core; 1: no pool, the work runs in this process, in
+order).
 
 The pool forks, so it must be opened before a model goes to the GPU: no worker inherits a CUDA
 context. A forked worker cannot use the OpenMP threads of a parent that already ran torch in
