@@ -20,7 +20,7 @@ from pipeline.data.images import DataError
 from pipeline.errors import ConfigError
 from pipeline.explain.command import ExplainRequest, explain_images
 from pipeline.label import label_folder, run_config
-from pipeline.preflight import check_model_settings
+from pipeline.preflight import model_settings
 from pipeline.runs import StageError, locked
 
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             import torch
             torch.set_num_threads(cfg.threads)
         if args.stage == "label":
-            check_model_settings(cfg)  # before any image is read, as the stage runner does before a stage
+            cfg = model_settings(cfg)  # before any image is read, as the stage runner does before a stage
             with locked(args.out):
                 summary = label_folder(cfg, stages.run_outputs(args.run), args.images, args.labels, args.out)
                 return 1 if summary["failed"] else 0

@@ -131,8 +131,9 @@ class ClsConfig:
 class CamConfig:
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
     method: str = "gradcam"  # "cam", "gradcam", "gradcam++", "xgradcam", "hirescam" or "layercam"
-    # with calibrate.choose_layers, the candidates: calibrate picks one of their non-empty subsets
-    layers: list[str] = field(default_factory=lambda: ["layer4"])
+    # with calibrate.choose_layers, the candidates: calibrate picks one of their non-empty subsets;
+    # empty: `head_layer` alone
+    layers: list[str] = field(default_factory=list)
     fuse: str = "max"  # across layers, after each layer's maps are max-normalised: "max", "mean" or
     # "layercam" (LayerCAM: shallow layers tanh-scaled, then max)
     # Test-time augmentation: raw maps at these input scales (1.0 must be one) and, with `flip`,
@@ -141,8 +142,9 @@ class CamConfig:
     flip: bool = False
     # "cam" reads the linear layer `head`, which follows global pooling of `head_layer`; for every
     # other layer a linear head is fitted on pooled features of `head_images` images of cls.split.
-    head: str = "fc"
-    head_layer: str = "layer4"
+    # Empty: the classifier's own (a ResNet's fc and layer4, an EfficientNet's classifier and bn2).
+    head: str = ""
+    head_layer: str = ""
     head_images: int = ranged(2000, at_least=1)
     batch_size: int = ranged(64, at_least=1)
 
@@ -159,9 +161,9 @@ class EvalConfig:
     # scales, flip and fusion) on the first `compare_images` images of the split; 0 skips it.
     compare_methods: list[str] = field(default_factory=lambda: [
         "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"])
-    compare_layer_sets: list[list[str]] = field(default_factory=lambda: [
-        ["layer4"], ["layer3"], ["layer2"], ["layer3", "layer4"], ["layer2", "layer3"],
-        ["layer2", "layer3", "layer4"]])
+    # empty: the classifier's three deepest, alone, in pairs and together (a ResNet's layer4,
+    # layer3, layer2, layer3+4, layer2+3, layer2+3+4)
+    compare_layer_sets: list[list[str]] = field(default_factory=list)
     compare_images: int = ranged(1000, at_least=0)
 
 
@@ -225,7 +227,7 @@ class SegConfig:
     split: str = "train"
     val_split: str = "val"
     arch: str = "unet"
-    encoder: str = "resnet18"
+    encoder: str = ""  # smp's name; empty: the classifier's architecture (tu-<name> for timm's)
     # "none", "classifier" (our classifier's backbone), a path, or a torchvision weight name
     encoder_weights: str = "none"
     decoder_channels: list[int] = ranged(list, at_least=1)  # U-Net only; empty = smp's default
@@ -535,9 +537,6 @@ def check_agreement(cfg: "Config") -> None:
     if switch and not dotted_value(cfg, switch):
         raise ConfigError(f"config key 'seg.labels': '{cfg.seg.labels}' needs the stages that make "
                           f"those masks ({switch}=true)")
-    stray = [name for name in cfg.calibrate.fixed_layers if name not in cfg.cam.layers]
-    if stray:
-        raise ConfigError(f"config key 'calibrate.fixed_layers': {', '.join(stray)} not in cam.layers {cfg.cam.layers}")
     if cfg.seg.cache_features and cfg.seg.encoder_lr_scale != 0:
         raise ConfigError(f"config key 'seg.cache_features': needs a frozen encoder "
                           f"(seg.encoder_lr_scale=0, not {cfg.seg.encoder_lr_scale})")

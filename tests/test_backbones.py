@@ -12,11 +12,11 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.models.classifier import build_classifier, head_name, stage_names
+from pipeline.models.classifier import build_classifier, head_name, pooled_layer, stage_names
 from pipeline.models.segmenter import build_segmenter, load_encoder
 from pipeline.data.transforms import MEAN, STD
 from pipeline.models.weights import convert_package_state
-from pipeline.preflight import check_model_settings
+from pipeline.preflight import model_settings
 from pipeline.runs import CheckpointError, StageError
 
 ARCH = "tf_efficientnet_lite0"
@@ -138,15 +138,71 @@ def test_weights_for_another_architecture_or_a_missing_package_are_one_line(monk
 
 
 def test_cam_layers_are_checked_against_the_timm_model():
-    timm_keys = [f"cls.arch={ARCH}", "cam.head=classifier", "cam.head_layer=bn2", "eval.compare_layer_sets=[[bn2]]"]
-    check_model_settings(load_config(None, [*timm_keys, "cam.layers=[blocks.4,bn2]"]))
+    model_settings(load_config(None, [f"cls.arch={ARCH}", "cam.layers=[blocks.4,bn2]"]))
     with pytest.raises(ConfigError) as error:
-        check_model_settings(load_config(None, [*timm_keys, "cam.layers=[layer4]"]))
+        model_settings(load_config(None, [f"cls.arch={ARCH}", "cam.layers=[layer4]"]))
     assert str(error.value) == (f"config key 'cam.layers': no layer 'layer4' in {ARCH} (its stages: blocks.0, "
                                 f"blocks.1, blocks.2, blocks.4, blocks.6; or any dotted module name of it, "
                                 f"such as blocks.6.0)")
     with pytest.raises(ConfigError, match="'cls.arch': 'resnet19' is neither a torchvision ResNet"):
-        check_model_settings(load_config(None, ["cls.arch=resnet19"]))
+        model_settings(load_config(None, ["cls.arch=resnet19"]))
+
+
+@pytest.mark.parametrize("arch, pooled, head", [
+    ("resnet18", "layer4", "fc"), ("test_resnet", "layer4", "fc"), ("test_efficientnet", "bn2", "classifier")])
+def test_the_head_is_linear_on_the_pooled_layer(arch, pooled, head):
+    """The logits are the head applied to the spatial mean of the pooled layer's output, as the
+    CAM method takes them to be."""
+    model = build_classifier(arch, 3).eval()
+    assert (pooled_layer(model), head_name(model)) == (pooled, head)
+    modules = dict(model.named_modules())
+    seen = []
+    modules[pooled].register_forward_hook(lambda _module, _inputs, output: seen.append(output))
+    images = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(images)
+        expected = modules[head](seen[0].mean(dim=(2, 3)))
+    assert torch.allclose(logits, expected, atol=1e-5)
+
+
+def test_the_pooled_layer_of_a_convnext_is_its_last_stage():
+    # its head normalises the pooled features before the linear layer: the stage still ends them
+    assert pooled_layer(build_classifier("test_convnext", 3)) == "stages.3"
+
+
+def test_a_config_without_layers_takes_the_backbones():
+    cfg = model_settings(load_config(None, [f"cls.arch={ARCH}"]))
+    assert (cfg.cam.head_layer, cfg.cam.head, cfg.cam.layers, cfg.seg.encoder) == (
+        "bn2", "classifier", ["bn2"], f"tu-{ARCH}")
+    assert cfg.eval.compare_layer_sets == [["bn2"], ["blocks.4"], ["blocks.2"], ["blocks.4", "bn2"],
+                                           ["blocks.2", "blocks.4"], ["blocks.2", "blocks.4", "bn2"]]
+
+
+def test_a_resnet_gets_the_settings_the_schema_used_to_name():
+    """So that the stages of a run made before the schema left them empty stay up to date."""
+    cfg = model_settings(load_config(None))
+    assert (cfg.cam.head_layer, cfg.cam.head, cfg.cam.layers, cfg.seg.encoder) == ("layer4", "fc", ["layer4"], "resnet18")
+    assert cfg.eval.compare_layer_sets == [["layer4"], ["layer3"], ["layer2"], ["layer3", "layer4"],
+                                           ["layer2", "layer3"], ["layer2", "layer3", "layer4"]]
+
+
+def test_layers_a_config_names_are_kept():
+    cfg = model_settings(load_config(None, ["cam.layers=[layer3]", "cam.head_layer=layer3.1",
+                                            "eval.compare_layer_sets=[[layer2]]", "seg.encoder=resnet34"]))
+    assert (cfg.cam.layers, cfg.cam.head_layer, cfg.eval.compare_layer_sets, cfg.seg.encoder) == (
+        ["layer3"], "layer3.1", [["layer2"]], "resnet34")
+
+
+def test_an_encoder_that_cannot_take_the_classifiers_weights_is_one_line():
+    with pytest.raises(ConfigError) as error:
+        model_settings(load_config(None, ["seg.encoder_weights=classifier", "seg.encoder=resnet34"]))
+    assert str(error.value) == ("config key 'seg.encoder': 'resnet34' cannot take the weights of the classifier "
+                                "(resnet18; seg.encoder_weights=classifier): use 'resnet18' or leave it empty")
+
+
+def test_last_stride_one_on_a_model_without_output_stride_is_one_line():
+    with pytest.raises(ConfigError, match=r"^config key 'cls.last_stride': timm's test_vit cannot keep"):
+        build_classifier("test_vit", 3, last_stride=1)
 
 
 def test_stages_of_a_resnet_and_of_a_timm_model():

@@ -15,6 +15,7 @@ from PIL import Image
 from pipeline.cam.seeds import cam_path, save_cams
 from pipeline.config import ConfigError, load_config
 from pipeline.data.images import save_mask
+from pipeline.preflight import model_settings
 from pipeline.refine.calibration import colour_index, information_curve, layer_sets, used_choices, with_choices
 from pipeline.runs import read_json
 from pipeline.stages import calibrate, eval_calibration
@@ -238,7 +239,9 @@ def test_without_calibration_the_layers_are_the_fixed_set():
 
 def test_a_fixed_layer_outside_the_candidates_is_one_line():
     with pytest.raises(ConfigError, match=r"^config key 'calibrate.fixed_layers': layer2 not in cam.layers"):
-        load_config(None, ["cam.layers=[layer3,layer4]", "calibrate.fixed_layers=[layer2]"])
+        model_settings(load_config(None, ["cam.layers=[layer3,layer4]", "calibrate.fixed_layers=[layer2]"]))
+    # cam.layers left to the backbone is its pooled layer, layer4, which may be the fixed set
+    assert model_settings(load_config(None, ["calibrate.fixed_layers=[layer4]"])).cam.layers == ["layer4"]
 
 
 def test_the_candidate_layer_sets_are_every_subset():

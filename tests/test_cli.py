@@ -117,7 +117,6 @@ def test_a_layer_the_classifier_lacks_stops_before_any_stage_runs(config_file, t
 
 def test_dotted_module_names_are_valid_layers(config_file):
     from pipeline.config import load_config
-    from pipeline.preflight import check_model_settings
-    cfg = load_config(config_file, ["cam.layers=[layer4.1,layer3.0.conv2]"])
-    check_model_settings(cfg)
+    from pipeline.preflight import model_settings
+    cfg = model_settings(load_config(config_file, ["cam.layers=[layer4.1,layer3.0.conv2]"]))
     assert cfg.cam.layers == ["layer4.1", "layer3.0.conv2"]

@@ -12,7 +12,7 @@ import pytest
 from pipeline.config import (Config, config_hash, file_setting, from_dict, load_config, section_keys, selected,
                              to_dict)
 from pipeline.errors import ConfigError
-from pipeline.preflight import check_model_settings
+from pipeline.preflight import model_settings
 
 REPO = Path(__file__).resolve().parents[1]
 CAM_KEYS = ["splits", "method", "layers", "fuse", "batch_size"]
@@ -28,7 +28,7 @@ def write(tmp_path, text, name="cfg.yaml"):
 def test_defaults_load_typed():
     cfg = load_config()
     assert isinstance(cfg, Config)
-    assert cfg.cam.layers == ["layer4"] and cfg.cam.method == "gradcam"
+    assert cfg.cam.layers == [] and cfg.cam.method == "gradcam"  # empty: the backbone fills it
     assert cfg.cls.epochs == 10 and isinstance(cfg.cls.epochs, int)
     assert cfg.eval.bg_threshold == "auto" and cfg.calibrate.fixed_bg_threshold == pytest.approx(0.15)
     assert cfg.data.name == "fashion-scenes"
@@ -212,4 +212,4 @@ def test_recorded_settings_drop_keys_this_version_retired():
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_its_layers_are_the_models(path):
-    check_model_settings(load_config(path))
+    model_settings(load_config(path))

@@ -44,10 +44,10 @@ def run(tmp_path_factory):
         f"run_dir={tmp}/run", "data.name=voc", f"data.root={tmp}/data", "seed=0",
         "cls.arch=test_efficientnet", "cls.split=train", "cls.crop_size=32", "cls.epochs=2",
         "cls.batch_size=8", "cls.backbone_lr_scale=0.1", "cam.method=gradcam", "cam.layers=[blocks.3,bn2]",
-        "cam.head=classifier", "cam.head_layer=bn2", "cam.flip=true", "cam.batch_size=8",
+        "cam.flip=true", "cam.batch_size=8",
         "eval.compare_images=4", "eval.compare_methods=[cam,gradcam]", "eval.compare_layer_sets=[[bn2]]",
         "pseudo.workers=1", "pseudo.splits=[train,val]", "pseudo.peak_quantile=1.0",
-        "seg.encoder=tu-test_efficientnet", "seg.crop_size=32", "seg.epochs=1", "seg.batch_size=8",
+        "seg.crop_size=32", "seg.epochs=1", "seg.batch_size=8",
         "seg.eval_flip=true", "seg.eval_crf=true", "report.examples=2", "affinity.enabled=true",
         "affinity.epochs=1", "affinity.batch_size=8", "affinity.crop_size=32", "affinity.train_radius=3",
         "affinity.exp_times=1"])

@@ -2,6 +2,7 @@
 architecture), global average pooling and a linear head."""
 from __future__ import annotations
 
+import torch
 import torchvision
 from torch import nn
 
@@ -31,7 +32,13 @@ def _timm_model(arch: str, num_classes: int, last_stride: int) -> nn.Module:
         raise ConfigError(f"config key 'cls.arch': '{arch}' is neither a torchvision ResNet "
                           f"({', '.join(ARCHS)}) nor a timm architecture (timm.list_models())")
     stride = {"output_stride": 16} if last_stride == 1 else {}
-    return timm.create_model(arch, pretrained=False, num_classes=num_classes, global_pool="avg", **stride)
+    try:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, global_pool="avg", **stride)
+    except TypeError as error:
+        if stride and "output_stride" in str(error):
+            raise ConfigError(f"config key 'cls.last_stride': timm's {arch} cannot keep its last stage "
+                              f"at the resolution of the one before (it takes no output_stride); use 2") from None
+        raise
 
 
 def head_name(model: nn.Module) -> str:
@@ -47,6 +54,27 @@ def stage_names(model: nn.Module) -> list[str]:
     if info is None:  # a torchvision ResNet
         return ["layer1", "layer2", "layer3", "layer4"]
     return [stage["module"] for stage in info]
+
+
+def pooled_layer(model: nn.Module) -> str:
+    """The module whose output the head's global pooling reads: a ResNet's `layer4`; in a timm
+    model, the stage that ends its features (`stages.3` in a ConvNeXt) or, where modules follow
+    the last stage (EfficientNet's `conv_head` and `bn2`), the last of them. One forward pass of
+    a blank image finds it, since a module's name does not say where its output goes."""
+    if getattr(model, "pretrained_cfg", None) is None:  # a torchvision ResNet
+        return stage_names(model)[-1]
+    outputs = []
+    hooks = [module.register_forward_hook(lambda _module, _inputs, output, name=name: outputs.append((name, output)))
+             for name, module in model.named_modules() if name]
+    try:
+        with torch.no_grad():
+            features = model.eval().forward_features(torch.zeros(1, *model.pretrained_cfg["input_size"]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    producers = [name for name, output in outputs if output is features]
+    stages = stage_names(model)
+    return next((name for name in producers if name in stages), producers[-1] if producers else stages[-1])
 
 
 def build_classifier(arch: str, num_classes: int, last_stride: int = 2,

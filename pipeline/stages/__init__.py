@@ -46,7 +46,7 @@ from pipeline import distributed, runs
 from pipeline.config import Config, config_hash, dotted_value, selected
 from pipeline.data import has_masks
 from pipeline.data.fingerprint import config_splits, fingerprint, remembering
-from pipeline.preflight import check_model_settings
+from pipeline.preflight import model_settings
 
 log = logging.getLogger("pipeline")
 
@@ -193,7 +193,7 @@ def run_on_ranks(name: str, cfg: Config, folder: Path) -> dict | None:
 def execute(name: str, cfg: Config, force: bool = False) -> dict:
     """Run one stage unless its manifest already matches; returns the stage's manifest (under
     torchrun, on every rank, the one rank 0 wrote)."""
-    check_model_settings(cfg)
+    cfg = model_settings(cfg)
     if not enabled(name, cfg):
         raise runs.StageError(f"stage '{name}' is off in this config; run it with {switch(name)}=true")
     distributed.init(cfg.device)
