@@ -29,6 +29,7 @@ from pipeline.data import open_split  # noqa: E402
 from pipeline.data.transforms import image_batches, normalised_batch  # noqa: E402
 from pipeline.metrics import PseudoTally, sweep_confusions, swept_best, thresholds  # noqa: E402
 from pipeline.models.checkpoints import load_classifier  # noqa: E402
+from pipeline.preflight import model_settings  # noqa: E402
 from pipeline.refine.calibration import run_choices  # noqa: E402
 from pipeline.refine.masks import pseudo_mask  # noqa: E402
 from pipeline.runs import git_commit  # noqa: E402
@@ -72,7 +73,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--workers", type=int, default=0, help="CRF processes (0: one per core)")
     args = parser.parse_args()
-    cfg = run_choices(load_config(args.config, [f"run_dir={args.run}"]), run_outputs(args.run))
+    cfg = run_choices(model_settings(load_config(args.config, [f"run_dir={args.run}"])), run_outputs(args.run))
     model, _ = load_classifier(output_path(args.run, "train-cls", "model"))
     voc = open_split(cfg.data, cfg.eval.split)
     ids = voc.ids[:args.images]

@@ -26,6 +26,7 @@ from pipeline.models.classifier import build_classifier  # noqa: E402
 from pipeline.models.frozen import DecoderOnly, EncodedSet  # noqa: E402
 from pipeline.models.seg_training import param_groups, segmentation_loss  # noqa: E402
 from pipeline.models.segmenter import build_segmenter  # noqa: E402
+from pipeline.preflight import model_settings  # noqa: E402
 from pipeline.runs import git_commit  # noqa: E402
 from pipeline.train import to_device, train_mode  # noqa: E402
 from bench_out import save  # noqa: E402
@@ -63,7 +64,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--batches", type=int, default=12)
     args = parser.parse_args()
-    cfg = load_config(args.config)
+    cfg = model_settings(load_config(args.config))
     torch.manual_seed(0)
     rows = []
 
