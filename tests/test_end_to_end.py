@@ -23,6 +23,7 @@ from pipeline.data.voc import VocDataset
 from pipeline.metrics import confusion, iou_per_class, mean_iou
 from pipeline.models.checkpoints import load_classifier, load_segmenter, predict_scores
 from pipeline.models.segmenter import predict_probs
+from pipeline.preflight import model_settings
 from pipeline.refine.calibration import with_choices
 from pipeline.refine.crf import dense_crf
 from pipeline.refine.masks import crf_settings
@@ -47,7 +48,7 @@ def overrides(tmp):
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     torch.manual_seed(0)
-    cfg = load_config(None, overrides(tmp))
+    cfg = model_settings(load_config(None, overrides(tmp)))  # with the layers the stages take
     manifests = execute_all(cfg)  # what `python -m pipeline all` (and `make`) runs
     run_dir = tmp / "run"
     return {"tmp": tmp, "cfg": cfg, "dir": run_dir, "manifests": manifests,

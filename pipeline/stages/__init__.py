@@ -141,8 +141,9 @@ def stage_folders(cfg: Config) -> dict[str, Path]:
 
 
 def settings(name: str, cfg: Config) -> dict:
-    """The values of the config keys the stage declares it uses."""
-    return selected(cfg, module(name).KEYS)
+    """The values of the config keys the stage declares it uses, as the stage runs them: with the
+    keys `cfg` leaves to the backbone filled, so that its hash is the same either way."""
+    return selected(model_settings(cfg), module(name).KEYS)
 
 
 def settings_hash(name: str, cfg: Config) -> str:
