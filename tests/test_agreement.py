@@ -40,3 +40,16 @@ def test_a_prediction_without_its_pseudo_mask_is_one_line(tmp_path):
     save_mask(tmp_path / "eval" / "seg" / "predictions" / "a.png", np.zeros((2, 2)))
     with pytest.raises(SystemExit, match=r"pseudo/a.png: no pseudo-mask for this prediction"):
         agreement(tmp_path)
+
+
+def test_a_reference_runs_masks_score_another_runs_predictions(tmp_path):
+    trial, reference = tmp_path / "trial", tmp_path / "reference"
+    for run in (trial, reference):
+        (run / "pseudo").mkdir(parents=True)
+        (run / "eval" / "seg" / "predictions").mkdir(parents=True)
+    write(trial, "a", [[1, 1, 1, 1]], [[0, 1, 1, 1]])  # its own mask: class 1 everywhere
+    save_mask(reference / "pseudo" / "a.png", np.array([[0, 0, 1, 255]]))
+    # against the reference: background 1 agrees, 2 in the mask, 1 predicted: 1 / 2; class 1:
+    # 1 agrees, 1 in the mask, 2 predicted (the 255 pixel left out): 1 / 2
+    assert iou_per_class(agreement(trial, reference=reference))[:2] == pytest.approx([1 / 2, 1 / 2])
+    assert iou_per_class(agreement(trial))[:2] == pytest.approx([0.0, 3 / 4])
