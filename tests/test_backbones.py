@@ -167,7 +167,9 @@ def test_the_head_is_linear_on_the_pooled_layer(arch, pooled, head):
 
 def test_the_pooled_layer_of_a_convnext_is_its_last_stage():
     # its head normalises the pooled features before the linear layer: the stage still ends them
-    assert pooled_layer(build_classifier("test_convnext", 3)) == "stages.3"
+    model = build_classifier("test_convnext", 3).train()
+    assert pooled_layer(model) == "stages.3"
+    assert model.training  # the probe's eval mode is not left behind
 
 
 def test_a_config_without_layers_takes_the_backbones():

@@ -66,10 +66,12 @@ def pooled_layer(model: nn.Module) -> str:
     outputs = []
     hooks = [module.register_forward_hook(lambda _module, _inputs, output, name=name: outputs.append((name, output)))
              for name, module in model.named_modules() if name]
+    training = model.training  # the probe runs in eval mode, which the caller's model keeps only if it had it
     try:
         with torch.no_grad():
             features = model.eval().forward_features(torch.zeros(1, *model.pretrained_cfg["input_size"]))
     finally:
+        model.train(training)
         for hook in hooks:
             hook.remove()
     producers = [name for name, output in outputs if output is features]
