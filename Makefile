@@ -15,7 +15,7 @@ export FASHION_MNIST_DIR
 
 .DEFAULT_GOAL := all
 .PHONY: all help install fashion-mnist fashion-mnist-if-needed imagenet-if-needed data train-cls cams calibrate eval-cams compare-cams pseudo train-aff pseudo-aff eval-pseudo eval-calibration train-seg \
-        eval-seg pseudo-r2 eval-pseudo-r2 train-seg-r2 eval-seg-r2 train-seg-gt eval-seg-gt round2 upper-bound report quick test test-fast bench bench-speed bench-cam bench-crf bench-rw bench-faith \
+        eval-seg pseudo-r2 eval-pseudo-r2 train-seg-r2 eval-seg-r2 train-seg-gt eval-seg-gt round2 upper-bound report quick test test-fast bench bench-speed bench-cam bench-crf bench-rw bench-faith bench-teacher \
         bench-explain label explain clean
 
 all: install fashion-mnist-if-needed imagenet-if-needed ## set up and run every stage CONFIG switches on (upper bound included) in one process, then print where the report is
@@ -118,6 +118,9 @@ bench: install fashion-mnist-if-needed imagenet-if-needed ## the whole pipeline 
 	HF_HUB_OFFLINE=1 $(PY) bench/seeds.py --config $(CONFIG) --run $(RUN) --seeds $(SEEDS) $(ARGS)
 	$(PY) bench/results_table.py --run $(RUN) --seeds $(SEEDS) --write docs/benchmark.md
 	HF_HUB_OFFLINE=1 $(PY) bench/grid.py --config $(CONFIG) --run $(RUN)
+
+bench-teacher: install imagenet-if-needed ## the segmenter's teacher threshold chosen without masks: one segmenter per candidate on RUN's seeds, scored by agreement with RUN's val pseudo-masks [ARGS='key=value ... --thresholds 0.6 0.7']
+	$(PY) bench/teacher.py --config $(CONFIG) --run $(RUN) $(ARGS)
 
 bench-speed: bench-cam bench-crf ## CAM, CRF, data loading and training speed, tiny-map convolutions, per-image stages' memory at 1k/4k images, RUN's stage times, label's memory on a 6000 x 4000 photo
 	HF_HUB_OFFLINE=1 $(PY) bench/train_speed.py --config $(CONFIG)

@@ -1,8 +1,8 @@
 """The seed and pseudo-mask grid of `make bench`: method x layer set x CRF, one trained classifier.
 
-For every CAM method and layer set (with the run's scales, flip and fusion) on the first
-`--images` images of the eval split: the swept-best seed mIoU and threshold; then pseudo-masks,
-without and with the CRF, scored as eval-pseudo scores
+For every CAM method (`eval.compare_methods`) and layer set (`eval.compare_layer_sets`, with the
+run's scales, flip and fusion) on the first `--images` images of the eval split: the swept-best
+seed mIoU and threshold; then pseudo-masks, without and with the CRF, scored as eval-pseudo scores
 them (mIoU with 255 as background, precision and coverage of confident pixels); and seconds per
 image (CAMs for that layer set, plus the pseudo-masks on `--workers` processes). Fused maps peak
 higher than single layers, so each row's confidence thresholds sit where the configured ones sit
@@ -36,9 +36,6 @@ from pipeline.runs import git_commit  # noqa: E402
 from pipeline.stages import output_path, run_outputs  # noqa: E402
 from pipeline.workers import worker_pool  # noqa: E402
 from bench_out import save  # noqa: E402
-
-LAYER_SETS = [["layer4"], ["layer3"], ["layer3", "layer4"], ["layer2", "layer3", "layer4"]]
-
 
 def seeds(model, cfg, voc, ids, method, layers, head) -> tuple[list[np.ndarray], float]:
     """Normalised fused maps [K_i, H, W] per image, and the seconds they took."""
@@ -81,7 +78,7 @@ def main() -> None:
     rows = []
     with worker_pool(args.workers) as pool:
         for method in cfg.eval.compare_methods:
-            for layers in LAYER_SETS:
+            for layers in cfg.eval.compare_layer_sets:
                 head = cam_head(model, cfg, layers) if method == "cam" else cfg.cam.head
                 maps, cam_seconds = seeds(model, cfg, voc, ids, method, layers, head)
                 sweep = sum(sweep_confusions(voc.mask(i), m, voc.labels(i), grid, n) for i, m in zip(ids, maps))

@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 import re
 import shutil
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -439,3 +441,31 @@ def test_killed_cams_stage_resumes_where_it_stopped(run, tmp_path):
             np.testing.assert_array_equal(new["classes"], old["classes"])
             np.testing.assert_allclose(new["cams"].astype(np.float32), old["cams"].astype(np.float32),
                                        atol=2e-3)
+
+
+def test_teacher_trials_share_the_run_and_are_scored_against_its_val_masks(run, tmp_path):
+    """bench/teacher.py on the run: the trial at the run's own high threshold remakes the run's
+    masks from its linked seeds, and every trial's agreement is its predictions' IoU against the
+    run's val pseudo-masks, recounted here."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import teacher
+    high = calibrated_thresholds(run)["fg_threshold_high"]
+    other = round(high + 0.1 if high + 0.1 < 1 else high - 0.1, 2)
+    rows = teacher.trials(run["cfg"], run["dir"], [high, other], tmp_path)
+    own, stricter = (Path(row["run_dir"]) for row in rows)
+    for path in (run["dir"] / "classifier").rglob("*.pt"):
+        assert path.samefile(own / path.relative_to(run["dir"])), path  # linked, not retrained
+    for path in sorted((run["dir"] / "pseudo").glob("*.png")):
+        assert (own / "pseudo" / path.name).read_bytes() == path.read_bytes()
+    assert [row["high"] for row in rows] == [high, other]
+    for row, trial in zip(rows, (own, stricter)):
+        matrix = np.zeros((256, 256), np.int64)
+        for name in run["val"].ids:
+            truth = read_mask(run["dir"] / "pseudo" / f"{name}.png").ravel()
+            predicted = read_mask(trial / "eval" / "seg" / "predictions" / f"{name}.png").ravel()
+            sure = truth != 255
+            np.add.at(matrix, (truth[sure], predicted[sure]), 1)
+        present = (matrix.sum(0) + matrix.sum(1)) > 0
+        iou = np.diag(matrix)[present] / (matrix.sum(0) + matrix.sum(1) - np.diag(matrix))[present]
+        assert row["agreement"] == pytest.approx(iou.mean(), abs=1e-4)
+        assert row["oracle_miou"] == load_manifest(trial / "eval" / "seg")["metrics"]["miou"]

@@ -1,0 +1,136 @@
+"""The segmenter's teacher, chosen without ground truth: one segmenter per candidate high threshold
+of its pseudo-masks, each scored by how well it agrees with the run's own val pseudo-masks.
+
+    python bench/teacher.py --config configs/fashion-wide.yaml --run runs/fashion-wide \
+        [--thresholds 0.5 0.6 0.7] [key=value ...]
+
+The run must have its pseudo-masks for this config and overrides (`pseudo.splits` with the val
+split). Each candidate t gets a trial run folder, <run>-teacher/high-<t> (or under --out), that
+starts from hard links to the run's data, classifier, seeds and calibration and runs pseudo,
+train-seg and eval-seg with `pseudo.fg_threshold_high=t`: the masks' other settings, the layer set
+and the seeds' threshold stay the run's. Every trial segmenter is then scored against the same
+masks, the run's val pseudo-masks on their sure pixels (bench/agreement.py --reference), and the
+best agreeing candidate is the choice. Each one's val mIoU on ground truth is printed beside it
+as the oracle and takes no part in the choice. Prints a Markdown table and writes
+bench/out/teacher.json and bench/out/teacher.md.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch  # noqa: E402
+
+from pipeline import runs  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.metrics import iou_per_class, mean_iou  # noqa: E402
+from pipeline.refine.calibration import run_choices  # noqa: E402
+from pipeline.stages import execute, is_on, run_outputs, stage_folder, stage_hash  # noqa: E402
+from agreement import agreement  # noqa: E402
+from bench_out import save  # noqa: E402
+
+TRIAL_STAGES = ["pseudo", "train-seg", "eval-seg"]
+# what the trials share with the run: every stage before the masks that the trials read
+SHARED_STAGES = ["data", "train-cls", "cams", "calibrate"]
+
+
+def check_run(cfg) -> None:
+    """Stop with one line unless the run's pseudo-masks are done for `cfg`."""
+    for name in [*SHARED_STAGES, "pseudo"]:
+        if is_on(name, cfg) and not runs.is_done(stage_folder(name, cfg), stage_hash(name, cfg)):
+            raise SystemExit(f"{stage_folder(name, cfg)}: '{name}' is not done for this config and these "
+                             f"overrides; run the pipeline up to pseudo first")
+    if cfg.seg.val_split not in cfg.pseudo.splits:
+        raise SystemExit(f"pseudo.splits {cfg.pseudo.splits} holds no {cfg.seg.val_split}: the run has no val "
+                         f"pseudo-masks to score the trials against")
+
+
+def default_thresholds(used_high: float) -> list[float]:
+    """The run's own high threshold and three more 0.1 apart above it, below 1."""
+    return [round(used_high + step / 10, 2) for step in range(4) if used_high + step / 10 < 1]
+
+
+def candidate_name(high: float, used_high: float, chosen_high: float) -> str:
+    notes = [note for note, applies in (("the run's", high == used_high), ("chosen", high == chosen_high)) if applies]
+    return f"{high:.2f}" + (f" ({', '.join(notes)})" if notes else "")
+
+
+def link_or_copy(source: str, target: str) -> None:
+    """A hard link (the run's files are never rewritten in place), a copy across file systems."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def trial_config(cfg, out: Path, high: float):
+    """The config of the trial at high threshold `high`, its shared stages linked from the run."""
+    trial = replace(cfg, run_dir=str(out / f"high-{high:.2f}"),
+                    pseudo=replace(cfg.pseudo, fg_threshold_high=high))
+    for name in SHARED_STAGES:
+        source, target = stage_folder(name, cfg), stage_folder(name, trial)
+        if is_on(name, cfg) and not target.exists():
+            shutil.copytree(source, target, copy_function=link_or_copy)
+    return trial
+
+
+def score(trial, run: Path, high: float) -> dict:
+    """The trial segmenter's agreement with the run's val pseudo-masks, and its oracle mIoU."""
+    folder = stage_folder("eval-seg", trial)
+    matrix = agreement(Path(trial.run_dir), "eval-seg", run)
+    oracle = runs.load_manifest(folder)["metrics"].get("miou")
+    return {"high": high, "agreement": round(mean_iou(matrix), 4),
+            "agreement_background": round(float(iou_per_class(matrix)[0]), 4), "oracle_miou": oracle,
+            "run_dir": trial.run_dir}
+
+
+def trials(cfg, run: Path, thresholds: list[float], out: Path) -> list[dict]:
+    """One trial per high threshold, run (or found done) under `out`, each `score`d."""
+    rows = []
+    for high in thresholds:
+        trial = trial_config(cfg, out, high)
+        with runs.locked(Path(trial.run_dir)):
+            for name in TRIAL_STAGES:
+                execute(name, trial)
+        rows.append(score(trial, run, high))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--run", required=True, type=Path, help="a run with its pseudo-masks")
+    parser.add_argument("--thresholds", type=float, nargs="+", help="candidate high thresholds")
+    parser.add_argument("--out", type=Path, help="where the trial run folders go (default <run>-teacher)")
+    parser.add_argument("overrides", nargs="*", help="the run's key=value overrides")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    cfg = load_config(args.config, [*args.overrides, f"run_dir={args.run}"])
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    check_run(cfg)
+    used_high = run_choices(cfg, run_outputs(args.run)).pseudo.fg_threshold_high
+    rows = trials(cfg, args.run, args.thresholds or default_thresholds(used_high),
+                  args.out or args.run.with_name(args.run.name + "-teacher"))
+    chosen = max(rows, key=lambda row: row["agreement"])
+    table = ["| high threshold | agreement with the run's val pseudo-masks | background | val mIoU on ground truth (oracle) |",
+             "|---|---|---|---|"]
+    table += [f"| {candidate_name(r['high'], used_high, chosen['high'])} | {r['agreement']:.4f} | "
+              f"{r['agreement_background']:.4f} | {r['oracle_miou']} |" for r in rows]
+    header = (f"Run `{args.run}` ({args.config} {' '.join(args.overrides)}), its high threshold {used_high:.2f}; "
+              f"the trial with the best agreement: {chosen['high']:.2f}. Commit {runs.git_commit()}.")
+    print(header + "\n\n" + "\n".join(table))
+    save("teacher.json", {"header": header, "rows": rows, "chosen": chosen["high"]})
+    save("teacher.md", header + "\n\n" + "\n".join(table) + "\n")
+
+
+if __name__ == "__main__":
+    main()
