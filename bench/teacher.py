@@ -47,6 +47,9 @@ def check_run(cfg) -> None:
         if is_on(name, cfg) and not runs.is_done(stage_folder(name, cfg), stage_hash(name, cfg)):
             raise SystemExit(f"{stage_folder(name, cfg)}: '{name}' is not done for this config and these "
                              f"overrides; run the pipeline up to pseudo first")
+    if cfg.seg.labels != "pseudo":
+        raise SystemExit(f"seg.labels is '{cfg.seg.labels}': the trials vary the pseudo stage's masks, which "
+                         f"train the segmenter only with seg.labels=pseudo")
     if cfg.seg.val_split not in cfg.pseudo.splits:
         raise SystemExit(f"pseudo.splits {cfg.pseudo.splits} holds no {cfg.seg.val_split}: the run has no val "
                          f"pseudo-masks to score the trials against")
