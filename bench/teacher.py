@@ -4,8 +4,8 @@ of its pseudo-masks, each scored by how well it agrees with the run's own val ps
     python bench/teacher.py --config configs/fashion-wide.yaml --run runs/fashion-wide \
         [--thresholds 0.5 0.6 0.7] [key=value ...]
 
-The run must have its pseudo-masks for this config and overrides (`pseudo.splits` with the val
-split). Each candidate t gets a trial run folder, <run>-teacher/high-<t> (or under --out), that
+The run's stages up to its pseudo-masks are run first where they are not done for this config
+and overrides (`pseudo.splits` must hold the val split). Each candidate t gets a trial run folder, <run>-teacher/high-<t> (or under --out), that
 starts from hard links to the run's data, classifier, seeds and calibration and runs pseudo,
 train-seg and eval-seg with `pseudo.fg_threshold_high=t`: the masks' other settings, the layer set
 and the seeds' threshold stay the run's. Every trial segmenter is then scored against the same
@@ -32,27 +32,33 @@ from pipeline import runs  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.metrics import iou_per_class, mean_iou  # noqa: E402
 from pipeline.refine.calibration import run_choices  # noqa: E402
-from pipeline.stages import execute, is_on, run_outputs, stage_folder, stage_hash  # noqa: E402
+from pipeline.stages import execute, output_path, run_outputs  # noqa: E402
 from agreement import agreement  # noqa: E402
 from bench_out import save  # noqa: E402
 
 TRIAL_STAGES = ["pseudo", "train-seg", "eval-seg"]
-# what the trials share with the run: every stage before the masks that the trials read
-SHARED_STAGES = ["data", "train-cls", "cams", "calibrate"]
+
+
+def shared_stages(cfg) -> list[str]:
+    """What the trials share with the run: every stage before the masks that they read."""
+    return ["data", "train-cls", "cams", *(["calibrate"] if cfg.calibrate.enabled else [])]
 
 
 def check_run(cfg) -> None:
-    """Stop with one line unless the run's pseudo-masks are done for `cfg`."""
-    for name in [*SHARED_STAGES, "pseudo"]:
-        if is_on(name, cfg) and not runs.is_done(stage_folder(name, cfg), stage_hash(name, cfg)):
-            raise SystemExit(f"{stage_folder(name, cfg)}: '{name}' is not done for this config and these "
-                             f"overrides; run the pipeline up to pseudo first")
+    """Stop with one line where the trials cannot vary the run's teacher."""
     if cfg.seg.labels != "pseudo":
         raise SystemExit(f"seg.labels is '{cfg.seg.labels}': the trials vary the pseudo stage's masks, which "
                          f"train the segmenter only with seg.labels=pseudo")
     if cfg.seg.val_split not in cfg.pseudo.splits:
         raise SystemExit(f"pseudo.splits {cfg.pseudo.splits} holds no {cfg.seg.val_split}: the run has no val "
                          f"pseudo-masks to score the trials against")
+
+
+def run_masks(cfg) -> None:
+    """The run's stages up to its pseudo-masks, each skipped where it is already done."""
+    with runs.locked(Path(cfg.run_dir)):
+        for name in [*shared_stages(cfg), "pseudo"]:
+            execute(name, cfg)
 
 
 def default_thresholds(used_high: float) -> list[float]:
@@ -77,18 +83,17 @@ def trial_config(cfg, out: Path, high: float):
     """The config of the trial at high threshold `high`, its shared stages linked from the run."""
     trial = replace(cfg, run_dir=str(out / f"high-{high:.2f}"),
                     pseudo=replace(cfg.pseudo, fg_threshold_high=high))
-    for name in SHARED_STAGES:
-        source, target = stage_folder(name, cfg), stage_folder(name, trial)
-        if is_on(name, cfg) and not target.exists():
+    for name in shared_stages(cfg):
+        source, target = (output_path(run_dir, name, "manifest").parent for run_dir in (cfg.run_dir, trial.run_dir))
+        if not target.exists():
             shutil.copytree(source, target, copy_function=link_or_copy)
     return trial
 
 
 def score(trial, run: Path, high: float) -> dict:
     """The trial segmenter's agreement with the run's val pseudo-masks, and its oracle mIoU."""
-    folder = stage_folder("eval-seg", trial)
     matrix = agreement(Path(trial.run_dir), "eval-seg", run)
-    oracle = runs.load_manifest(folder)["metrics"].get("miou")
+    oracle = runs.read_json(output_path(trial.run_dir, "eval-seg", "manifest"))["metrics"].get("miou")
     return {"high": high, "agreement": round(mean_iou(matrix), 4),
             "agreement_background": round(float(iou_per_class(matrix)[0]), 4), "oracle_miou": oracle,
             "run_dir": trial.run_dir}
@@ -120,6 +125,7 @@ def main() -> None:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     check_run(cfg)
+    run_masks(cfg)
     used_high = run_choices(cfg, run_outputs(args.run)).pseudo.fg_threshold_high
     rows = trials(cfg, args.run, args.thresholds or default_thresholds(used_high),
                   args.out or args.run.with_name(args.run.name + "-teacher"))

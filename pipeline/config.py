@@ -181,6 +181,11 @@ class CalibrateConfig:
     max_threshold: float = ranged(0.95, above=0, at_most=1)
     fixed_bg_threshold: float = ranged(0.15, at_least=0, at_most=1)
     fixed_fg_threshold_high: float = ranged(0.30, at_least=0, at_most=1)
+    # Added to the calibrated high threshold (capped below 1): the masks' best cut is not the best
+    # teacher, and a segmenter learns more from surer foreground, as IRN's training labels
+    # (conf_fg_thres 0.30) sit above its seeds' cut (cam_eval_thres 0.15). Chosen per dataset
+    # without masks by `make bench-teacher`; 0 keeps the cut.
+    teacher_margin: float = ranged(0.0, at_least=0, below=1)
     colour_bins: int = ranged(8, at_least=2, at_most=64)  # levels per RGB channel
     # choose the seeds' layer set among the non-empty subsets of cam.layers (by the same
     # information, at each set's best background threshold); off, cam.layers are fused as given

@@ -18,7 +18,7 @@ from pipeline.data.images import save_mask
 from pipeline.preflight import model_settings
 from pipeline.refine.calibration import colour_index, information_curve, layer_sets, used_choices, with_choices
 from pipeline.runs import read_json
-from pipeline.stages import calibrate, eval_calibration
+from pipeline.stages import calibrate, eval_calibration, settings
 
 SIZE = 48
 # Each map falls off as a cone, 1 - d / SLOPE, from the object's centre; the object is the disk
@@ -258,3 +258,26 @@ def test_auto_without_calibration_takes_the_fixed_values():
     assert (resolved.eval.bg_threshold, resolved.pseudo.fg_threshold_high) == (0.15, 0.35)
     assert resolved.cam.layers == cfg.cam.layers
     assert (cfg.eval.bg_threshold, cfg.pseudo.fg_threshold_high) == ("auto", "auto")  # the config is left as it was
+
+
+def test_the_teacher_margin_raises_only_the_calibrated_high_threshold_below_one():
+    choices = {"bg_threshold": {"calibrated": 0.40}, "fg_threshold_high": {"calibrated": 0.51},
+               "layers": {"calibrated": ["layer4"]}}
+    cfg = load_config(None, ["calibrate.teacher_margin=0.2", "cam.layers=[layer3,layer4]"])
+    used = used_choices(cfg, choices)
+    assert used["fg_threshold_high"]["value"] == pytest.approx(0.71)
+    assert used["fg_threshold_high"]["source"] == "calibrated + calibrate.teacher_margin 0.2"
+    assert used["bg_threshold"] == {"value": 0.40, "source": "calibrated"}
+    high = used_choices(cfg, {**choices, "fg_threshold_high": {"calibrated": 0.90}})["fg_threshold_high"]
+    assert high["value"] == pytest.approx(0.99)  # 1.10 capped one step below 1, where no pixel is foreground
+    # a number set by hand and the fixed value without calibration are not raised
+    assert used_choices(load_config(None, ["calibrate.teacher_margin=0.2", "pseudo.fg_threshold_high=0.6"]),
+                        choices)["fg_threshold_high"]["value"] == 0.6
+    assert used_choices(load_config(None, ["calibrate.teacher_margin=0.2", "calibrate.enabled=false"]),
+                        None)["fg_threshold_high"]["value"] == 0.30
+
+
+def test_the_teacher_margin_reruns_the_masks_not_the_calibration():
+    base, raised = load_config(None, []), load_config(None, ["calibrate.teacher_margin=0.1"])
+    assert settings("calibrate", base) == settings("calibrate", raised)
+    assert settings("pseudo", base) != settings("pseudo", raised)

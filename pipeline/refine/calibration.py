@@ -88,16 +88,27 @@ def _threshold_keys(cfg: Config) -> dict[str, tuple[object, float]]:
             "fg_threshold_high": (cfg.pseudo.fg_threshold_high, cfg.calibrate.fixed_fg_threshold_high)}
 
 
+def calibrated_value(cfg: Config, name: str, calibrated: float) -> dict:
+    """A calibrated threshold as the stages use it: the pseudo-masks' high one raised by
+    `calibrate.teacher_margin`, below 1 (at 1 no pixel would be foreground)."""
+    margin = cfg.calibrate.teacher_margin if name == "fg_threshold_high" else 0.0
+    if not margin:
+        return {"value": calibrated, "source": "calibrated"}
+    return {"value": round(min(calibrated + margin, 1 - cfg.calibrate.step), 4),
+            "source": f"calibrated + calibrate.teacher_margin {margin:g}"}
+
+
 def used_choices(cfg: Config, choices: dict | None) -> dict[str, dict]:
     """Each choice's value and where it comes from: "set by hand" (a number in the config, or the
-    layers with nothing to choose among), "calibrated" (an "auto" with calibrate's `choices`) or
+    layers with nothing to choose among), "calibrated" (an "auto" with calibrate's `choices`; the
+    high threshold plus any teacher margin) or
     "fixed" (an "auto" with calibration off, `choices` None: calibrate.fixed_*)."""
     used = {}
     for name, (value, fixed) in _threshold_keys(cfg).items():
         if value != AUTO:
             used[name] = {"value": float(value), "source": "set by hand"}
         elif choices is not None:
-            used[name] = {"value": choices[name]["calibrated"], "source": "calibrated"}
+            used[name] = calibrated_value(cfg, name, choices[name]["calibrated"])
         else:
             used[name] = {"value": fixed, "source": "fixed"}
     if len(layer_sets(cfg)) == 1:

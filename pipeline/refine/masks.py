@@ -41,7 +41,8 @@ def unwritten_batches(cfg: Config, folder: Path, batch_size: int, bad, stage: st
 
 # The config keys a pseudo-mask depends on: the `pseudo` section but the number of CRF workers,
 # and the high threshold's and the layer set's fallbacks where calibration is off.
-MASK_KEYS = (*section_keys("pseudo", but=("workers",)), "calibrate.fixed_fg_threshold_high", "calibrate.fixed_layers")
+MASK_KEYS = (*section_keys("pseudo", but=("workers",)), "calibrate.fixed_fg_threshold_high", "calibrate.teacher_margin",
+             "calibrate.fixed_layers")
 # Where a mask stage reads the run's calibrated layer set and thresholds (`calibration.with_choices`).
 CALIBRATION_INPUT = {"calibration": ("calibrate", "choices")}
 

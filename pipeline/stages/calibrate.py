@@ -30,9 +30,10 @@ SWITCH = "calibrate.enabled"
 FOLDER = "calibrate"
 OUTPUTS = {"choices": "choices.json"}
 INPUTS = {"seeds": ("cams", "seeds")}
-# the fixed values are the fallback of the stages that apply the thresholds, not its concern
+# the fixed values (the fallback) and the teacher's margin are the concern of the stages that
+# apply the thresholds, not its own
 KEYS = (*section_keys("calibrate", but=("enabled", "fixed_bg_threshold", "fixed_fg_threshold_high",
-                                                     "fixed_layers")),
+                                                     "fixed_layers", "teacher_margin")),
         "pseudo.fg_threshold_low", "pseudo.peak_quantile", "cam.layers", "cam.fuse")
 
 
