@@ -5,9 +5,10 @@ of its pseudo-masks, each scored by how well it agrees with the run's own val ps
         [--thresholds 0.5 0.6 0.7] [key=value ...]
 
 The run's stages up to its pseudo-masks are run first where they are not done for this config
-and overrides (`pseudo.splits` must hold the val split). Each candidate t gets a trial run folder, <run>-teacher/high-<t> (or under --out), that
-starts from hard links to the run's data, classifier, seeds and calibration and runs pseudo,
-train-seg and eval-seg with `pseudo.fg_threshold_high=t`: the masks' other settings, the layer set
+and overrides (`pseudo.splits` must hold the val split). Each candidate t gets a trial run
+folder, <run>-teacher/high-<t> (or under --out), that starts from hard links to the run's data,
+classifier, seeds and calibration (a trial folder holding another run's is refused) and runs
+pseudo, train-seg and eval-seg with `pseudo.fg_threshold_high=t`: the masks' other settings, the layer set
 and the seeds' threshold stay the run's. Every trial segmenter is then scored against the same
 masks, the run's val pseudo-masks on their sure pixels (bench/agreement.py --reference), and the
 best agreeing candidate is the choice. Each one's val mIoU on ground truth is printed beside it
@@ -87,6 +88,10 @@ def trial_config(cfg, out: Path, high: float):
         source, target = (output_path(run_dir, name, "manifest").parent for run_dir in (cfg.run_dir, trial.run_dir))
         if not target.exists():
             shutil.copytree(source, target, copy_function=link_or_copy)
+        elif runs.load_manifest(target) != runs.load_manifest(source):
+            # a trial of an earlier run (another classifier, other seeds) would score stale stages
+            raise SystemExit(f"{target}: this trial folder holds another run's '{name}'; remove the trial "
+                             f"folder or choose another --out")
     return trial
 
 

@@ -82,16 +82,17 @@ def fixed_layers(cfg: Config) -> list[str]:
     return list(cfg.calibrate.fixed_layers or cfg.cam.layers)
 
 
-def _threshold_keys(cfg: Config) -> dict[str, tuple[object, float]]:
-    """{choice name: (its config value, the fixed value an "auto" takes without calibration)}."""
-    return {"bg_threshold": (cfg.eval.bg_threshold, cfg.calibrate.fixed_bg_threshold),
-            "fg_threshold_high": (cfg.pseudo.fg_threshold_high, cfg.calibrate.fixed_fg_threshold_high)}
+def _threshold_keys(cfg: Config) -> dict[str, tuple[object, float, float]]:
+    """{choice name: (its config value, the fixed value an "auto" takes without calibration, the
+    margin added to its calibrated value)}."""
+    return {"bg_threshold": (cfg.eval.bg_threshold, cfg.calibrate.fixed_bg_threshold, 0.0),
+            "fg_threshold_high": (cfg.pseudo.fg_threshold_high, cfg.calibrate.fixed_fg_threshold_high,
+                                  cfg.calibrate.teacher_margin)}
 
 
-def calibrated_value(cfg: Config, name: str, calibrated: float) -> dict:
-    """A calibrated threshold as the stages use it: the pseudo-masks' high one raised by
-    `calibrate.teacher_margin`, below 1 (at 1 no pixel would be foreground)."""
-    margin = cfg.calibrate.teacher_margin if name == "fg_threshold_high" else 0.0
+def calibrated_value(cfg: Config, calibrated: float, margin: float) -> dict:
+    """A calibrated threshold as the stages use it: raised by its margin, below 1 (at 1 no pixel
+    would be foreground)."""
     if not margin:
         return {"value": calibrated, "source": "calibrated"}
     return {"value": round(min(calibrated + margin, 1 - cfg.calibrate.step), 4),
@@ -104,11 +105,11 @@ def used_choices(cfg: Config, choices: dict | None) -> dict[str, dict]:
     high threshold plus any teacher margin) or
     "fixed" (an "auto" with calibration off, `choices` None: calibrate.fixed_*)."""
     used = {}
-    for name, (value, fixed) in _threshold_keys(cfg).items():
+    for name, (value, fixed, margin) in _threshold_keys(cfg).items():
         if value != AUTO:
             used[name] = {"value": float(value), "source": "set by hand"}
         elif choices is not None:
-            used[name] = calibrated_value(cfg, name, choices[name]["calibrated"])
+            used[name] = calibrated_value(cfg, choices[name]["calibrated"], margin)
         else:
             used[name] = {"value": fixed, "source": "fixed"}
     if len(layer_sets(cfg)) == 1:

@@ -40,7 +40,8 @@ def unwritten_batches(cfg: Config, folder: Path, batch_size: int, bad, stage: st
 
 
 # The config keys a pseudo-mask depends on: the `pseudo` section but the number of CRF workers,
-# and the high threshold's and the layer set's fallbacks where calibration is off.
+# the high threshold's and the layer set's fallbacks where calibration is off, and the margin
+# added to the calibrated high threshold.
 MASK_KEYS = (*section_keys("pseudo", but=("workers",)), "calibrate.fixed_fg_threshold_high", "calibrate.teacher_margin",
              "calibrate.fixed_layers")
 # Where a mask stage reads the run's calibrated layer set and thresholds (`calibration.with_choices`).
