@@ -119,7 +119,7 @@ bench: install fashion-mnist-if-needed imagenet-if-needed ## the whole pipeline 
 	$(PY) bench/results_table.py --run $(RUN) --seeds $(SEEDS) --write docs/benchmark.md
 	HF_HUB_OFFLINE=1 $(PY) bench/grid.py --config $(CONFIG) --run $(RUN)
 
-bench-teacher: install imagenet-if-needed ## the segmenter's teacher threshold chosen without masks: one segmenter per candidate on RUN's seeds, scored by agreement with RUN's val pseudo-masks [ARGS='key=value ... --thresholds 0.6 0.7']
+bench-teacher: install imagenet-if-needed ## the segmenter's teacher threshold chosen without masks: one segmenter per candidate on RUN's seeds, scored by agreement with the val pseudo-masks at RUN's calibrated cut [ARGS='key=value ... --thresholds 0.6 0.7']
 	$(PY) bench/teacher.py --config $(CONFIG) --run $(RUN) $(ARGS)
 
 bench-speed: bench-cam bench-crf ## CAM, CRF, data loading and training speed, tiny-map convolutions, per-image stages' memory at 1k/4k images, RUN's stage times, label's memory on a 6000 x 4000 photo

@@ -1,6 +1,8 @@
-"""How well a run's segmenter agrees with the run's val pseudo-masks on their sure pixels (255
-left out): a way to compare segmenter recipes that reads no ground-truth mask, only the image
-labels the pseudo-masks were made from (`pseudo.splits` must include the val split).
+"""How well a run's segmenter agrees with the run's val pseudo-masks, their unsure pixels (255)
+counted as background as eval-pseudo scores masks: a way to compare segmenter recipes that reads
+no ground-truth mask, only the image labels the pseudo-masks were made from (`pseudo.splits` must
+include the val split). Leaving the unsure pixels out instead would let a segmenter paint them
+all foreground at no cost, which favours teachers that leave wide unsure bands.
 
     python bench/agreement.py runs/msrc runs/msrc-trial [--stage eval-seg-r2] [--reference RUN]
 
@@ -18,14 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.images import read_mask
-from pipeline.metrics import IGNORE, confusion, iou_per_class, mean_iou
+from pipeline.metrics import IGNORE, confusion, iou_per_class, mean_iou, unsure_as_background
 from pipeline.stages import output_path
 
 
 def agreement(run: Path, stage: str = "eval-seg", reference: Path | None = None) -> np.ndarray:
     """The confusion matrix [255, 255] of the stage's predictions (columns) against the pseudo-masks
-    (rows) of the same image ids, those of `reference` if given, else the run's own; one line
-    names a prediction whose pseudo-mask is missing."""
+    (rows, 255 as background) of the same image ids, those of `reference` if given, else the
+    run's own; one line names a prediction whose pseudo-mask is missing."""
     predictions = output_path(run, stage, "predictions")
     masks = output_path(reference or run, "pseudo", "masks")
     paths = sorted(predictions.glob("*.png"))
@@ -36,7 +38,7 @@ def agreement(run: Path, stage: str = "eval-seg", reference: Path | None = None)
         mask = masks / path.name
         if not mask.is_file():
             raise SystemExit(f"{mask}: no pseudo-mask for this prediction (pseudo.splits must include val)")
-        matrix += confusion(read_mask(mask), read_mask(path), IGNORE)
+        matrix += confusion(unsure_as_background(read_mask(mask)), read_mask(path), IGNORE)
     return matrix
 
 

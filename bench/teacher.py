@@ -1,19 +1,22 @@
 """The segmenter's teacher, chosen without ground truth: one segmenter per candidate high threshold
-of its pseudo-masks, each scored by how well it agrees with the run's own val pseudo-masks.
+of its pseudo-masks, each scored by how well it agrees with the val pseudo-masks at the run's
+calibrated cut.
 
     python bench/teacher.py --config configs/fashion-wide.yaml --run runs/fashion-wide \
         [--thresholds 0.5 0.6 0.7] [key=value ...]
 
-The run's stages up to its pseudo-masks are run first where they are not done for this config
-and overrides (`pseudo.splits` must hold the val split). Each candidate t gets a trial run
-folder, <run>-teacher/high-<t> (or under --out), that starts from hard links to the run's data,
+The run's stages up to its calibration are run first where they are not done for this config and
+overrides (`pseudo.splits` must hold the val split). Each candidate t gets a trial run folder,
+<run>-teacher/high-<t> (or under --out), that starts from hard links to the run's data,
 classifier, seeds and calibration (a trial folder holding another run's is refused) and runs
-pseudo, train-seg and eval-seg with `pseudo.fg_threshold_high=t`: the masks' other settings, the layer set
-and the seeds' threshold stay the run's. Every trial segmenter is then scored against the same
-masks, the run's val pseudo-masks on their sure pixels (bench/agreement.py --reference), and the
-best agreeing candidate is the choice. Each one's val mIoU on ground truth is printed beside it
-as the oracle and takes no part in the choice. Prints a Markdown table and writes
-bench/out/teacher.json and bench/out/teacher.md.
+pseudo, train-seg and eval-seg with `pseudo.fg_threshold_high=t`: the masks' other settings, the
+layer set and the seeds' threshold stay the run's, and no teacher margin applies. The reference
+is the trial at the calibrated high threshold without margin (the cut, always a candidate
+unless --thresholds leaves it out, when only its masks are made): every trial segmenter is
+scored against its val pseudo-masks, 255 counted as background (bench/agreement.py), and the
+best agreeing candidate is the choice; its margin is the candidate minus the cut. Each one's val
+mIoU on ground truth is printed beside it as the oracle and takes no part in the choice. Prints
+a Markdown table and writes bench/out/teacher.json and bench/out/teacher.md.
 """
 from __future__ import annotations
 
@@ -55,20 +58,29 @@ def check_run(cfg) -> None:
                          f"pseudo-masks to score the trials against")
 
 
-def run_masks(cfg) -> None:
-    """The run's stages up to its pseudo-masks, each skipped where it is already done."""
+def run_shared(cfg) -> None:
+    """The run's stages that the trials share, each skipped where it is already done."""
     with runs.locked(Path(cfg.run_dir)):
-        for name in [*shared_stages(cfg), "pseudo"]:
+        for name in shared_stages(cfg):
             execute(name, cfg)
 
 
-def default_thresholds(used_high: float) -> list[float]:
-    """The run's own high threshold and three more 0.1 apart above it, below 1."""
-    return [round(used_high + step / 10, 2) for step in range(4) if used_high + step / 10 < 1]
+def without_margin(cfg):
+    return replace(cfg, calibrate=replace(cfg.calibrate, teacher_margin=0.0))
 
 
-def candidate_name(high: float, used_high: float, chosen_high: float) -> str:
-    notes = [note for note, applies in (("the run's", high == used_high), ("chosen", high == chosen_high)) if applies]
+def calibrated_cut(cfg) -> float:
+    """The run's high threshold without any teacher margin: calibrated, fixed or set by hand."""
+    return run_choices(without_margin(cfg), run_outputs(cfg.run_dir)).pseudo.fg_threshold_high
+
+
+def default_thresholds(cut: float) -> list[float]:
+    """The cut and three more 0.1 apart above it, below 1: margins 0 to 0.3."""
+    return [round(cut + step / 10, 2) for step in range(4) if cut + step / 10 < 1]
+
+
+def candidate_name(high: float, cut: float, chosen_high: float) -> str:
+    notes = [note for note, applies in (("the cut", high == cut), ("chosen", high == chosen_high)) if applies]
     return f"{high:.2f}" + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -82,7 +94,7 @@ def link_or_copy(source: str, target: str) -> None:
 
 def trial_config(cfg, out: Path, high: float):
     """The config of the trial at high threshold `high`, its shared stages linked from the run."""
-    trial = replace(cfg, run_dir=str(out / f"high-{high:.2f}"),
+    trial = replace(without_margin(cfg), run_dir=str(out / f"high-{high:.2f}"),
                     pseudo=replace(cfg.pseudo, fg_threshold_high=high))
     for name in shared_stages(cfg):
         source, target = (output_path(run_dir, name, "manifest").parent for run_dir in (cfg.run_dir, trial.run_dir))
@@ -95,24 +107,33 @@ def trial_config(cfg, out: Path, high: float):
     return trial
 
 
-def score(trial, run: Path, high: float) -> dict:
-    """The trial segmenter's agreement with the run's val pseudo-masks, and its oracle mIoU."""
-    matrix = agreement(Path(trial.run_dir), "eval-seg", run)
+def reference_masks(cfg, out: Path, cut: float) -> Path:
+    """The trial folder at the cut, with its pseudo-masks made: the masks every trial is scored by."""
+    reference = trial_config(cfg, out, cut)
+    with runs.locked(Path(reference.run_dir)):
+        execute("pseudo", reference)
+    return Path(reference.run_dir)
+
+
+def score(trial, reference: Path, high: float) -> dict:
+    """The trial segmenter's agreement with the reference's val pseudo-masks, and its oracle mIoU."""
+    matrix = agreement(Path(trial.run_dir), "eval-seg", reference)
     oracle = runs.read_json(output_path(trial.run_dir, "eval-seg", "manifest"))["metrics"].get("miou")
     return {"high": high, "agreement": round(mean_iou(matrix), 4),
             "agreement_background": round(float(iou_per_class(matrix)[0]), 4), "oracle_miou": oracle,
             "run_dir": trial.run_dir}
 
 
-def trials(cfg, run: Path, thresholds: list[float], out: Path) -> list[dict]:
-    """One trial per high threshold, run (or found done) under `out`, each `score`d."""
+def trials(cfg, reference: Path, thresholds: list[float], out: Path) -> list[dict]:
+    """One trial per high threshold, run (or found done) under `out`, each `score`d against the
+    reference's masks."""
     rows = []
     for high in thresholds:
         trial = trial_config(cfg, out, high)
         with runs.locked(Path(trial.run_dir)):
             for name in TRIAL_STAGES:
                 execute(name, trial)
-        rows.append(score(trial, run, high))
+        rows.append(score(trial, reference, high))
         print(rows[-1], flush=True)
     return rows
 
@@ -130,19 +151,21 @@ def main() -> None:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     check_run(cfg)
-    run_masks(cfg)
-    used_high = run_choices(cfg, run_outputs(args.run)).pseudo.fg_threshold_high
-    rows = trials(cfg, args.run, args.thresholds or default_thresholds(used_high),
-                  args.out or args.run.with_name(args.run.name + "-teacher"))
+    run_shared(cfg)
+    cut = calibrated_cut(cfg)
+    out = args.out or args.run.with_name(args.run.name + "-teacher")
+    rows = trials(cfg, reference_masks(cfg, out, cut), args.thresholds or default_thresholds(cut), out)
     chosen = max(rows, key=lambda row: row["agreement"])
-    table = ["| high threshold | agreement with the run's val pseudo-masks | background | val mIoU on ground truth (oracle) |",
+    table = ["| high threshold | agreement with the val pseudo-masks at the cut | background | val mIoU on ground truth (oracle) |",
              "|---|---|---|---|"]
-    table += [f"| {candidate_name(r['high'], used_high, chosen['high'])} | {r['agreement']:.4f} | "
+    table += [f"| {candidate_name(r['high'], cut, chosen['high'])} | {r['agreement']:.4f} | "
               f"{r['agreement_background']:.4f} | {r['oracle_miou']} |" for r in rows]
-    header = (f"Run `{args.run}` ({args.config} {' '.join(args.overrides)}), its high threshold {used_high:.2f}; "
-              f"the trial with the best agreement: {chosen['high']:.2f}. Commit {runs.git_commit()}.")
+    margin = round(chosen["high"] - cut, 2)
+    header = (f"Run `{args.run}` ({args.config} {' '.join(args.overrides)}), its calibrated cut {cut:.2f}; "
+              f"the trial with the best agreement: {chosen['high']:.2f}, a teacher margin of {margin:g}. "
+              f"Commit {runs.git_commit()}.")
     print(header + "\n\n" + "\n".join(table))
-    save("teacher.json", {"header": header, "rows": rows, "chosen": chosen["high"]})
+    save("teacher.json", {"header": header, "rows": rows, "chosen": chosen["high"], "cut": cut, "margin": margin})
     save("teacher.md", header + "\n\n" + "\n".join(table) + "\n")
 
 

@@ -75,13 +75,18 @@ def swept_best(sweep: np.ndarray, grid: np.ndarray) -> tuple[float, float]:
     return round(float(mious[best]), 4), float(grid[best])
 
 
+def unsure_as_background(pseudo: np.ndarray) -> np.ndarray:
+    """A pseudo-mask as it is scored: its unsure pixels (255) counted as background (IRN's way)."""
+    return np.where(pseudo == IGNORE, 0, pseudo)
+
+
 def pseudo_counts(gt: np.ndarray, pseudo: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """How a pseudo-mask scores (docs/design.md, section 6): (confusion with 255 counted as
     background, [correct, confident, labelled] pixel counts for the confident pixels' precision
     and coverage)."""
     sure = pseudo != IGNORE
     valid = gt != IGNORE
-    matrix = confusion(gt, np.where(sure, pseudo, 0), num_classes)
+    matrix = confusion(gt, unsure_as_background(pseudo), num_classes)
     counts = np.array([(sure & valid & (pseudo == gt)).sum(), (sure & valid).sum(), valid.sum()], np.int64)
     return matrix, counts
 

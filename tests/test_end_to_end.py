@@ -443,16 +443,21 @@ def test_killed_cams_stage_resumes_where_it_stopped(run, tmp_path):
                                        atol=2e-3)
 
 
-def test_teacher_trials_share_the_run_and_are_scored_against_its_val_masks(run, tmp_path):
-    """bench/teacher.py on the run: the trial at the run's own high threshold remakes the run's
-    masks from its linked seeds, and every trial's agreement is its predictions' IoU against the
-    run's val pseudo-masks, recounted here."""
+def test_teacher_trials_share_the_run_and_are_scored_against_the_masks_at_its_cut(run, tmp_path):
+    """bench/teacher.py on the run: the cut is the calibrated high threshold whatever the config's
+    teacher margin; the trial at the cut remakes the run's masks from its linked seeds and is the
+    reference; every trial's agreement is its predictions' IoU against those val pseudo-masks with
+    255 as background, recounted here."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     import teacher
     high = calibrated_thresholds(run)["fg_threshold_high"]
+    margin = replace(run["cfg"], calibrate=replace(run["cfg"].calibrate, teacher_margin=0.2))
+    assert teacher.calibrated_cut(margin) == teacher.calibrated_cut(run["cfg"]) == high
     other = round(high + 0.1 if high + 0.1 < 1 else high - 0.1, 2)
-    rows = teacher.trials(run["cfg"], run["dir"], [high, other], tmp_path)
+    reference = teacher.reference_masks(margin, tmp_path, high)
+    rows = teacher.trials(margin, reference, [high, other], tmp_path)
     own, stricter = (Path(row["run_dir"]) for row in rows)
+    assert own == reference
     for path in (run["dir"] / "classifier").rglob("*.pt"):
         assert path.samefile(own / path.relative_to(run["dir"])), path  # linked, not retrained
     for path in sorted((run["dir"] / "pseudo").glob("*.png")):
@@ -461,10 +466,10 @@ def test_teacher_trials_share_the_run_and_are_scored_against_its_val_masks(run, 
     for row, trial in zip(rows, (own, stricter)):
         matrix = np.zeros((256, 256), np.int64)
         for name in run["val"].ids:
-            truth = read_mask(run["dir"] / "pseudo" / f"{name}.png").ravel()
+            truth = read_mask(run["dir"] / "pseudo" / f"{name}.png").ravel().astype(np.int64)
+            truth[truth == 255] = 0
             predicted = read_mask(trial / "eval" / "seg" / "predictions" / f"{name}.png").ravel()
-            sure = truth != 255
-            np.add.at(matrix, (truth[sure], predicted[sure]), 1)
+            np.add.at(matrix, (truth, predicted), 1)
         present = (matrix.sum(0) + matrix.sum(1)) > 0
         iou = np.diag(matrix)[present] / (matrix.sum(0) + matrix.sum(1) - np.diag(matrix))[present]
         assert row["agreement"] == pytest.approx(iou.mean(), abs=1e-4)
