@@ -75,13 +75,20 @@ def calibrated_cut(cfg) -> float:
 
 
 def default_thresholds(cut: float) -> list[float]:
-    """The cut and three more 0.1 apart above it, below 1: margins 0 to 0.3."""
-    return [round(cut + step / 10, 2) for step in range(4) if cut + step / 10 < 1]
+    """The cut and three more 0.1 apart above it, below 1: margins 0 to 0.3. Rounded as the
+    calibration rounds, not to 0.01: a cut of 0.525 (calibrate.step 0.005) must stay the cut."""
+    return [round(cut + step / 10, 4) for step in range(4) if cut + step / 10 < 1]
+
+
+def threshold_text(high: float) -> str:
+    """Two decimals where they say it exactly, four otherwise, so that no two candidates share a
+    trial folder (0.525 and 0.53 would both be high-0.53)."""
+    return f"{high:.2f}" if round(high, 2) == high else f"{high:.4f}"
 
 
 def candidate_name(high: float, cut: float, chosen_high: float) -> str:
     notes = [note for note, applies in (("the cut", high == cut), ("chosen", high == chosen_high)) if applies]
-    return f"{high:.2f}" + (f" ({', '.join(notes)})" if notes else "")
+    return threshold_text(high) + (f" ({', '.join(notes)})" if notes else "")
 
 
 def link_or_copy(source: str, target: str) -> None:
@@ -94,7 +101,7 @@ def link_or_copy(source: str, target: str) -> None:
 
 def trial_config(cfg, out: Path, high: float):
     """The config of the trial at high threshold `high`, its shared stages linked from the run."""
-    trial = replace(without_margin(cfg), run_dir=str(out / f"high-{high:.2f}"),
+    trial = replace(without_margin(cfg), run_dir=str(out / f"high-{threshold_text(high)}"),
                     pseudo=replace(cfg.pseudo, fg_threshold_high=high))
     for name in shared_stages(cfg):
         source, target = (output_path(run_dir, name, "manifest").parent for run_dir in (cfg.run_dir, trial.run_dir))
@@ -160,9 +167,9 @@ def main() -> None:
              "|---|---|---|---|"]
     table += [f"| {candidate_name(r['high'], cut, chosen['high'])} | {r['agreement']:.4f} | "
               f"{r['agreement_background']:.4f} | {r['oracle_miou']} |" for r in rows]
-    margin = round(chosen["high"] - cut, 2)
-    header = (f"Run `{args.run}` ({args.config} {' '.join(args.overrides)}), its calibrated cut {cut:.2f}; "
-              f"the trial with the best agreement: {chosen['high']:.2f}, a teacher margin of {margin:g}. "
+    margin = round(chosen["high"] - cut, 4)
+    header = (f"Run `{args.run}` ({args.config} {' '.join(args.overrides)}), its calibrated cut {threshold_text(cut)}; "
+              f"the trial with the best agreement: {threshold_text(chosen['high'])}, a teacher margin of {margin:g}. "
               f"Commit {runs.git_commit()}.")
     print(header + "\n\n" + "\n".join(table))
     save("teacher.json", {"header": header, "rows": rows, "chosen": chosen["high"], "cut": cut, "margin": margin})

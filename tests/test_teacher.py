@@ -13,7 +13,7 @@ from pipeline.config import load_config
 from pipeline.stages import output_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from teacher import shared_stages, trial_config  # noqa: E402
+from teacher import default_thresholds, shared_stages, trial_config  # noqa: E402
 
 
 def fake_run(run: Path, digest: str) -> None:
@@ -40,3 +40,14 @@ def test_the_shared_stages_are_linked_and_another_runs_trial_is_refused(tmp_path
     fake_run(run, "second")  # the run's classifier and seeds made again
     with pytest.raises(SystemExit, match=r"high-0.60/data: this trial folder holds another run's 'data'"):
         trial_config(cfg, out, 0.6)
+
+
+def test_a_cut_finer_than_two_decimals_keeps_its_own_trial_folder(tmp_path):
+    assert default_thresholds(0.525) == [0.525, 0.625, 0.725, 0.825]
+    assert default_thresholds(0.75) == [0.75, 0.85, 0.95]
+    run, out = tmp_path / "run", tmp_path / "trials"
+    fake_run(run, "first")
+    cfg = load_config(None, [f"run_dir={run}"])
+    cut, rounded = (trial_config(cfg, out, high) for high in (0.525, 0.53))
+    assert (Path(cut.run_dir).name, Path(rounded.run_dir).name) == ("high-0.5250", "high-0.53")
+    assert cut.pseudo.fg_threshold_high == 0.525
