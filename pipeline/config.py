@@ -165,6 +165,11 @@ class EvalConfig:
     # layer3, layer2, layer3+4, layer2+3, layer2+3+4)
     compare_layer_sets: list[list[str]] = field(default_factory=list)
     compare_images: int = ranged(1000, at_least=0)
+    # Stage eval-calibration: the calibrated choices scored on ground truth beside the fixed ones
+    # and the oracle's. Its search runs about 20 label CRFs per image, so a recipe with a time
+    # budget on large photos may leave it out (`make eval-calibration ARGS=eval.calibration=true`
+    # runs it).
+    calibration: bool = True
 
 
 @dataclass
@@ -301,6 +306,12 @@ class RoundTwoConfig:
     # these stages when `enabled`.
     enabled: bool = False
     flip: bool = True
+    # The weights the second segmenter starts from: "encoder" (as the first: seg.encoder_weights)
+    # or "segmenter" (the first segmenter's, fine-tuned on the second round's masks, which a
+    # shorter schedule can then afford)
+    start_from: str = "encoder"
+    # images the second segmenter sees; 0 = the first segmenter's schedule (seg.samples or epochs)
+    samples: int = ranged(0, at_least=0)
 
 
 @dataclass
@@ -448,6 +459,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             layer = OmegaConf.from_dotlist([item])
         except OmegaConfBaseException as error:
             raise _one_line(error, "command line", key) from None
+        except IndexError:  # OmegaConf's key parser on an unclosed bracket (`[a=1`)
+            raise ConfigError(f"command line: override '{item}': '{key}' is not a config key") from None
         except yaml.YAMLError as error:  # the value is parsed as YAML: `[1` is not
             raise ConfigError(f"command line: override '{item}': the value is not valid YAML "
                               f"({' '.join(str(error).split())})") from None
@@ -470,6 +483,7 @@ def file_setting(path: str | Path, dotted: str) -> Any:
 
 SEG_LABELS = ("pseudo", "affinity")
 LABEL_SOURCES = ("seeds", "segmenter")
+ROUND_TWO_STARTS = ("encoder", "segmenter")
 # The switch of the stages that make the masks of these `seg.labels`.
 LABEL_SWITCHES = {"affinity": "affinity.enabled"}
 DATASETS = ("fashion-scenes", "shapes", "voc", "folder")
@@ -481,7 +495,8 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from pipeline.distributed import DEVICES
     from pipeline.refine.pseudo import BACKGROUNDS
     return {"data.name": DATASETS, "pseudo.background": BACKGROUNDS, "seg.labels": SEG_LABELS,
-            "label.masks_from": LABEL_SOURCES, "device": DEVICES}
+            "label.masks_from": LABEL_SOURCES, "round2.start_from": ROUND_TWO_STARTS,
+            "device": DEVICES}
 
 
 def dotted_value(cfg: "Config", dotted: str) -> Any:

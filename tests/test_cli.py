@@ -93,6 +93,8 @@ def test_a_bad_choice_stops_before_any_stage_runs(config_file, tmp_path, capsys,
     (["pseudo-aff"], "stage 'pseudo-aff' is off in this config; run it with affinity.enabled=true"),
     (["pseudo-r2"], "stage 'pseudo-r2' is off in this config; run it with round2.enabled=true"),
     (["eval-seg-r2"], "stage 'eval-seg-r2' is off in this config; run it with round2.enabled=true"),
+    (["eval-calibration", "eval.calibration=false"],
+     "stage 'eval-calibration' is off in this config; run it with eval.calibration=true"),
     (["all", "seg.labels=affinity"], "'seg.labels': 'affinity' needs the stages that make those masks (affinity.enabled=true)")])
 def test_switched_off_stages_and_their_masks_need_them_switched_on(config_file, tmp_path, capsys, argv,
                                                                    expected):

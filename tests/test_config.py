@@ -107,6 +107,9 @@ def test_missing_file_and_malformed_override(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="cls.epochs"):
         load_config(None, ["cls.epochs"])
+    with pytest.raises(ConfigError) as info:  # OmegaConf's own parser fails with an IndexError here
+        load_config(None, ["[seg=1"])
+    assert _one_line(info) == "command line: override '[seg=1': '[seg' is not a config key"
 
 
 def test_config_hash_is_a_known_value_and_the_same_in_another_process():
@@ -181,10 +184,10 @@ def test_editing_the_comparison_reruns_compare_cams_only():
 
 def test_selected_keys_nest_as_the_config_does():
     cfg = load_config(None, ["seg.epochs=3"])
-    assert selected(cfg, ("seed", "seg.epochs", "round2")) == {"seed": 0, "seg": {"epochs": 3},
-                                                                "round2": {"enabled": False, "flip": True}}
-    assert section_keys("round2") == ("round2.enabled", "round2.flip")
-    assert section_keys("round2", but=("enabled",)) == ("round2.flip",)
+    round_two = {"enabled": False, "flip": True, "start_from": "encoder", "samples": 0}
+    assert selected(cfg, ("seed", "seg.epochs", "round2")) == {"seed": 0, "seg": {"epochs": 3}, "round2": round_two}
+    assert section_keys("round2") == ("round2.enabled", "round2.flip", "round2.start_from", "round2.samples")
+    assert section_keys("round2", but=("enabled", "start_from", "samples")) == ("round2.flip",)
 
 
 def test_loading_a_config_imports_no_model_code():

@@ -329,6 +329,25 @@ def test_each_segmenter_trains_on_its_masks(run):
     assert run["manifests"]["eval-pseudo-r2"]["upstream"] == ["pseudo-r2"]
 
 
+def test_round_two_can_fine_tune_the_first_segmenter_on_a_schedule_of_its_own(run, tmp_path):
+    """With round2.start_from=segmenter the second segmenter starts from the first one's weights
+    (one step at a vanishing rate leaves its parameters where they were) and reads that checkpoint
+    as an input; round2.samples sets its schedule (8 images in batches of 8: one step)."""
+    copy = tmp_path / "run"
+    shutil.copytree(run["dir"], copy)
+    base = [o for o in overrides(run["tmp"]) if not o.startswith("run_dir=")] + [f"run_dir={copy}"]
+    cfg = load_config(None, base + ["round2.start_from=segmenter", "round2.samples=8", "seg.lr=1e-12"])
+    manifest = execute("train-seg-r2", cfg)
+    assert manifest["upstream"] == ["pseudo-r2", "train-seg"]
+    assert (manifest["metrics"]["schedule_steps"], manifest["metrics"]["epochs_run"]) == (1, 1)
+    first, _ = load_segmenter(copy / "segmenter" / "model.pt")
+    second = load_checkpoint(copy / "segmenter-r2" / "model.pt")["model"]
+    from_scratch = load_checkpoint(run["dir"] / "segmenter-r2" / "model.pt")["model"]
+    for name, weights in first.named_parameters():
+        assert torch.allclose(second[name], weights, atol=1e-6), name
+    assert any(not torch.equal(from_scratch[name], weights) for name, weights in first.named_parameters())
+
+
 def test_every_stage_has_a_manifest(run):
     versions = run["manifests"]["data"]["packages"]
     folders = [stage_folder(stage, run["cfg"]) for stage in STAGES]

@@ -123,6 +123,9 @@ def test_inputs_resolve_to_the_outputs_their_stages_declare():
     walked = load_config(None, ["run_dir=run", "affinity.enabled=true", "seg.labels=affinity"])
     assert stages.input_paths("eval-pseudo", walked)["affinity"] == Path("run/pseudo-aff")
     assert stages.upstream("train-seg", walked) == ["pseudo-aff"]
+    fine_tuned = load_config(None, ["run_dir=run", "round2.enabled=true", "round2.start_from=segmenter"])
+    assert stages.input_paths("train-seg-r2", fine_tuned) == {"masks": Path("run/pseudo-r2"),
+                                                              "segmenter": Path("run/segmenter/model.pt")}
     assert stages.output_path(Path("run"), "eval-seg", "predictions") == Path("run/eval/seg/predictions")
     with pytest.raises(KeyError, match="stage 'eval-seg' has no output 'model' "
                                        "\\(its outputs: results, predictions, manifest\\)"):
@@ -143,6 +146,7 @@ def test_every_input_names_a_registered_stage_and_one_of_its_outputs():
     ("seg.eval_crf=true", ["train-seg", "train-seg-gt"], ["eval-seg", "eval-seg-gt"]),
     ("seg.crop_size=48", ["train-aff", "eval-seg"], ["train-seg", "train-seg-gt"]),
     ("affinity.crop_size=48", ["train-seg"], ["train-aff"]),
+    ("round2.samples=40", ["train-seg", "pseudo-r2", "train-seg-gt"], ["train-seg-r2"]),
 ])
 def test_a_stages_settings_cover_exactly_the_keys_it_declares(override, unchanged, changed):
     base = load_config(None, ["round2.enabled=true", "affinity.enabled=true"])

@@ -32,6 +32,7 @@ from pipeline.runs import RESULTS, progress, write_json
 from pipeline.workers import worker_pool
 
 GROUND_TRUTH = True
+SWITCH = "eval.calibration"
 FOLDER = "eval/calibration"
 OUTPUTS = {"results": RESULTS}
 INPUTS = {"seeds": ("cams", "seeds"), "calibration": ("calibrate", "choices")}

@@ -5,6 +5,7 @@ fully supervised upper bound, with the same budget and seed)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from pipeline.config import Config, to_dict
 from pipeline.data import open_split
 from pipeline.data.images import read_mask
 from pipeline.data.transforms import SegmentationSet, crop_size, train_transform
+from pipeline.models.checkpoints import load_segmenter
 from pipeline.models.frozen import DecoderOnly, EncodedSet
 from pipeline.models.seg_training import check_targets, class_weights, segmentation_loss
 from pipeline.models.segmenter import build_segmenter, load_encoder
@@ -43,12 +45,39 @@ def INPUTS(cfg: Config) -> dict:
     return {"masks": (LABELS[cfg.seg.labels], "masks"), **encoder_input(cfg)}
 
 
+def round_two_inputs(cfg: Config) -> dict:
+    """The second round's masks, and the first segmenter where the second starts from it."""
+    start = ({"segmenter": ("train-seg", "model")} if cfg.round2.start_from == "segmenter"
+             else encoder_input(cfg))
+    return {"masks": ("pseudo-r2", "masks"), **start}
+
+
+def run_round_two(cfg: Config, out: Path, inputs: dict) -> dict:
+    """train-seg-r2: the first segmenter's settings, on round2's schedule where it sets one."""
+    if cfg.round2.samples:
+        cfg = replace(cfg, seg=replace(cfg.seg, samples=cfg.round2.samples))
+    return run(cfg, out, inputs)
+
+
 # `train-seg-r2` on the second round's masks; `train-seg-gt`, without masks to read, on the
 # dataset's ground truth (its data stage's record).
-VARIANTS = {"r2": {"FOLDER": "segmenter-r2", "SWITCH": "round2.enabled",
-                   "INPUTS": lambda cfg: {"masks": ("pseudo-r2", "masks"), **encoder_input(cfg)}},
+VARIANTS = {"r2": {"FOLDER": "segmenter-r2", "SWITCH": "round2.enabled", "INPUTS": round_two_inputs,
+                   "KEYS": (*KEYS, "round2.start_from", "round2.samples"), "run": run_round_two},
             "gt": {"FOLDER": "segmenter-gt", "GROUND_TRUTH": True,
                    "INPUTS": lambda cfg: {"dataset": ("data", "manifest"), **encoder_input(cfg)}}}
+
+
+def starting_model(cfg: Config, num_classes: int, inputs: dict):
+    """The segmenter before training: the first segmenter where `inputs` name it (round 2), else a
+    new one whose encoder starts from seg.encoder_weights."""
+    if "segmenter" in inputs:
+        return load_segmenter(inputs["segmenter"], cfg)[0]
+    model = build_segmenter(cfg.seg.arch, cfg.seg.encoder, num_classes + 1, list(cfg.seg.decoder_channels))
+    if cfg.seg.encoder_weights == "classifier":
+        load_encoder(model, inputs["classifier"])
+    elif cfg.seg.encoder_weights != "none":
+        load_encoder(model, cfg.seg.encoder_weights)
+    return model
 
 
 def run(cfg: Config, out: Path, inputs: dict) -> dict:
@@ -61,12 +90,7 @@ def run(cfg: Config, out: Path, inputs: dict) -> dict:
         read_target = lambda image_id: read_mask(target_path(image_id))
     pixel_counts = check_targets(voc, read_target, target_path)
     seed_everything(cfg.seed)  # the initial weights too
-    model = build_segmenter(cfg.seg.arch, cfg.seg.encoder, voc.num_classes + 1,
-                            list(cfg.seg.decoder_channels))
-    if cfg.seg.encoder_weights == "classifier":
-        load_encoder(model, inputs["classifier"])
-    elif cfg.seg.encoder_weights != "none":
-        load_encoder(model, cfg.seg.encoder_weights)
+    model = starting_model(cfg, voc.num_classes, inputs)
     groups = pretrained_groups(model, cfg.seg.lr, cfg.seg.encoder_lr_scale, lambda name: name.startswith("encoder."))
     if cfg.seg.cache_features:
         dataset = EncodedSet(model.encoder, voc, read_target, distributed.device(cfg.device))
