@@ -88,7 +88,7 @@ eval-seg: install ## score the segmenter on val and write its predictions
 	$(STAGE) eval-seg $(STAGE_ARGS)
 pseudo-r2: install ## the second round's pseudo-masks, from the segmenter's predictions (needs round2.enabled, on in configs/default.yaml)
 	$(STAGE) pseudo-r2 $(STAGE_ARGS)
-eval-calibration: install ## score the calibrated thresholds beside the fixed ones and the ground-truth oracle's
+eval-calibration: install ## score the calibrated thresholds beside the fixed ones and the ground-truth oracle's (needs eval.calibration, on but in configs/msrc.yaml)
 	$(STAGE) eval-calibration $(STAGE_ARGS)
 eval-pseudo-r2: install ## score the second round's pseudo-masks (needs round2.enabled)
 	$(STAGE) eval-pseudo-r2 $(STAGE_ARGS)
