@@ -214,7 +214,8 @@ MADE_BY = ("cams", "pseudo")
 def run_config(run: RunOutputs, overrides: list[str]) -> Config:
     """The settings a run's seeds and pseudo-masks were made with: the config stored in its
     classifier's checkpoint, with the `cam` and `pseudo` sections of its cams and pseudo
-    manifests where those stages ran, then `overrides`. A later command that failed or ran
+    manifests where those stages ran, round 2 on where it trained a second segmenter, then
+    `overrides`. A later command that failed or ran
     with other overrides changes neither."""
     recorded = load_checkpoint(classifier_checkpoint(run.path("train-cls", "model")))["config"]
     for stage in MADE_BY:
@@ -222,6 +223,12 @@ def run_config(run: RunOutputs, overrides: list[str]) -> Config:
         for section, settings in (read_json(manifest)["config"] if manifest.is_file() else {}).items():
             # a checkpoint from before a section existed lacks it: the schema's defaults fill the rest
             recorded[section] = {**recorded.get(section, {}), **settings}
+    if run.path("train-seg-r2", "manifest").is_file():
+        # A second segmenter was trained, and is the run's last, though a classifier trained
+        # before round 2 was switched on records it off; pseudo-r2 recorded how it predicts.
+        second_round = run.path("pseudo-r2", "manifest")
+        made = read_json(second_round)["config"].get("round2", {}) if second_round.is_file() else {}
+        recorded["round2"] = {**recorded.get("round2", {}), **made, "enabled": True}
     return load_config(None, [f"run_dir={run.folder}", *overrides], recorded=recorded)
 
 

@@ -5,6 +5,7 @@ are recomputed here from that classifier, so the tests do not depend on how well
 """
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -290,6 +291,21 @@ def test_label_takes_the_settings_the_runs_seeds_were_made_with(run, tmp_path, c
     # no pseudo stage ran: its settings are the classifier's, not the cams command's
     assert labelled.pseudo.fg_threshold_high == run["cfg"].pseudo.fg_threshold_high != 0.4
     assert labelled.pseudo.workers == 1 and labelled.run_dir == str(run_dir)
+
+
+def test_label_takes_round_two_from_a_run_that_trained_it_after_its_classifier(run, tmp_path):
+    """A classifier trained with round 2 off records it off; once the run has trained a second
+    segmenter, label's masks come from it, predicted as pseudo-r2 recorded (unmirrored here),
+    unless an override says otherwise."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(run["dir"], run_dir)
+    assert run_config(run_outputs(run_dir), []).round2.enabled is False
+    for folder, config in (("pseudo-r2", {"round2": {"flip": False}}), ("segmenter-r2", {})):
+        (run_dir / folder).mkdir()
+        (run_dir / folder / "manifest.json").write_text(json.dumps({"config": config}))
+    labelled = run_config(run_outputs(run_dir), [])
+    assert (labelled.round2.enabled, labelled.round2.flip) == (True, False)
+    assert run_config(run_outputs(run_dir), ["round2.enabled=false"]).round2.enabled is False
 
 
 def test_label_needs_images_run_and_out():
