@@ -341,7 +341,10 @@ def test_round_two_can_fine_tune_the_first_segmenter_on_a_schedule_of_its_own(ru
     assert manifest["upstream"] == ["pseudo-r2", "train-seg"]
     assert (manifest["metrics"]["schedule_steps"], manifest["metrics"]["epochs_run"]) == (1, 1)
     first, _ = load_segmenter(copy / "segmenter" / "model.pt")
-    second = load_checkpoint(copy / "segmenter-r2" / "model.pt")["model"]
+    recorded = load_checkpoint(copy / "segmenter-r2" / "model.pt")
+    # the checkpoint records the run's settings as they are: round 2's schedule beside the first's
+    assert (recorded["config"]["seg"]["samples"], recorded["config"]["round2"]["samples"]) == (cfg.seg.samples, 8)
+    second = recorded["model"]
     from_scratch = load_checkpoint(run["dir"] / "segmenter-r2" / "model.pt")["model"]
     for name, weights in first.named_parameters():
         assert torch.allclose(second[name], weights, atol=1e-6), name

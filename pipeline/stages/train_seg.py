@@ -5,7 +5,6 @@ fully supervised upper bound, with the same budget and seed)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +53,7 @@ def round_two_inputs(cfg: Config) -> dict:
 
 def run_round_two(cfg: Config, out: Path, inputs: dict) -> dict:
     """train-seg-r2: the first segmenter's settings, on round2's schedule where it sets one."""
-    if cfg.round2.samples:
-        cfg = replace(cfg, seg=replace(cfg.seg, samples=cfg.round2.samples))
-    return run(cfg, out, inputs)
+    return run(cfg, out, inputs, samples=cfg.round2.samples)
 
 
 # `train-seg-r2` on the second round's masks; `train-seg-gt`, without masks to read, on the
@@ -80,7 +77,9 @@ def starting_model(cfg: Config, num_classes: int, inputs: dict):
     return model
 
 
-def run(cfg: Config, out: Path, inputs: dict) -> dict:
+def run(cfg: Config, out: Path, inputs: dict, samples: int = 0) -> dict:
+    """Train on `inputs`' masks for `samples` images, 0 for the seg section's schedule; the
+    checkpoint records the run's config as it is."""
     voc = open_split(cfg.data, cfg.seg.split)
     masks = inputs.get("masks")
     if masks is None:
@@ -99,7 +98,7 @@ def run(cfg: Config, out: Path, inputs: dict) -> dict:
     else:
         dataset, trained = SegmentationSet(voc, read_target, train_transform(crop_size(voc, cfg.seg.crop_size))), model
     spec = TrainSpec(cfg.seg.epochs, cfg.seg.batch_size, cfg.seg.lr, cfg.seg.weight_decay,
-                     cfg.seg.max_minutes, cfg.seg.workers, cfg.seed, samples=cfg.seg.samples)
+                     cfg.seg.max_minutes, cfg.seg.workers, cfg.seed, samples=samples or cfg.seg.samples)
     config = to_dict(cfg)
     weights = class_weights(pixel_counts, cfg.seg.class_balance)
     history = fit(trained, dataset, segmentation_loss(weights), spec, out / "last.pt", config,
