@@ -59,7 +59,7 @@ def pseudo_row(cfg, pool, voc, ids, maps, crf: bool, seed_threshold: float) -> t
     seconds = time.perf_counter() - began
     tally = PseudoTally(voc.num_classes + 1)
     for image_id, mask in zip(ids, masks):
-        tally.add(voc.mask(image_id), mask)
+        tally.add(voc.working_mask(image_id), mask)
     return tally.scores(), seconds
 
 
@@ -81,7 +81,7 @@ def main() -> None:
             for layers in cfg.eval.compare_layer_sets:
                 head = cam_head(model, cfg, layers) if method == "cam" else cfg.cam.head
                 maps, cam_seconds = seeds(model, cfg, voc, ids, method, layers, head)
-                sweep = sum(sweep_confusions(voc.mask(i), m, voc.labels(i), grid, n) for i, m in zip(ids, maps))
+                sweep = sum(sweep_confusions(voc.working_mask(i), m, voc.labels(i), grid, n) for i, m in zip(ids, maps))
                 seed_miou, seed_threshold = swept_best(sweep, grid)
                 for crf in (False, True):
                     scores, crf_seconds = pseudo_row(cfg, pool, voc, ids, maps, crf, seed_threshold)

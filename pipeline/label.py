@@ -34,7 +34,7 @@ from pipeline import distributed
 from pipeline.cam.seeds import cam_head, seed_batch
 from pipeline.config import Config, config_hash, load_config, to_dict
 from pipeline.data.folder import LabelledImage, as_text_cell, folder_images, read_labels_csv
-from pipeline.data.images import IGNORE, PALETTE, read_image, read_or_skip
+from pipeline.data.images import IGNORE, PALETTE, image_size, read_image, read_or_skip, resized_mask
 from pipeline.data.outputs import check_apart, output_file
 from pipeline.data.transforms import same_size_batches
 from pipeline.models.checkpoints import (class_scores, classifier_checkpoint, load_classifier, load_segmenter,
@@ -50,8 +50,9 @@ log = logging.getLogger("pipeline")
 COLOURS = np.array(PALETTE, np.uint8).reshape(256, 3)
 OVERLAY_ALPHA = 0.5
 SETTINGS = "settings.json"
-# Without label.max_side, images are labelled at up to this many times the classifier's training
-# size: its filters were learnt at that scale, and memory must not follow a phone photo's pixels.
+# Without label.max_side, images are labelled at the run's working size (data.max_side), and at
+# most this many times the classifier's training size: its filters were learnt at that scale, and
+# memory must not follow a phone photo's pixels.
 MAX_SIDE_PER_TRAINING_SIZE = 8
 
 
@@ -102,29 +103,25 @@ def claim_output(out: Path, digest: str) -> None:
         write_json(path, {"hash": digest})
 
 
-def working_size(height: int, width: int, max_side: int) -> tuple[int, int]:
-    """(height, width) scaled so the longer side is at most `max_side`, aspect kept."""
-    scale = min(1.0, max_side / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def at_working_size(image: np.ndarray, max_side: int) -> np.ndarray:
-    height, width = working_size(*image.shape[:2], max_side)
-    if (height, width) == image.shape[:2]:
-        return image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+def labelling_size(cfg: Config, state: dict) -> int:
+    """The longer side images are labelled at, at most: label.max_side where set, else the run's
+    working size, so that a photo the run was trained on gets the mask the pseudo stage made."""
+    if cfg.label.max_side:
+        return cfg.label.max_side
+    most = MAX_SIDE_PER_TRAINING_SIZE * training_size(state)
+    return min(cfg.data.max_side, most) if cfg.data.max_side else most
 
 
 def readable(items: Iterable[LabelledImage], images_dir: Path, failed: list[dict],
              max_side: int) -> Iterator[tuple[LabelledImage, str, tuple[int, int], np.ndarray]]:
     """(item, name, full (height, width), uint8 RGB image at most `max_side` px) for every item
-    that reads; the others go to `failed`. The full-size pixels are dropped at once, so memory
-    follows the working size, not the photo's."""
+    that reads; the others go to `failed`. Memory follows the working size, not the photo's
+    (`read_image`)."""
     for item in items:
         name = Path(os.path.relpath(item.path, images_dir)).as_posix()  # a CSV's path may lead out
-        image = read_or_skip(item.path, name, failed)
+        image = read_or_skip(item.path, name, failed, max_side)
         if image is not None:
-            yield item, name, image.shape[:2], at_working_size(image, max_side)
+            yield item, name, image_size(item.path), image
 
 
 def seeded_jobs(model: torch.nn.Module, cfg: Config, head, batches: Iterable[list[tuple]],
@@ -168,8 +165,8 @@ def overlay(image: np.ndarray, mask: np.ndarray, rows: int = 256) -> np.ndarray:
 def write_outputs(job: Job, rule: MaskRule, class_names: list[str], out: Path) -> None:
     """Mask (at the image file's size), overlay, then the record that marks the image done (runs
     in a CRF worker)."""
-    mask = write_mask(output_path(out, "masks", job.item.id), job.image, job.cams, job.classes, rule,
-                      job.full_size)
+    mask = resized_mask(write_mask(output_path(out, "masks", job.item.id), job.image, job.cams, job.classes,
+                                   rule, job.full_size), job.full_size)
     image = job.image if job.image.shape[:2] == mask.shape else read_image(job.item.path)
     picture = Image.fromarray(overlay(image, mask))
     write_with(output_path(out, "overlays", job.item.id), lambda tmp: picture.save(tmp, format="PNG"))
@@ -266,7 +263,7 @@ def label_folder(cfg: Config, run: RunOutputs, images_dir: Path, labels_csv: Pat
     claim_output(out, settings_hash(cfg, classifier, labels_csv, segmenter_file))
     todo = distributed.unwritten(items, lambda item: output_path(out, "records", item.id))
     failed: list[dict] = []
-    max_side = cfg.label.max_side or MAX_SIDE_PER_TRAINING_SIZE * training_size(state)
+    max_side = labelling_size(cfg, state)
     batches = same_size_batches(readable(todo, images_dir, failed, max_side), cfg.cam.batch_size)
     rule = pseudo_rule(cfg.pseudo)
     with worker_pool(cfg.pseudo.workers) as workers:

@@ -24,7 +24,7 @@ from pipeline.data.images import IGNORE, PALETTE, DataError, read_image, read_ma
 from pipeline.data.shapes import SHAPES, shapes_scene
 from pipeline.data.transforms import normalised_batch
 from pipeline.data.voc import VocDataset
-from pipeline.label import run_config
+from pipeline.label import labelling_size, run_config
 from pipeline.models.checkpoints import load_classifier, load_segmenter
 from pipeline.models.segmenter import predict_probs
 from pipeline.refine.calibration import with_choices
@@ -195,7 +195,8 @@ def test_label_from_a_segmenter_the_run_lacks_is_one_line(run, odd_folder, tmp_p
     assert not (tmp_path / "out" / "masks").exists()
 
 
-def test_a_large_image_is_labelled_at_the_working_size_and_written_at_its_own(run, tmp_path):
+@pytest.mark.parametrize("working_size", ["label.max_side=50", "data.max_side=50"])
+def test_a_large_image_is_labelled_at_the_working_size_and_written_at_its_own(run, tmp_path, working_size):
     folder = tmp_path / "big"
     folder.mkdir()
     image, labels = shapes_scene(np.random.default_rng(11), 48)
@@ -204,7 +205,7 @@ def test_a_large_image_is_labelled_at_the_working_size_and_written_at_its_own(ru
     classes = [SHAPES[c - 1] for c in np.unique(labels) if c > 0]
     (tmp_path / "labels.csv").write_text(f"big.png,{';'.join(classes)}\n")
     out = tmp_path / "out"
-    assert label(run, folder, out, "--labels", str(tmp_path / "labels.csv"), "label.max_side=50") == 0
+    assert label(run, folder, out, "--labels", str(tmp_path / "labels.csv"), working_size) == 0
     mask = check_outputs(out, folder, "big.png", classes)  # the photo's own 150 x 120
     # what the run's seeds and pseudo-mask settings give at 50 x 40, upsampled by nearest
     small = np.asarray(Image.fromarray(big).resize((50, 40), Image.BILINEAR))
@@ -474,3 +475,14 @@ def test_overlay_blends_band_by_band_as_in_one_piece():
     mask = rng.choice(np.array([0, 1, 2, 255], np.uint8), (37, 23))
     whole = np.where((mask != 0)[..., None], np.rint(0.5 * image + 0.5 * COLOURS[mask]), image)
     np.testing.assert_array_equal(overlay(image, mask, rows=5), whole.astype(np.uint8))
+
+
+@pytest.mark.parametrize("overrides, train_size, expected", [
+    (["label.max_side=100"], 320, 100),                 # set: as set
+    (["data.max_side=320"], 320, 320),                  # the run's working size (the MSRC recipe's)
+    (["data.max_side=1024"], 64, 512),                  # at most 8 x the classifier's training size
+    (["data.max_side=0"], 64, 512),                     # the run works at full size: that cap alone
+])
+def test_images_are_labelled_at_the_runs_working_size(overrides, train_size, expected):
+    assert labelling_size(load_config(None, overrides), {"train_size": train_size}) == expected
+

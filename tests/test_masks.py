@@ -45,14 +45,14 @@ def test_a_crf_refines_the_argmax_as_the_label_crf_does_on_the_scores(tmp_path):
     np.testing.assert_array_equal(mask, dense_crf(image, probs, preset="label", **crf).argmax(0))
 
 
-def test_a_negative_is_all_background_and_a_smaller_scoring_is_resized_to_the_file(tmp_path):
+def test_a_negative_is_all_background_and_a_smaller_scoring_is_written_at_the_file_size(tmp_path):
     none = write_mask(tmp_path / "n.png", IMAGE, np.zeros((0, 1, 4), np.float32), np.array([], int),
                       MaskRule(band=(0.5, 0.3)))
     assert none.tolist() == [[0, 0, 0, 0]]
     probs = np.array([[[0.9, 0.1]], [[0.1, 0.9]]], np.float32)  # a 1 x 2 scoring of a 2 x 4 image
     mask = write_mask(tmp_path / "s.png", IMAGE[:, :2], probs, np.array([0]), MaskRule(), size=(2, 4))
-    assert mask.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1]]
-    assert read_mask(tmp_path / "s.png").tolist() == mask.tolist()
+    assert mask.tolist() == [[0, 1]]  # returned at the scoring's size, as it is scored
+    assert read_mask(tmp_path / "s.png").tolist() == [[0, 0, 1, 1], [0, 0, 1, 1]]
 
 
 def test_the_pseudo_settings_rule():

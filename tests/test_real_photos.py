@@ -1,6 +1,7 @@
 """Photos as users bring them, through every stage on a timm backbone: negatives (photos with no
-object, all-background masks), and photos of two sizes in both orientations. Every output comes
-at its photo's own size, negatives get all-background pseudo-masks, and the scores count them."""
+object, all-background masks), photos of other sizes in both orientations, and photos larger than
+`data.max_side`, worked on at a smaller size. Seeds come at each photo's working size, pseudo-masks
+and predictions at its own, negatives get all-background pseudo-masks, and the scores count them."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,7 @@ from PIL import Image
 
 from pipeline.cam.seeds import load_cams
 from pipeline.config import load_config
-from pipeline.data.images import read_image, read_mask, save_mask
+from pipeline.data.images import read_mask, save_mask
 from pipeline.data.shapes import build_shapes
 from pipeline.data.voc import VocDataset
 from pipeline.metrics import confusion, mean_iou
@@ -20,7 +21,11 @@ pytestmark = pytest.mark.slow  # every stage on a small dataset: `make test-fast
 
 NEGATIVES = ["train_00001", "train_00004", "val_00002"]
 # id -> (height, width): a landscape and a portrait photo of another size than the rest
-RESIZED = {"train_00002": (24, 40), "train_00003": (40, 24), "val_00000": (40, 24), "val_00001": (24, 40)}
+RESIZED = {"train_00002": (24, 40), "train_00003": (40, 24), "val_00000": (40, 24), "val_00001": (24, 40),
+           "train_00005": (48, 80), "val_00003": (80, 48)}
+MAX_SIDE = 40
+# the photos larger than MAX_SIDE at their working size: half their size
+WORKING = {"train_00005": (24, 40), "val_00003": (40, 24)}
 
 
 def photos(root):
@@ -41,7 +46,7 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("photos")
     photos(tmp / "data")
     cfg = load_config(None, [
-        f"run_dir={tmp}/run", "data.name=voc", f"data.root={tmp}/data", "seed=0",
+        f"run_dir={tmp}/run", "data.name=voc", f"data.root={tmp}/data", f"data.max_side={MAX_SIDE}", "seed=0",
         "cls.arch=test_efficientnet", "cls.split=train", "cls.crop_size=32", "cls.epochs=2",
         "cls.batch_size=8", "cls.backbone_lr_scale=0.1", "cam.method=gradcam", "cam.layers=[blocks.3,bn2]",
         "cam.flip=true", "cam.batch_size=8",
@@ -62,11 +67,15 @@ def test_every_stage_ran_with_negatives_in_both_splits(run):
     assert read_json(run["dir"] / "report" / "summary.json")["cls_map"] is not None
 
 
-def test_seeds_come_at_each_photos_size_and_negatives_have_none(run):
+def working_shape(image_id):
+    return WORKING.get(image_id, RESIZED.get(image_id, (32, 32)))
+
+
+def test_seeds_come_at_each_photos_working_size_and_negatives_have_none(run):
     for voc in (run["train"], run["val"]):
         for image_id in voc.ids:
             cams, classes = load_cams(run["dir"] / "cams" / f"{image_id}.npz", run["cfg"].cam)
-            assert cams.shape == (len(voc.labels(image_id)), *read_image(voc.image_path(image_id)).shape[:2])
+            assert cams.shape == (len(voc.labels(image_id)), *working_shape(image_id))
             assert classes.tolist() == voc.labels(image_id).tolist()
     assert load_cams(run["dir"] / "cams" / "train_00001.npz", run["cfg"].cam)[0].shape == (0, 32, 32)
 
@@ -85,15 +94,21 @@ def test_pseudo_masks_and_predictions_at_each_photos_size_negatives_all_backgrou
         assert predicted.shape == RESIZED.get(image_id, (32, 32))
 
 
-def test_scores_count_the_negatives(run):
-    """The val pseudo-masks' mIoU (255 as background) recomputed from the files, negatives in."""
+def at_working_size(mask, image_id):
+    height, width = working_shape(image_id)
+    return np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+
+
+def test_scores_count_the_negatives_at_the_working_size(run):
+    """The val pseudo-masks' mIoU (255 as background) recomputed from the files, negatives in, the
+    masks of the photos larger than data.max_side brought to their working size."""
     val = run["val"]
     n = val.num_classes + 1
     total = np.zeros((n, n), np.int64)
     negatives_background = 0
     for image_id in val.ids:
-        gt = val.mask(image_id)
-        pseudo = read_mask(run["dir"] / "pseudo" / f"{image_id}.png")
+        gt = at_working_size(read_mask(val.mask_path(image_id)), image_id)
+        pseudo = at_working_size(read_mask(run["dir"] / "pseudo" / f"{image_id}.png"), image_id)
         pseudo = np.where(pseudo == 255, 0, pseudo)
         keep = gt != 255
         total += confusion(gt[keep], pseudo[keep], n)

@@ -17,6 +17,6 @@ def open_split(cfg_data, split: str) -> Split:
     """The dataset split named in a config (a DataConfig)."""
     if cfg_data.name == "folder":
         return FolderDataset(cfg_data.root, split, cfg_data.labels_csv, cfg_data.class_names or None,
-                             cfg_data.val_fraction, cfg_data.seed)
+                             cfg_data.val_fraction, cfg_data.seed, cfg_data.max_side)
     return VocDataset(cfg_data.root, split, cfg_data.class_names or None,
-                      cfg_data.image_dir, cfg_data.mask_dir)
+                      cfg_data.image_dir, cfg_data.mask_dir, cfg_data.max_side)

@@ -152,8 +152,9 @@ class FolderDataset(Split):
     """One split of a folder of images labelled by a CSV: image-level labels, no masks."""
 
     def __init__(self, root: str | Path, split: str, labels_csv: str | Path = "",
-                 class_names: list[str] | None = None, val_fraction: float = 0.1, seed: int = 0):
-        super().__init__(root, split, class_names)
+                 class_names: list[str] | None = None, val_fraction: float = 0.1, seed: int = 0,
+                 max_side: int = 0):
+        super().__init__(root, split, class_names, max_side)
         self.labels_csv = Path(labels_csv) if labels_csv else self.root / "labels.csv"
         if split not in SPLITS:
             raise DataError(f"{self.labels_csv}: a folder dataset has splits {', '.join(SPLITS)}, "

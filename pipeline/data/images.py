@@ -118,21 +118,53 @@ def to_rgb(image: Image.Image, path: Path) -> np.ndarray:
     return array
 
 
-def read_image(path: Path) -> np.ndarray:
-    """The image as viewers show it (its EXIF orientation applied), as uint8 RGB [H, W, 3]."""
+def working_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """(height, width) scaled so that the longer side is at most `max_side` (0: any), aspect kept."""
+    if max_side <= 0 or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def at_working_size(image: np.ndarray, max_side: int) -> np.ndarray:
+    """A uint8 RGB image at `working_size` (bilinear, which Pillow filters over the whole footprint
+    when it shrinks, so a large photo is not aliased)."""
+    height, width = working_size(*image.shape[:2], max_side)
+    if (height, width) == image.shape[:2]:
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def resized_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A label map at (height, width) `shape`, by nearest neighbour: label ids are not blended."""
+    if mask.shape == tuple(shape):
+        return mask
+    height, width = shape
+    return np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
+
+
+def read_image(path: Path, max_side: int = 0) -> np.ndarray:
+    """The image as viewers show it (its EXIF orientation applied), as uint8 RGB [H, W, 3], its
+    longer side at most `max_side` (0: its own size). A JPEG larger than that is decoded at the
+    smallest power-of-two reduction still at least that size, so a phone photo never takes its
+    full pixel count in memory."""
     try:
         with Image.open(path) as image:
+            if image.format == "JPEG" and 0 < max_side < max(image.size):
+                height, width = working_size(image.height, image.width, max_side)
+                image.draft(image.mode, (width, height))
             ImageOps.exif_transpose(image, in_place=True)
-            return to_rgb(image, path)
+            return at_working_size(to_rgb(image, path), max_side)
     except UNREADABLE as error:
         raise DataError(f"{path}: cannot read image ({error})") from None
 
 
-def read_or_skip(path: Path, name: str, failed: list[dict]) -> np.ndarray | None:
-    """The image at `path` as uint8 RGB, or None for a file that cannot be read: the commands that
-    take a user's images (label, explain) name it in the log and in `failed`, and go on."""
+def read_or_skip(path: Path, name: str, failed: list[dict], max_side: int = 0) -> np.ndarray | None:
+    """The image at `path` as uint8 RGB (`read_image`), or None for a file that cannot be read:
+    the commands that take a user's images (label, explain) name it in the log and in `failed`,
+    and go on."""
     try:
-        return read_image(path)
+        return read_image(path, max_side)
     except DataError as error:
         log.warning("skipped: %s", error)
         failed.append({"image": name, "error": str(error)})

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.images import IGNORE, BadImages, DataError, check_fits, image_size, quoted, read_image
+from pipeline.data.images import (IGNORE, BadImages, DataError, check_fits, image_size, quoted, read_image,
+                                  read_mask, resized_mask, working_size)
 
 # Masks are uint8: label ids 1..MAX_CLASSES, beside 0 (background) and IGNORE.
 MAX_CLASSES = IGNORE - 1
@@ -47,13 +48,19 @@ def check_class_names(names: list[str], source: str) -> None:
 class Split(ABC):
     """One split of a dataset: image ids in list order, class names, images, image-level labels
     and masks. A reader sets `ids` and says where an image is, which classes it shows and where
-    its mask is (or that it has none)."""
+    its mask is (or that it has none).
+
+    Images are worked on at their working size: the longer side at most `max_side` (0: the
+    file's own size), so that memory and time follow the recipe's scale, not a camera's. Images,
+    ground truth and the masks stages write are read at it; the masks stages write for people to
+    keep have the file's size (`file_shape`)."""
 
     ids: list[str]
 
-    def __init__(self, root: str | Path, split: str, class_names: list[str] | None):
+    def __init__(self, root: str | Path, split: str, class_names: list[str] | None, max_side: int = 0):
         self.root = Path(root)
         self.split = split
+        self.max_side = max_side
         self.class_source = "data.class_names" if class_names else str(self.root / "classes.txt")
         self.class_names = list(class_names) if class_names else read_class_names(self.root)
         check_class_names(self.class_names, self.class_source)
@@ -70,7 +77,7 @@ class Split(ABC):
 
     @abstractmethod
     def mask(self, image_id: str) -> np.ndarray:
-        """The ground-truth label map, checked against the class list."""
+        """The ground-truth label map at the file's size, checked against the class list."""
 
     @property
     def num_classes(self) -> int:
@@ -81,15 +88,34 @@ class Split(ABC):
         return len(self.ids)
 
     def image(self, image_id: str) -> np.ndarray:
-        return read_image(self.image_path(image_id))
+        """uint8 RGB [H, W, 3] at the working size."""
+        return read_image(self.image_path(image_id), self.max_side)
 
-    def image_shape(self, image_id: str) -> tuple[int, int]:
-        """(height, width) from the image file's header, without decoding its pixels."""
+    def file_shape(self, image_id: str) -> tuple[int, int]:
+        """(height, width) of the image file as viewers show it, from its header."""
         return image_size(self.image_path(image_id))
 
-    def checked_mask(self, image_id: str, image_shape: tuple[int, ...]) -> np.ndarray:
-        """The ground-truth mask, which must have the size `image_shape` of its image."""
-        return check_fits(self.mask_path(image_id), self.mask(image_id), image_shape)
+    def image_shape(self, image_id: str) -> tuple[int, int]:
+        """(height, width) at the working size, from the image file's header, without decoding its
+        pixels."""
+        return working_size(*self.file_shape(image_id), self.max_side)
+
+    def _at_working_size(self, path: Path, mask: np.ndarray, image_id: str) -> np.ndarray:
+        """`mask`, read from `path`, which must have the image file's size, at the working size."""
+        return resized_mask(check_fits(path, mask, self.file_shape(image_id)), self.image_shape(image_id))
+
+    def working_mask(self, image_id: str) -> np.ndarray:
+        """The ground-truth mask at the working size."""
+        return self._at_working_size(self.mask_path(image_id), self.mask(image_id), image_id)
+
+    def read_working_mask(self, path: Path, image_id: str) -> np.ndarray:
+        """A mask file a stage wrote for the image (at the file's size), at the working size."""
+        return self._at_working_size(path, read_mask(path), image_id)
+
+    def checked_mask(self, image_id: str, shape: tuple[int, ...]) -> np.ndarray:
+        """The ground-truth mask at the working size, which must be `shape`, the size of what it
+        scores."""
+        return check_fits(self.mask_path(image_id), self.working_mask(image_id), shape)
 
     def label_matrix(self) -> np.ndarray:
         """Multi-hot [N, C] image-level labels for the whole split; raises naming every bad image."""

@@ -32,8 +32,8 @@ class VocDataset(Split):
     """One split of a VOC-layout folder."""
 
     def __init__(self, root: str | Path, split: str, class_names: list[str] | None = None,
-                 image_dir: str = "JPEGImages", mask_dir: str = "SegmentationClass"):
-        super().__init__(root, split, class_names)
+                 image_dir: str = "JPEGImages", mask_dir: str = "SegmentationClass", max_side: int = 0):
+        super().__init__(root, split, class_names, max_side)
         self.image_dir = self.root / image_dir
         self.mask_dir = self.root / mask_dir
         list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
@@ -54,6 +54,7 @@ class VocDataset(Split):
         return self.mask_dir / f"{image_id}.png"
 
     def mask(self, image_id: str) -> np.ndarray:
+        """The mask file's label ids (the file's size), checked against the class list."""
         path = self.mask_path(image_id)
         if not path.is_file():
             raise DataError(f"{path}: mask not found")

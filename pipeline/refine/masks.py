@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.nn import functional as F
 
 from pipeline import distributed
 from pipeline.config import AffinityConfig, Config, PseudoConfig, section_keys, to_dict
 from pipeline.data import open_split
-from pipeline.data.images import save_mask
+from pipeline.data.images import resized_mask, save_mask
 from pipeline.data.outputs import output_file
 from pipeline.data.transforms import image_batches, normalised_batch
 from pipeline.models.segmenter import predict_probs
@@ -116,14 +115,11 @@ def foreground_labels(image: np.ndarray, scores: np.ndarray, classes: np.ndarray
 
 def write_mask(path: Path, image: np.ndarray, scores: np.ndarray, classes: np.ndarray, rule: MaskRule,
                size: tuple[int, int] | None = None) -> np.ndarray:
-    """Write one image's `class_mask` at `path` as a palette PNG; returns the mask written. With a
-    (height, width) `size` other than the image's, the mask is resized to it (nearest): an image
-    scored smaller than its file gets a mask of the file's size."""
+    """Write one image's `class_mask` at `path` as a palette PNG; returns it at the image's size.
+    With a (height, width) `size` other than the image's, the file is resized to it (nearest): an
+    image worked on smaller than its file gets a mask of the file's size."""
     mask = class_mask(image, scores, classes, rule)
-    if size is not None and mask.shape != tuple(size):
-        height, width = size
-        mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
-    save_mask(path, mask)
+    save_mask(path, mask if size is None else resized_mask(mask, size))
     return mask
 
 

@@ -13,7 +13,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from pipeline.cam.seeds import cam_path, load_cams  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.data import open_split  # noqa: E402
-from pipeline.data.images import IGNORE, PALETTE, read_mask  # noqa: E402
+from pipeline.data.images import IGNORE, PALETTE  # noqa: E402
 from pipeline.refine.masks import mask_path, pseudo_mask  # noqa: E402
 from pipeline.runs import write_with  # noqa: E402
 
@@ -70,7 +70,7 @@ def example_grid(cfg: Config, seeds: Path, predictions: Path, path: Path) -> Pat
                              squeeze=False)
     for row, image_id in enumerate(ids):
         image = voc.image(image_id)
-        gt = voc.mask(image_id)
+        gt = voc.working_mask(image_id)
         blank = np.full(gt.shape, IGNORE, np.uint8)
         heat = np.zeros(gt.shape, np.float32)
         pseudo = blank
@@ -79,7 +79,7 @@ def example_grid(cfg: Config, seeds: Path, predictions: Path, path: Path) -> Pat
             heat = cams.max(0) / (cams.max() + 1e-5)
             pseudo = pseudo_mask(cfg.pseudo, image, cams, classes)
         prediction_file = mask_path(predictions, image_id)
-        prediction = read_mask(prediction_file) if prediction_file.is_file() else blank
+        prediction = voc.read_working_mask(prediction_file, image_id) if prediction_file.is_file() else blank
         panels = [image, heat, colourise(pseudo), colourise(prediction), colourise(gt)]
         for col, panel in enumerate(panels):
             ax = axes[row, col]

@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.cam.seeds import cam_path, load_cam_sets
 from pipeline.config import Config, section_keys
 from pipeline.data import open_split
-from pipeline.data.images import DataError, read_image, skipping
+from pipeline.data.images import DataError, skipping
 from pipeline.refine.calibration import (best_threshold, colour_index, information_curve, layer_set_name, layer_sets,
                                          threshold_grids)
 from pipeline.refine.masks import peak_normalised
@@ -56,7 +56,7 @@ def information_sums(cfg: Config, voc, seeds: Path, sets: list[list[str]],
             fused, classes = load_cam_sets(cam_path(seeds, image_id), sets, cfg.cam.fuse)
             if not len(classes):
                 continue  # a negative's foreground is empty at every threshold
-            image = read_image(voc.image_path(image_id))
+            image = voc.image(image_id)
             if image.shape[:2] != fused[0].shape[1:]:
                 raise DataError(f"{voc.image_path(image_id)}: {image.shape[1]}x{image.shape[0]} px, but its seeds "
                                 f"are {fused[0].shape[2]}x{fused[0].shape[1]}; rerun cams")

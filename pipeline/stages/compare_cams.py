@@ -56,7 +56,8 @@ def compare_settings(cfg: Config, classifier: Path, voc, grid: np.ndarray) -> li
                 fused = normalise_max(fuse_layers({name: maps[name] for name in layer_set},
                                                   tuple(batch.shape[-2:]), cfg.cam.fuse)).numpy()
                 for row, (image_id, labels) in enumerate(zip(batch_ids, label_sets)):
-                    sweeps[index] += sweep_confusions(voc.mask(image_id), fused[row, :len(labels)],
+                    sweeps[index] += sweep_confusions(voc.checked_mask(image_id, fused.shape[-2:]),
+                                                      fused[row, :len(labels)],
                                                       labels, grid, n)
         for layer_set, sweep in zip(sets, sweeps):
             miou, threshold = swept_best(sweep, grid)

@@ -19,7 +19,7 @@ FOLDER = "data"
 OUTPUTS = {}  # the manifest alone: the dataset's name, sizes and classes
 INPUTS = {}
 KEYS = ("data",)
-READER_KEYS = ("fashion_mnist_dir", "class_names", "image_dir", "mask_dir", "labels_csv", "val_fraction")
+READER_KEYS = ("fashion_mnist_dir", "class_names", "image_dir", "mask_dir", "labels_csv", "val_fraction", "max_side")
 
 
 def DATASET_SPLITS(cfg: Config) -> list[str]:

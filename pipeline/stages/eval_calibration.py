@@ -23,7 +23,6 @@ from pipeline.cam import normalise_max
 from pipeline.cam.seeds import cam_path, load_cam_sets, load_cams
 from pipeline.config import Config
 from pipeline.data import open_split
-from pipeline.data.images import read_image
 from pipeline.metrics import confusion, mean_iou, sweep_confusions
 from pipeline.refine.calibration import (fixed_layers, layer_set_name, layer_sets, read_choices, threshold_grids,
                                          used_choices)
@@ -60,7 +59,7 @@ def mask_mious(cfg: Config, seeds: Path, layers: list[str], highs: list[float]) 
     def jobs():
         for image_id in voc.ids:
             cams, classes = load_cams(cam_path(seeds, image_id), settings)
-            yield read_image(voc.image_path(image_id)), cams, classes, voc.checked_mask(image_id, cams.shape[1:]), \
+            yield voc.image(image_id), cams, classes, voc.checked_mask(image_id, cams.shape[1:]), \
                 rule, highs, n
     total = np.zeros((len(highs), n, n), np.int64)
     with worker_pool(cfg.pseudo.workers) as workers:

@@ -44,7 +44,7 @@ def run(cfg: Config, out: Path, inputs: dict) -> dict:
     for image_id in progress(voc.ids, desc="eval-cams"):
         with bad.skip():  # both reads come first: a bad image adds nothing to the counts
             cams, classes = load_cams(cam_path(inputs["seeds"], image_id), cfg.cam)
-            gt = voc.checked_mask(image_id, cams.shape[1:])  # seeds have their image's size
+            gt = voc.checked_mask(image_id, cams.shape[1:])  # seeds have the image's working size
             cams = normalise_max(torch.from_numpy(cams)).numpy()
             sweep += sweep_confusions(gt, cams, classes, grid, n)
             background += confusion(gt, np.zeros_like(gt), n)

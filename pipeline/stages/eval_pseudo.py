@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.data import open_split
-from pipeline.data.images import read_mask, skipping
+from pipeline.data.images import skipping
 from pipeline.metrics import PseudoTally, iou_per_class
 from pipeline.refine.masks import mask_path
 from pipeline.runs import RESULTS, progress, write_json
@@ -39,8 +39,8 @@ def score_split(cfg: Config, folder: Path, split: str) -> dict:
     bad = skipping("eval-pseudo")
     for image_id in progress(voc.ids, desc=f"eval-pseudo {split}"):
         with bad.skip():  # both reads come first: a bad image adds nothing to the counts
-            pseudo = read_mask(mask_path(folder, image_id))
-            tally.add(voc.checked_mask(image_id, pseudo.shape), pseudo)  # a pseudo-mask has its image's size
+            pseudo = voc.read_working_mask(mask_path(folder, image_id), image_id)
+            tally.add(voc.checked_mask(image_id, pseudo.shape), pseudo)
     bad.raise_if_any()
     names = ["background", *voc.class_names]
     return {"split": split, "images": len(voc), **tally.scores(),

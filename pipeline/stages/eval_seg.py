@@ -47,11 +47,12 @@ def prediction_jobs(cfg: Config, model, voc, out: Path, bad):
     for ids, images in image_batches(voc, voc.ids, BATCH, bad):
         probs = predict_probs(model, normalised_batch(images), cfg.seg.eval_flip).numpy()
         for image_id, image, p in zip(ids, images, probs):
-            yield image_id, mask_path(out / "predictions", image_id), image, p, classes, rule
+            yield image_id, mask_path(out / "predictions", image_id), image, p, classes, rule, voc.file_shape(image_id)
 
 
 def predict_one(image_id: str, *mask: tuple) -> tuple[str, np.ndarray]:
-    """(the image's id, its prediction): `write_mask(*mask)`, the id kept for scoring it."""
+    """(the image's id, its prediction at the working size): `write_mask(*mask)`, which writes it
+    at the file's size, the id kept for scoring it."""
     return image_id, write_mask(*mask)
 
 

@@ -12,7 +12,7 @@ from pipeline import distributed
 from pipeline.cam.seeds import cam_path, load_cams
 from pipeline.config import CamConfig, Config
 from pipeline.data import open_split
-from pipeline.data.images import DataError, read_image, skipping
+from pipeline.data.images import DataError, image_size, read_image, skipping
 from pipeline.refine.calibration import with_choices
 from pipeline.refine.masks import CALIBRATION_INPUT, MASK_KEYS, MaskRule, mask_path, pseudo_rule, write_mask
 from pipeline.runs import progress
@@ -26,15 +26,17 @@ INPUTS = {"seeds": ("cams", "seeds"), **CALIBRATION_INPUT}
 KEYS = MASK_KEYS
 
 
-def _write_one(image_file: Path, cams_file: Path, out_file: Path, rule: MaskRule, layers: CamConfig) -> str | None:
-    """Write one pseudo-mask; a bad image is returned as its problem, not raised, since an
-    exception would stop the stage before the other images are written."""
+def _write_one(image_file: Path, max_side: int, cams_file: Path, out_file: Path, rule: MaskRule,
+               layers: CamConfig) -> str | None:
+    """Write one pseudo-mask, made at the image's working size (as its seeds were), at the image
+    file's size; a bad image is returned as its problem, not raised, since an exception would
+    stop the stage before the other images are written."""
     try:
-        image = read_image(image_file)
+        image, size = read_image(image_file, max_side), image_size(image_file)
     except DataError as error:
         return str(error)
     cams, classes = load_cams(cams_file, layers)
-    write_mask(out_file, image, cams, classes, rule)
+    write_mask(out_file, image, cams, classes, rule, size)
     return None
 
 
@@ -47,7 +49,8 @@ def run(cfg: Config, out: Path, inputs: dict) -> dict:
         voc = open_split(cfg.data, split)
         for i in distributed.unwritten(voc.ids, lambda image_id: mask_path(out, image_id)):
             with bad.skip():
-                jobs.append((voc.image_path(i), cam_path(inputs["seeds"], i), mask_path(out, i), rule, cfg.cam))
+                jobs.append((voc.image_path(i), voc.max_side, cam_path(inputs["seeds"], i), mask_path(out, i), rule,
+                             cfg.cam))
     began = time.perf_counter()
     with worker_pool(cfg.pseudo.workers) as workers:
         for problem in progress(workers.map(_write_one, jobs), total=len(jobs), desc="pseudo"):

@@ -30,11 +30,12 @@ KEYS = ("affinity.radius", "affinity.beta", "affinity.exp_times", "affinity.flip
 def mask_jobs(cfg: Config, encoder, net, out: Path, seeds: Path, bad):
     """`write_mask`'s arguments for every image left to write, a batch of walks at a time."""
     rule = pseudo_rule(cfg.pseudo)
-    for _, ids, images in unwritten_batches(cfg, out, cfg.cam.batch_size, bad, "pseudo-aff"):
+    for voc, ids, images in unwritten_batches(cfg, out, cfg.cam.batch_size, bad, "pseudo-aff"):
         boundaries = boundary_maps(encoder, net, normalised_batch(images), cfg.affinity.flip)
         for image_id, image, boundary in zip(ids, images, boundaries):
             cams, classes = load_cams(cam_path(seeds, image_id), cfg.cam)
-            yield mask_path(out, image_id), image, walked_cams(cfg.affinity, boundary, cams), classes, rule
+            yield (mask_path(out, image_id), image, walked_cams(cfg.affinity, boundary, cams), classes, rule,
+                   voc.file_shape(image_id))
 
 
 def run(cfg: Config, out: Path, inputs: dict) -> dict:

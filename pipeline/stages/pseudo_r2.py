@@ -33,7 +33,7 @@ def mask_jobs(cfg: Config, model, out: Path, bad):
         label_sets = [voc.labels(i) for i in ids]
         scores = segmenter_scores(model, images, label_sets, cfg.round2.flip)
         for image_id, image, maps, classes in zip(ids, images, scores, label_sets):
-            yield mask_path(out, image_id), image, maps, classes, rule
+            yield mask_path(out, image_id), image, maps, classes, rule, voc.file_shape(image_id)
 
 
 def run(cfg: Config, out: Path, inputs: dict) -> dict:

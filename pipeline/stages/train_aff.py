@@ -9,7 +9,6 @@ from pathlib import Path
 from pipeline import distributed
 from pipeline.config import Config, to_dict
 from pipeline.data import open_split
-from pipeline.data.images import read_mask
 from pipeline.data.transforms import SegmentationSet, crop_size, train_transform
 from pipeline.models.affinity_net import Backbone, boundary_loss, build_affinity_net, classifier_encoder
 from pipeline.models.frozen import EncodedSet
@@ -32,7 +31,7 @@ KEYS = ("affinity.split", "affinity.stride", "affinity.width", "affinity.train_r
 def run(cfg: Config, out: Path, inputs: dict) -> dict:
     settings = cfg.affinity
     voc = open_split(cfg.data, settings.split)
-    read_target = lambda image_id: read_mask(mask_path(inputs["masks"], image_id))
+    read_target = lambda image_id: voc.read_working_mask(mask_path(inputs["masks"], image_id), image_id)
     encoder = classifier_encoder(cfg.cls.arch, inputs["classifier"])
     seed_everything(cfg.seed)  # the head's initial weights too
     net = build_affinity_net(encoder, settings)

@@ -12,7 +12,6 @@ import numpy as np
 from pipeline import distributed
 from pipeline.config import Config, to_dict
 from pipeline.data import open_split
-from pipeline.data.images import read_mask
 from pipeline.data.transforms import SegmentationSet, crop_size, train_transform
 from pipeline.models.checkpoints import load_segmenter
 from pipeline.models.frozen import DecoderOnly, EncodedSet
@@ -83,10 +82,10 @@ def run(cfg: Config, out: Path, inputs: dict, samples: int = 0) -> dict:
     voc = open_split(cfg.data, cfg.seg.split)
     masks = inputs.get("masks")
     if masks is None:
-        read_target, target_path = voc.mask, voc.mask_path
+        read_target, target_path = voc.working_mask, voc.mask_path
     else:
         target_path = lambda image_id: mask_path(masks, image_id)
-        read_target = lambda image_id: read_mask(target_path(image_id))
+        read_target = lambda image_id: voc.read_working_mask(target_path(image_id), image_id)
     pixel_counts = check_targets(voc, read_target, target_path)
     seed_everything(cfg.seed)  # the initial weights too
     model = starting_model(cfg, voc.num_classes, inputs)
