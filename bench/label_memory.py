@@ -1,5 +1,6 @@
 """Peak resident memory of `label` on one large photo (default 6000 x 4000): a run's classifier
-labels it at its working size (`label.max_side`) and writes the mask at the photo's own size.
+labels it at its working size (`label.max_side`, by default the run's `data.max_side` within 8
+times its training size) and writes the mask at the photo's own size.
 
 The photo is scikit-image's astronaut, upscaled. `label` runs as a subprocess; the peak is the
 largest resident set of it and of its CRF workers (getrusage of the waited-for children). Prints

@@ -89,14 +89,14 @@ def main() -> None:
     segmenter = build_segmenter(cfg.seg.arch, cfg.seg.encoder, train.num_classes + 1,
                                 list(cfg.seg.decoder_channels))
     groups = param_groups(segmenter, cfg.seg.lr, cfg.seg.encoder_lr_scale)
-    load, batches = loading_speed(SegmentationSet(train, train.mask, train_transform(cfg.seg.crop_size)), batch,
+    load, batches = loading_speed(SegmentationSet(train, train.working_mask, train_transform(cfg.seg.crop_size)), batch,
                                   args.batches)
     record("segmenter, encoder every step", batch, load, step_speed(segmenter, batches, segmentation_loss(None), groups))
     if cfg.seg.encoder_lr_scale == 0:
         few = open_split(cfg.data, cfg.seg.split)
         few.ids = few.ids[:batch * args.batches]
         began = time.perf_counter()
-        cached = EncodedSet(segmenter.encoder, few, few.mask)
+        cached = EncodedSet(segmenter.encoder, few, few.working_mask)
         encoding = len(few.ids) / (time.perf_counter() - began)
         load, batches = loading_speed(cached, batch, args.batches)
         rows.append({"what": "segmenter: caching the frozen encoder's features (image and mirror)",

@@ -93,10 +93,10 @@ class DataConfig:
     labels_csv: str = ""
     # share of the CSV's images in split "val"; "train" holds the rest
     val_fraction: float = ranged(0.1, at_least=0, at_most=1)
-    # Every stage works on an image whose longer side exceeds this at this size (aspect kept): a
-    # phone photo trained, seeded and refined at full size would take tens of GiB. Masks that
-    # stages write (pseudo-masks, predictions) have the image file's size; scores are computed at
-    # the working size. 0 = each image's own size.
+    # An image whose longer side exceeds this is worked on by every stage shrunk to it (aspect
+    # kept): a phone photo trained, seeded and refined at full size would take tens of GiB. Masks
+    # that stages write (pseudo-masks, predictions) have the image file's size; scores are
+    # computed at the working size. 0 = each image's own size.
     max_side: int = ranged(1024, at_least=0)
 
 
@@ -326,7 +326,7 @@ class LabelConfig:
     score_threshold: float = ranged(0.5, at_least=0, at_most=1)
     # Images whose longer side exceeds this are labelled at this size and their masks written at
     # the image's own size; 0 = the run's data.max_side, at most 8 x the classifier's training
-    # size (512 px for 64 px scenes).
+    # size (512 px for 64 px scenes), or that cap alone where data.max_side is 0.
     max_side: int = ranged(0, at_least=0)
     # What the masks come from: "seeds" (the run's CAMs, as the pseudo stage makes its masks) or
     # "segmenter" (the run's last segmenter restricted to the image's classes, as pseudo-r2 does)

@@ -80,14 +80,15 @@ def listed_images(images_dir: Path, labels_csv: Path | None, class_names: list[s
     return folder_images(images_dir)
 
 
-def settings_hash(cfg: Config, classifier: Path, labels_csv: Path | None, segmenter: Path | None) -> str:
-    """What the outputs depend on: CAM, pseudo-mask and label settings, classifier, segmenter
-    (when the masks come from it), labels CSV."""
+def settings_hash(cfg: Config, classifier: Path, labels_csv: Path | None, segmenter: Path | None,
+                  max_side: int) -> str:
+    """What the outputs depend on: CAM, pseudo-mask and label settings, the size images are
+    labelled at (`labelling_size`), classifier, segmenter (when the masks come from it), labels CSV."""
     def digest(path: Path) -> str:
         with open(path, "rb") as handle:
             return hashlib.file_digest(handle, "sha256").hexdigest()
     return config_hash({"cam": to_dict(cfg.cam), "pseudo": mask_settings(cfg.pseudo),
-                        "label": to_dict(cfg.label), "flip": cfg.round2.flip,
+                        "label": {**to_dict(cfg.label), "max_side": max_side}, "flip": cfg.round2.flip,
                         "classifier": digest(classifier),
                         "segmenter": digest(segmenter) if segmenter else None,
                         "labels_csv": digest(labels_csv) if labels_csv else None})
@@ -260,10 +261,10 @@ def label_folder(cfg: Config, run: RunOutputs, images_dir: Path, labels_csv: Pat
     items = listed_images(images_dir, labels_csv, class_names)
     check_apart(out, [images_dir, *filter(None, [labels_csv]), *(item.path for item in items)])
     segmenter_file, segmenter = mask_segmenter(cfg, run, class_names)
-    claim_output(out, settings_hash(cfg, classifier, labels_csv, segmenter_file))
+    max_side = labelling_size(cfg, state)
+    claim_output(out, settings_hash(cfg, classifier, labels_csv, segmenter_file, max_side))
     todo = distributed.unwritten(items, lambda item: output_path(out, "records", item.id))
     failed: list[dict] = []
-    max_side = labelling_size(cfg, state)
     batches = same_size_batches(readable(todo, images_dir, failed, max_side), cfg.cam.batch_size)
     rule = pseudo_rule(cfg.pseudo)
     with worker_pool(cfg.pseudo.workers) as workers:

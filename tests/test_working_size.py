@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.images import DataError, read_image, save_mask, working_size
+from pipeline.data.images import DataError, image_size, read_image, save_mask, working_size
 from pipeline.data.voc import VocDataset
 
 EXIF_ORIENTATION = 0x0112
@@ -48,6 +48,20 @@ def test_a_large_jpeg_is_read_at_the_working_size(tmp_path):
     assert np.abs(out.astype(np.float64) - reference).mean() < 3.0
     assert read_image(path, 0).shape == (360, 480, 3)
     assert read_image(path, 480).shape == (360, 480, 3)
+
+
+@pytest.mark.parametrize("height, width, max_side, turn, expected", [
+    (1333, 2000, 512, 1, (341, 512)),   # decoded at 1/2 rounded up (667 x 1000): 342 if shrunk from there
+    (853, 1280, 320, 1, (213, 320)),    # decoded at 1/2: 214 if shrunk from there
+    (1333, 2000, 512, 6, (512, 341)),   # the same, turned a quarter by its EXIF
+])
+def test_a_jpeg_decoded_reduced_has_the_size_its_header_gives(tmp_path, height, width, max_side, turn, expected):
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = turn
+    path = tmp_path / "odd.jpg"
+    Image.fromarray(smooth_photo(height, width)).save(path, quality=90, exif=exif.tobytes())
+    assert read_image(path, max_side).shape == (*expected, 3)
+    assert working_size(*image_size(path), max_side) == expected
 
 
 def test_a_turned_jpeg_is_read_at_the_working_size_as_viewers_show_it(tmp_path):

@@ -126,12 +126,12 @@ def working_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def at_working_size(image: np.ndarray, max_side: int) -> np.ndarray:
-    """A uint8 RGB image at `working_size` (bilinear, which Pillow filters over the whole footprint
-    when it shrinks, so a large photo is not aliased)."""
-    height, width = working_size(*image.shape[:2], max_side)
-    if (height, width) == image.shape[:2]:
+def resized_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A uint8 RGB image at (height, width) `shape` (bilinear, which Pillow filters over the whole
+    footprint when it shrinks, so a large photo is not aliased)."""
+    if image.shape[:2] == tuple(shape):
         return image
+    height, width = shape
     return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
 
 
@@ -150,11 +150,12 @@ def read_image(path: Path, max_side: int = 0) -> np.ndarray:
     full pixel count in memory."""
     try:
         with Image.open(path) as image:
-            if image.format == "JPEG" and 0 < max_side < max(image.size):
+            shape = working_size(*shown_shape(image), max_side)  # from the file's size, as image_size
+            if image.format in ("JPEG", "MPO") and 0 < max_side < max(image.size):
                 height, width = working_size(image.height, image.width, max_side)
-                image.draft(image.mode, (width, height))
+                image.draft(image.mode, (width, height))  # rounds up: the resize below sets the size
             ImageOps.exif_transpose(image, in_place=True)
-            return at_working_size(to_rgb(image, path), max_side)
+            return resized_image(to_rgb(image, path), shape)
     except UNREADABLE as error:
         raise DataError(f"{path}: cannot read image ({error})") from None
 
@@ -171,15 +172,19 @@ def read_or_skip(path: Path, name: str, failed: list[dict], max_side: int = 0) -
         return None
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) as `read_image` gives the image, from the file's header: its pixels are
+def shown_shape(image: Image.Image) -> tuple[int, int]:
+    """(height, width) of an opened image as viewers show it, from its header: its pixels are
     decoded only for a PNG without EXIF before them, which may keep its EXIF after them."""
+    # Pillow turns a TIFF by its orientation itself, its size from opening on
+    turned = image.format != "TIFF" and image.getexif().get(ExifTags.Base.Orientation) in QUARTER_TURNS
+    return (image.width, image.height) if turned else (image.height, image.width)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of the image file as `read_image` gives it at its own size (`shown_shape`)."""
     try:
         with Image.open(path) as image:
-            # Pillow turns a TIFF by its orientation itself, its size from opening on
-            turned = (image.format != "TIFF"
-                      and image.getexif().get(ExifTags.Base.Orientation) in QUARTER_TURNS)
-            return (image.width, image.height) if turned else (image.height, image.width)
+            return shown_shape(image)
     except UNREADABLE as error:
         raise DataError(f"{path}: cannot read image ({error})") from None
 

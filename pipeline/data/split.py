@@ -61,6 +61,7 @@ class Split(ABC):
         self.root = Path(root)
         self.split = split
         self.max_side = max_side
+        self._file_shapes: dict[str, tuple[int, int]] = {}  # read once: training asks every step
         self.class_source = "data.class_names" if class_names else str(self.root / "classes.txt")
         self.class_names = list(class_names) if class_names else read_class_names(self.root)
         check_class_names(self.class_names, self.class_source)
@@ -93,7 +94,9 @@ class Split(ABC):
 
     def file_shape(self, image_id: str) -> tuple[int, int]:
         """(height, width) of the image file as viewers show it, from its header."""
-        return image_size(self.image_path(image_id))
+        if image_id not in self._file_shapes:
+            self._file_shapes[image_id] = image_size(self.image_path(image_id))
+        return self._file_shapes[image_id]
 
     def image_shape(self, image_id: str) -> tuple[int, int]:
         """(height, width) at the working size, from the image file's header, without decoding its
@@ -102,7 +105,8 @@ class Split(ABC):
 
     def _at_working_size(self, path: Path, mask: np.ndarray, image_id: str) -> np.ndarray:
         """`mask`, read from `path`, which must have the image file's size, at the working size."""
-        return resized_mask(check_fits(path, mask, self.file_shape(image_id)), self.image_shape(image_id))
+        file_shape = self.file_shape(image_id)
+        return resized_mask(check_fits(path, mask, file_shape), working_size(*file_shape, self.max_side))
 
     def working_mask(self, image_id: str) -> np.ndarray:
         """The ground-truth mask at the working size."""

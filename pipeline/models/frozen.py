@@ -63,8 +63,8 @@ def encode(encoder: nn.Module, voc: Split, mirror: bool, batch_size: int) -> lis
 
 
 def _images_and_weights(encoder: nn.Module, voc: Split) -> tuple:
-    """What the features depend on: every image file (path, size, modification time) and the
-    encoder's weights."""
+    """What the features depend on: every image file (path, size, modification time), the size
+    the images are worked at and the encoder's weights."""
     weights = hashlib.blake2b()
     for tensor in encoder.state_dict().values():
         weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -72,7 +72,7 @@ def _images_and_weights(encoder: nn.Module, voc: Split) -> tuple:
     for image_id in voc.ids:
         stat = voc.image_path(image_id).stat()
         files.append((image_id, stat.st_size, stat.st_mtime_ns))
-    return str(voc.image_dir.resolve()), tuple(files), weights.hexdigest()
+    return str(voc.image_dir.resolve()), voc.max_side, tuple(files), weights.hexdigest()
 
 
 _LAST_ENCODED: dict = {}
