@@ -34,7 +34,7 @@ from pipeline import distributed
 from pipeline.cam.seeds import cam_head, seed_batch
 from pipeline.config import Config, config_hash, load_config, to_dict
 from pipeline.data.folder import LabelledImage, as_text_cell, folder_images, read_labels_csv
-from pipeline.data.images import IGNORE, PALETTE, image_size, read_image, read_or_skip, resized_mask
+from pipeline.data.images import IGNORE, PALETTE, read_image, read_or_skip, resized_mask
 from pipeline.data.outputs import check_apart, output_file
 from pipeline.data.transforms import same_size_batches
 from pipeline.models.checkpoints import (class_scores, classifier_checkpoint, load_classifier, load_segmenter,
@@ -106,7 +106,8 @@ def claim_output(out: Path, digest: str) -> None:
 
 def labelling_size(cfg: Config, state: dict) -> int:
     """The longer side images are labelled at, at most: label.max_side where set, else the run's
-    working size, so that a photo the run was trained on gets the mask the pseudo stage made."""
+    working size within MAX_SIDE_PER_TRAINING_SIZE, so that a photo the run was trained on is
+    labelled at the size its pseudo stage worked at."""
     if cfg.label.max_side:
         return cfg.label.max_side
     most = MAX_SIDE_PER_TRAINING_SIZE * training_size(state)
@@ -120,9 +121,10 @@ def readable(items: Iterable[LabelledImage], images_dir: Path, failed: list[dict
     (`read_image`)."""
     for item in items:
         name = Path(os.path.relpath(item.path, images_dir)).as_posix()  # a CSV's path may lead out
-        image = read_or_skip(item.path, name, failed, max_side)
-        if image is not None:
-            yield item, name, image_size(item.path), image
+        read = read_or_skip(item.path, name, failed, max_side)
+        if read is not None:
+            image, full_size = read
+            yield item, name, full_size, image
 
 
 def seeded_jobs(model: torch.nn.Module, cfg: Config, head, batches: Iterable[list[tuple]],

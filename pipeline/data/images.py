@@ -143,29 +143,37 @@ def resized_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
 
 
-def read_image(path: Path, max_side: int = 0) -> np.ndarray:
-    """The image as viewers show it (its EXIF orientation applied), as uint8 RGB [H, W, 3], its
-    longer side at most `max_side` (0: its own size). A JPEG larger than that is decoded at the
-    smallest power-of-two reduction still at least that size, so a phone photo never takes its
-    full pixel count in memory."""
+def read_sized_image(path: Path, max_side: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
+    """(the image as viewers show it (its EXIF orientation applied), as uint8 RGB [H, W, 3], its
+    longer side at most `max_side` (0: its own size); the file's (height, width) as shown), from
+    one opening of the file. A JPEG larger than `max_side` is decoded at the smallest power-of-two
+    reduction still at least that size, so a phone photo never takes its full pixel count in
+    memory."""
     try:
         with Image.open(path) as image:
-            shape = working_size(*shown_shape(image), max_side)  # from the file's size, as image_size
+            file_shape = shown_shape(image)
+            shape = working_size(*file_shape, max_side)
             if image.format in ("JPEG", "MPO") and 0 < max_side < max(image.size):
                 height, width = working_size(image.height, image.width, max_side)
                 image.draft(image.mode, (width, height))  # rounds up: the resize below sets the size
             ImageOps.exif_transpose(image, in_place=True)
-            return resized_image(to_rgb(image, path), shape)
+            return resized_image(to_rgb(image, path), shape), file_shape
     except UNREADABLE as error:
         raise DataError(f"{path}: cannot read image ({error})") from None
 
 
-def read_or_skip(path: Path, name: str, failed: list[dict], max_side: int = 0) -> np.ndarray | None:
-    """The image at `path` as uint8 RGB (`read_image`), or None for a file that cannot be read:
-    the commands that take a user's images (label, explain) name it in the log and in `failed`,
-    and go on."""
+def read_image(path: Path, max_side: int = 0) -> np.ndarray:
+    """The image of `read_sized_image` alone."""
+    return read_sized_image(path, max_side)[0]
+
+
+def read_or_skip(path: Path, name: str, failed: list[dict],
+                 max_side: int = 0) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """`read_sized_image` of the file at `path`, or None for a file that cannot be read: the
+    commands that take a user's images (label, explain) name it in the log and in `failed`, and
+    go on."""
     try:
-        return read_image(path, max_side)
+        return read_sized_image(path, max_side)
     except DataError as error:
         log.warning("skipped: %s", error)
         failed.append({"image": name, "error": str(error)})

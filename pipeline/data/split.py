@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.images import (IGNORE, BadImages, DataError, check_fits, image_size, quoted, read_image,
-                                  read_mask, resized_mask, working_size)
+from pipeline.data.images import (IGNORE, BadImages, DataError, check_fits, image_size, quoted, read_mask,
+                                  read_sized_image, resized_mask, working_size)
 
 # Masks are uint8: label ids 1..MAX_CLASSES, beside 0 (background) and IGNORE.
 MAX_CLASSES = IGNORE - 1
@@ -61,7 +61,7 @@ class Split(ABC):
         self.root = Path(root)
         self.split = split
         self.max_side = max_side
-        self._file_shapes: dict[str, tuple[int, int]] = {}  # read once: training asks every step
+        self._file_shapes: dict[str, tuple[int, int]] = {}  # training asks every step
         self.class_source = "data.class_names" if class_names else str(self.root / "classes.txt")
         self.class_names = list(class_names) if class_names else read_class_names(self.root)
         check_class_names(self.class_names, self.class_source)
@@ -89,11 +89,13 @@ class Split(ABC):
         return len(self.ids)
 
     def image(self, image_id: str) -> np.ndarray:
-        """uint8 RGB [H, W, 3] at the working size."""
-        return read_image(self.image_path(image_id), self.max_side)
+        """uint8 RGB [H, W, 3] at the working size; its file's shape is remembered on the way."""
+        image, self._file_shapes[image_id] = read_sized_image(self.image_path(image_id), self.max_side)
+        return image
 
     def file_shape(self, image_id: str) -> tuple[int, int]:
-        """(height, width) of the image file as viewers show it, from its header."""
+        """(height, width) of the image file as viewers show it, from its header (read once, or
+        remembered from reading the image)."""
         if image_id not in self._file_shapes:
             self._file_shapes[image_id] = image_size(self.image_path(image_id))
         return self._file_shapes[image_id]
@@ -105,8 +107,7 @@ class Split(ABC):
 
     def _at_working_size(self, path: Path, mask: np.ndarray, image_id: str) -> np.ndarray:
         """`mask`, read from `path`, which must have the image file's size, at the working size."""
-        file_shape = self.file_shape(image_id)
-        return resized_mask(check_fits(path, mask, file_shape), working_size(*file_shape, self.max_side))
+        return resized_mask(check_fits(path, mask, self.file_shape(image_id)), self.image_shape(image_id))
 
     def working_mask(self, image_id: str) -> np.ndarray:
         """The ground-truth mask at the working size."""

@@ -185,10 +185,11 @@ def readable(entries: list[tuple[LabelledImage, str]], size: int, failed: list[d
     """(item, name, full (height, width), picture at display size, image at the input size) of
     every entry that reads; the full-size pixels are dropped at once."""
     for item, name in entries:
-        image = read_or_skip(item.path, name, failed)
-        if image is not None:
+        read = read_or_skip(item.path, name, failed)
+        if read is not None:
+            image, full_size = read
             resized = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
-            yield item, name, image.shape[:2], display_image(image), resized
+            yield item, name, full_size, display_image(image), resized
 
 
 def summary_header(request: ExplainRequest, chosen: Plan) -> dict:

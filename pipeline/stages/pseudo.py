@@ -12,7 +12,7 @@ from pipeline import distributed
 from pipeline.cam.seeds import cam_path, load_cams
 from pipeline.config import CamConfig, Config
 from pipeline.data import open_split
-from pipeline.data.images import DataError, image_size, read_image, skipping
+from pipeline.data.images import DataError, read_sized_image, skipping
 from pipeline.refine.calibration import with_choices
 from pipeline.refine.masks import CALIBRATION_INPUT, MASK_KEYS, MaskRule, mask_path, pseudo_rule, write_mask
 from pipeline.runs import progress
@@ -32,7 +32,7 @@ def _write_one(image_file: Path, max_side: int, cams_file: Path, out_file: Path,
     file's size; a bad image is returned as its problem, not raised, since an exception would
     stop the stage before the other images are written."""
     try:
-        image, size = read_image(image_file, max_side), image_size(image_file)
+        image, size = read_sized_image(image_file, max_side)
     except DataError as error:
         return str(error)
     cams, classes = load_cams(cams_file, layers)
